@@ -1,0 +1,144 @@
+"""The agent contract: an agent is a named set of task types, each a plain function.
+
+A task function receives a frozen :class:`StepInput` (its validated parameters, the
+shared data it may read, and the results before it) and returns its output. It never
+touches Redis or Celery: the worker loads state, calls it, validates the output and
+commits it, so an agent is testable as a pure function and safe to run twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestration.errors import AgentOutputError, DuplicateAgent
+from orchestration.models import TaskResult
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class NoParams(BaseModel):
+    """Parameters of a task type that takes none; extra keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepInput(BaseModel, Generic[P]):
+    """Everything a task function may look at, loaded from the state store for one step."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    workflow_id: str
+    step_id: str
+    agent_id: str
+    task_type: str
+    parameters: P
+    shared_data: dict[str, Any] = Field(default_factory=dict)
+    previous_results: list[TaskResult] = Field(default_factory=list)
+
+    def require(self, key: str) -> Any:
+        """The shared_data value under ``key``, or a clear error naming the missing key."""
+        if key not in self.shared_data:
+            have = ", ".join(sorted(self.shared_data)) or "nothing"
+            raise KeyError(f"shared_data has no {key!r} (it holds: {have})")
+        return self.shared_data[key]
+
+
+TaskFn = Callable[[StepInput[Any]], Any]
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """One task type of an agent, as registered; its Celery name is ``<agent>.<task>``."""
+
+    agent_id: str
+    name: str
+    fn: TaskFn
+    params: type[BaseModel] = NoParams
+    output: type[BaseModel] | None = None
+    description: str = ""
+
+    @property
+    def celery_name(self) -> str:
+        return f"{self.agent_id}.{self.name}"
+
+    @property
+    def queue(self) -> str:
+        return agent_queue(self.agent_id)
+
+    def validate_params(self, raw: dict[str, Any]) -> BaseModel:
+        return self.params.model_validate(raw)
+
+    def run(self, step: StepInput[Any]) -> Any:
+        """Call the task function and return its output as JSON-ready data.
+
+        Output is checked against the declared model *before* anyone commits it,
+        so an invalid result fails its own step instead of the next one.
+        """
+        out = self.fn(step)
+        if isinstance(out, BaseModel):
+            out = out.model_dump(mode="json")
+        if self.output is not None:
+            try:
+                out = self.output.model_validate(out).model_dump(mode="json")
+            except ValidationError as exc:
+                raise AgentOutputError(
+                    f"{self.celery_name} returned output that does not match "
+                    f"{self.output.__name__}: {exc}"
+                ) from exc
+        return out
+
+
+def agent_queue(agent_id: str) -> str:
+    return f"agent.{agent_id}"
+
+
+@dataclass
+class Agent:
+    """A named agent type. Creating one registers it; its tasks register with ``@task``.
+
+    Example::
+
+        scorer = Agent("scorer", description="RFM scores per customer")
+
+        @scorer.task(params=ScoreParams)
+        def score_records(step: StepInput[ScoreParams]) -> dict: ...
+    """
+
+    agent_id: str
+    description: str = ""
+    task_types: dict[str, TaskType] = field(default_factory=dict)
+    register: bool = True
+
+    def __post_init__(self) -> None:
+        if self.register:
+            from agents.registry import registry
+
+            registry.add(self)
+
+    @property
+    def queue(self) -> str:
+        return agent_queue(self.agent_id)
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        params: type[BaseModel] = NoParams,
+        output: type[BaseModel] | None = None,
+        description: str | None = None,
+    ) -> Callable[[TaskFn], TaskFn]:
+        def decorate(fn: TaskFn) -> TaskFn:
+            task_name = name or fn.__name__
+            if task_name in self.task_types:
+                raise DuplicateAgent(f"{self.agent_id}.{task_name} is registered twice")
+            doc = description if description is not None else (fn.__doc__ or "").strip()
+            self.task_types[task_name] = TaskType(
+                self.agent_id, task_name, fn, params, output, doc.split("\n")[0]
+            )
+            return fn
+
+        return decorate

@@ -1,0 +1,70 @@
+"""The classifier agent: value tiers of customers, cut where the data puts percentiles."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agents.base import Agent, StepInput
+from agents.records import customer_summaries, percentile, records_from
+
+classifier = Agent("classifier", description="Sorts customers into value tiers by revenue")
+
+TIERS = ("high_value", "medium_value", "low_value")
+
+
+class ClassifyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_key: str = "cleaned_records"
+    high_value_share: float = Field(default=0.15, gt=0, lt=1)  # top 15% of customers
+    medium_value_share: float = Field(default=0.35, ge=0, lt=1)  # the next 35%
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> ClassifyParams:
+        if self.high_value_share + self.medium_value_share >= 1:
+            raise ValueError("high_value_share + medium_value_share must be below 1")
+        return self
+
+
+class ClassifyOutput(BaseModel):
+    customers_classified: int
+    records_unattributed: int
+    categories: dict[str, int]
+    thresholds: dict[str, float]
+    revenue_share: dict[str, float]
+    assignments: dict[str, str]
+
+
+@classifier.task(params=ClassifyParams, output=ClassifyOutput)
+def classify_records(step: StepInput[ClassifyParams]) -> ClassifyOutput:
+    """Tier each customer by total revenue against the revenue percentiles."""
+    p = step.parameters
+    records = records_from(step.require(p.input_key), p.input_key)
+    customers = customer_summaries(records)
+    if not customers:
+        raise ValueError(f"no record in {p.input_key!r} has a customer_id to classify")
+    totals = [c.revenue for c in customers.values()]
+    # A customer is high_value at or above the (1 - high share) percentile, etc.
+    high = percentile(totals, 100 * (1 - p.high_value_share))
+    medium = percentile(totals, 100 * (1 - p.high_value_share - p.medium_value_share))
+    assert high is not None and medium is not None
+    assignments = {
+        cid: "high_value"
+        if c.revenue >= high
+        else "medium_value"
+        if c.revenue >= medium
+        else "low_value"
+        for cid, c in sorted(customers.items())
+    }
+    grand = sum(totals)
+    revenue = dict.fromkeys(TIERS, 0.0)
+    for cid, tier in assignments.items():
+        revenue[tier] += customers[cid].revenue
+    return ClassifyOutput(
+        customers_classified=len(customers),
+        records_unattributed=len(records) - sum(c.orders for c in customers.values()),
+        categories={t: sum(v == t for v in assignments.values()) for t in TIERS},
+        thresholds={"high_value": round(high, 2), "medium_value": round(medium, 2)},
+        revenue_share={t: round(revenue[t] / grand, 4) if grand else 0.0 for t in TIERS},
+        assignments=assignments,
+    )

@@ -1,0 +1,384 @@
+"""The reporter agent: turns earlier steps' outputs into a report file with charts.
+
+The report is built once as a small document model (sections of paragraphs, lists,
+tables and images) and rendered to Markdown or HTML, so both formats always say
+the same thing.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
+from pydantic import BaseModel, ConfigDict
+
+from agents.base import Agent, StepInput
+from agents.records import records_from, totals_by
+from orchestration.settings import get_settings
+
+log = logging.getLogger("baton.agents.reporter")
+
+reporter = Agent("reporter", description="Writes a Markdown/HTML report with charts")
+
+MAX_INLINE_CONTENT = 64 * 1024
+
+
+class ReportParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["executive_summary", "detailed"] = "executive_summary"
+    output_format: Literal["markdown", "html"] = "markdown"
+    output_dir: str | None = None  # default: BATON_REPORTS_DIR (or BATON_HOME/reports)
+    analysis_key: str = "analysis_results"
+    trend_key: str = "trend_results"
+    records_key: str = "cleaned_records"
+    extra_keys: list[str] | None = None  # default: every other summary-like shared_data value
+    title: str = "Business Performance Report"
+
+
+class ReportOutput(BaseModel):
+    report_path: str
+    chart_paths: list[str]
+    headline: dict[str, Any]
+    sections: list[str]
+    format: str
+    output_format: str
+    content: str | None
+
+
+Block = tuple[str, Any]
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@reporter.task(params=ReportParams, output=ReportOutput)
+def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
+    """Headline figures, insights, period and region tables, charts, parallel results."""
+    p = step.parameters
+    shared = step.shared_data
+    analysis: dict[str, Any] | None = shared.get(p.analysis_key)
+    trend: dict[str, Any] | None = shared.get(p.trend_key)
+    if not analysis and not trend:
+        raise ValueError(
+            f"nothing to report: shared_data has neither {p.analysis_key!r} nor {p.trend_key!r}"
+        )
+    records = _optional_records(shared, p.records_key)
+    detailed = p.format == "detailed"
+    out_dir = Path(p.output_dir) if p.output_dir else get_settings().reports_path
+    out_dir = out_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", step.workflow_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    headline = _headline(analysis, trend, records)
+    sections = [Section("Headline figures", [("table", (["Figure", "Value"], _rows(headline)))])]
+    insights = list((analysis or {}).get("insights", []))
+    if trend:
+        insights.append(
+            f"Revenue trend is {trend['direction']}: {_fmt_pct(trend['overall_growth_pct'])} from "
+            f"{trend['periods'][0]['period']} to {trend['periods'][-1]['period']}, "
+            f"best period {trend['best_period']['period']}, worst {trend['worst_period']['period']}"
+        )
+    if insights:
+        sections.append(Section("Key insights", [("ul", insights)]))
+
+    charts: list[Path] = []
+    if trend:
+        chart = _period_chart(trend, out_dir / "revenue_by_period.png")
+        charts.append(chart)
+        rows = [
+            [pt["period"], _fmt(pt["revenue"]), str(pt["orders"]), _fmt_pct(pt["growth_pct"])]
+            for pt in trend["periods"]
+        ]
+        sections.append(
+            Section(
+                f"Revenue by period ({trend['period']})",
+                [("table", (["Period", "Revenue", "Orders", "Growth"], rows)), ("img", chart.name)],
+            )
+        )
+    regions = _region_totals(analysis, records)
+    if regions:
+        chart = _bar_chart(regions, "Revenue by region", out_dir / "revenue_by_region.png")
+        charts.append(chart)
+        rows = [[k, str(n), _fmt(t)] for k, (n, t) in regions.items()]
+        sections.append(
+            Section(
+                "Revenue by region",
+                [("table", (["Region", "Orders", "Revenue"], rows)), ("img", chart.name)],
+            )
+        )
+    if detailed and analysis:
+        sections.extend(_detail_sections(analysis))
+    for key in _extra_keys(p, shared):
+        sections.extend(_extra_sections(key, shared[key], limit=40 if detailed else 10))
+
+    text = _render(p.title, step.workflow_id, sections, p.output_format)
+    report = out_dir / ("report.md" if p.output_format == "markdown" else "report.html")
+    report.write_text(text, encoding="utf-8")
+    log.info("wrote %s with %d charts", report, len(charts))
+    return ReportOutput(
+        report_path=str(report),
+        chart_paths=[str(c) for c in charts],
+        headline=headline,
+        sections=[s.title for s in sections],
+        format=p.format,
+        output_format=p.output_format,
+        content=text if len(text.encode()) <= MAX_INLINE_CONTENT else None,
+    )
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _optional_records(shared: dict[str, Any], key: str) -> list[dict[str, Any]] | None:
+    """The records, if present: they only add sections, so their absence is no error."""
+    if key not in shared:
+        return None
+    try:
+        return records_from(shared[key], key)
+    except ValueError:
+        return None
+
+
+def _headline(
+    analysis: dict[str, Any] | None, trend: dict[str, Any] | None, records: list[Any] | None
+) -> dict[str, Any]:
+    """Headline figures, each from the most complete source that has it."""
+    h: dict[str, Any] = {}
+    revenue = (analysis or {}).get("fields", {}).get("revenue")
+    if analysis:
+        h["records_analysed"] = analysis["record_count"]
+    elif records is not None:
+        h["records_analysed"] = len(records)
+    if revenue:
+        h["total_revenue"] = revenue["sum"]
+        h["average_order_value"] = revenue["mean"]
+    elif trend:
+        h["total_revenue"] = trend["total_revenue"]
+    if trend:
+        h["period_range"] = f"{trend['periods'][0]['period']} to {trend['periods'][-1]['period']}"
+        h["growth_rate_pct"] = trend["overall_growth_pct"]
+        h["cagr_pct"] = trend["cagr_pct"]
+        h["trend_direction"] = trend["direction"]
+        h["best_period"] = trend["best_period"]["period"]
+        h["worst_period"] = trend["worst_period"]["period"]
+    if analysis and analysis.get("outliers"):
+        h["outliers"] = analysis["outliers"]["count"]
+    return h
+
+
+def _region_totals(
+    analysis: dict[str, Any] | None, records: list[Any] | None
+) -> dict[str, tuple[int, float]]:
+    region = (analysis or {}).get("breakdowns", {}).get("region")
+    if region:
+        return {k: (s["count"], s["total"]) for k, s in region.items()}
+    if records and any("region" in r for r in records):
+        return totals_by(records, "region", "revenue")
+    return {}
+
+
+def _detail_sections(analysis: dict[str, Any]) -> list[Section]:
+    header = ["Field", "Count", "Mean", "Std", "Min", "Median", "Max"]
+    rows = [
+        [name, str(s["count"]), *(_fmt(s[k]) for k in ("mean", "std", "min", "median", "max"))]
+        for name, s in analysis["fields"].items()
+    ]
+    out = [Section("Field statistics", [("table", (header, rows))])]
+    corr = analysis.get("correlations", {}).get("revenue")
+    if corr:
+        rows = [[b, _fmt(r, 3)] for b, r in corr.items()]
+        out.append(
+            Section("Correlation with revenue (Pearson r)", [("table", (["Field", "r"], rows))])
+        )
+    for name, slices in analysis.get("breakdowns", {}).items():
+        if name != "region":
+            rows = [
+                [k, str(s["count"]), _fmt(s["total"]), f"{s['share']:.1%}"]
+                for k, s in slices.items()
+            ]
+            out.append(
+                Section(
+                    f"Revenue by {name}", [("table", ([name, "Records", "Revenue", "Share"], rows))]
+                )
+            )
+    return out
+
+
+def _extra_keys(p: ReportParams, shared: dict[str, Any]) -> list[str]:
+    if p.extra_keys is not None:
+        return [k for k in p.extra_keys if k in shared]
+    taken = {p.analysis_key, p.trend_key, p.records_key}
+    return [
+        k
+        for k, v in shared.items()
+        if k not in taken and isinstance(v, dict) and not isinstance(v.get("records"), list)
+    ]
+
+
+def _extra_sections(key: str, value: Any, limit: int) -> list[Section]:
+    """A parallel group's summary as one section per agent, anything else as figures."""
+    perf = value.get("agent_performance") if isinstance(value, dict) else None
+    if not isinstance(perf, dict):
+        return [Section(f"Results: {key}", [("table", (["Figure", "Value"], _flat(value, limit)))])]
+    rows = [
+        [
+            agent,
+            str(a.get("tasks_completed")),
+            str(a.get("tasks_failed")),
+            _fmt(a.get("average_time"), 3),
+        ]
+        for agent, a in perf.items()
+    ]
+    out = [
+        Section(
+            f"Parallel analysis: {key}",
+            [("table", (["Agent", "Completed", "Failed", "Avg s"], rows))],
+        )
+    ]
+    failures = value.get("failures") or {}
+    if failures:
+        out[0].blocks.append(("ul", [f"{k}: {v}" for k, v in failures.items()]))
+    for agent, a in perf.items():
+        for result in a.get("results") or []:
+            out.append(
+                Section(
+                    f"Results: {agent}", [("table", (["Figure", "Value"], _flat(result, limit)))]
+                )
+            )
+    return out
+
+
+def _flat(value: Any, limit: int, prefix: str = "", depth: int = 0) -> list[list[str]]:
+    """Scalar leaves (and short scalar lists) of a nested value, as (path, value) rows."""
+    rows: list[list[str]] = []
+    if isinstance(value, dict) and depth < 3:
+        for k, v in value.items():
+            rows.extend(
+                _flat(v, limit, f"{prefix}{k}" if not prefix else f"{prefix}.{k}", depth + 1)
+            )
+    elif isinstance(value, list):
+        if len(value) <= 10 and all(not isinstance(v, dict | list) for v in value):
+            rows.append([prefix, ", ".join(_fmt(v) for v in value)])
+    elif not isinstance(value, dict):
+        rows.append([prefix or "value", _fmt(value)])
+    return rows[:limit]
+
+
+def _rows(d: dict[str, Any]) -> list[list[str]]:
+    return [
+        [k.replace("_", " ").removesuffix(" pct"), _fmt_pct(v) if k.endswith("_pct") else _fmt(v)]
+        for k, v in d.items()
+    ]
+
+
+def _fmt(v: Any, digits: int | None = None) -> str:
+    if isinstance(v, bool) or v is None:
+        return "–" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        # Money and counts read best with cents; rates and shares need more places.
+        places = digits if digits is not None else 2 if abs(v) >= 10 else 4
+        return f"{v:,.{places}f}"
+    return str(v)
+
+
+def _fmt_pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.1f}%"
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _period_chart(trend: dict[str, Any], path: Path) -> Path:
+    labels = [pt["period"] for pt in trend["periods"]]
+    values = [pt["revenue"] for pt in trend["periods"]]
+    fig = Figure(figsize=(8, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(labels, values, color="#4c78a8", label="revenue")
+    slope = trend.get("slope_per_period")
+    if slope is not None:
+        # The fitted line passes through the centroid (mean index, mean revenue).
+        mid, avg = (len(values) - 1) / 2, sum(values) / len(values)
+        fitted = [avg + slope * (i - mid) for i in range(len(values))]
+        ax.plot(labels, fitted, color="#f58518", marker="o", label="least-squares trend")
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.set_title(f"Revenue by period ({trend['period']}) — {trend['direction']}")
+    ax.set_ylabel("Revenue")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _bar_chart(data: dict[str, tuple[int, float]], title: str, path: Path) -> Path:
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    names = list(data)[::-1]
+    ax.barh(names, [data[n][1] for n in names], color="#54a24b")
+    ax.set_title(title)
+    ax.set_xlabel("Revenue")
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _render(title: str, workflow_id: str, sections: list[Section], fmt: str) -> str:
+    if fmt == "html":
+        return _render_html(title, workflow_id, sections)
+    lines = [f"# {title}", "", f"Workflow `{workflow_id}`", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        for kind, body in s.blocks:
+            if kind == "ul":
+                lines += [f"- {item}" for item in body]
+            elif kind == "table":
+                header, rows = body
+                lines.append("| " + " | ".join(header) + " |")
+                lines.append("|" + "---|" * len(header))
+                lines += ["| " + " | ".join(r) + " |" for r in rows]
+            elif kind == "img":
+                lines.append(f"![{s.title}]({body})")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _render_html(title: str, workflow_id: str, sections: list[Section]) -> str:
+    e = html.escape
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title></head><body>",
+        f"<h1>{e(title)}</h1><p>Workflow <code>{e(workflow_id)}</code></p>",
+    ]
+    for s in sections:
+        parts.append(f"<h2>{e(s.title)}</h2>")
+        for kind, body in s.blocks:
+            if kind == "ul":
+                parts.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in body) + "</ul>")
+            elif kind == "table":
+                header, rows = body
+                head = "".join(f"<th>{e(h)}</th>" for h in header)
+                trs = "".join(
+                    "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows
+                )
+                parts.append(f"<table><tr>{head}</tr>{trs}</table>")
+            elif kind == "img":
+                parts.append(f"<img src='{e(body)}' alt='{e(s.title)}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

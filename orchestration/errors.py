@@ -1,0 +1,57 @@
+"""One error tree: every Baton failure a caller can catch is a ``BatonError``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class BatonError(Exception):
+    """Base class of every error Baton raises on purpose."""
+
+
+class DefinitionError(BatonError, ValueError):
+    """A workflow definition is invalid; nothing was written or enqueued."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        lines = [f"{where}: {what}" if where else what for where, what in self.problems]
+        super().__init__("invalid workflow definition:\n  " + "\n  ".join(lines))
+
+
+class UnknownAgent(BatonError, LookupError):
+    """No agent with this id is registered."""
+
+
+class UnknownTaskType(BatonError, LookupError):
+    """The agent is registered but declares no task type of this name."""
+
+
+class DuplicateAgent(BatonError):
+    """Two agents (or two task types of one agent) were registered under one name."""
+
+
+class WorkflowNotFound(BatonError, KeyError):
+    """No workflow with this id exists in the state store (or it has expired)."""
+
+    def __str__(self) -> str:
+        return f"workflow not found: {self.args[0]!r}"
+
+
+class WorkflowStateError(BatonError):
+    """The requested operation does not apply to the workflow's current status."""
+
+
+class WorkflowTimeout(BatonError, TimeoutError):
+    """``wait`` gave up before the workflow reached a terminal status."""
+
+
+class StepFailed(BatonError):
+    """Raised by a sequential step's task after its failure is committed, to stop the chain."""
+
+
+class AgentOutputError(BatonError):
+    """An agent returned output that does not match its declared output model."""
+
+
+class StateStoreError(BatonError):
+    """The state store could not be reached or answered unexpectedly."""

@@ -1,0 +1,62 @@
+"""Every Redis key Baton writes, in one place.
+
+A workflow's keys share the hash tag ``{<workflow_id>}`` so that the atomic scripts
+touching several of them stay valid on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkflowKeys:
+    prefix: str
+    workflow_id: str
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}:wf:{{{self.workflow_id}}}"
+
+    @property
+    def meta(self) -> str:
+        """Hash: status, counters, version, timestamps, error."""
+        return self._base
+
+    @property
+    def plan(self) -> str:
+        """String: the checked plan (JSON); written once."""
+        return f"{self._base}:plan"
+
+    @property
+    def data(self) -> str:
+        """Hash: shared_data, one JSON value per output_key."""
+        return f"{self._base}:data"
+
+    @property
+    def results(self) -> str:
+        """Hash: step_id -> TaskResult JSON."""
+        return f"{self._base}:results"
+
+    @property
+    def history(self) -> str:
+        """List: execution history entries (JSON)."""
+        return f"{self._base}:history"
+
+    @property
+    def running(self) -> str:
+        """Hash: step_id -> RunningStep JSON, for steps an agent is working on."""
+        return f"{self._base}:running"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel: one message per committed change (wakes ``wait``)."""
+        return f"{self._base}:events"
+
+    def all(self) -> list[str]:
+        return [self.meta, self.plan, self.data, self.results, self.history, self.running]
+
+
+def index_key(prefix: str) -> str:
+    """Sorted set of workflow ids by creation time."""
+    return f"{prefix}:workflows"

@@ -1,0 +1,209 @@
+"""Pydantic records at every boundary: definitions in, results and state out.
+
+Field and status names follow the original in-process design (``TaskResult``,
+``WorkflowContext``, ``TaskStatus``, ``WorkflowStatus``) so its users feel at home.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+IDENT = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    WAITING = "waiting"
+
+
+class WorkflowStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PAUSED = "paused"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskStep(_Strict):
+    """One agent task: the original design's step dict, unchanged."""
+
+    agent_id: Annotated[str, Field(pattern=IDENT)]
+    task_type: Annotated[str, Field(pattern=IDENT)]
+    output_key: Annotated[str, Field(min_length=1)] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+
+Branch = TaskStep | Annotated[list[TaskStep], Field(min_length=1)]
+
+
+class ParallelStep(_Strict):
+    """A parallel group: members (or member sequences) run as one chord."""
+
+    parallel: Annotated[list[Branch], Field(min_length=1)]
+    output_key: Annotated[str, Field(min_length=1)] | None = None
+    aggregate: str = "summary"
+    description: str = ""
+
+
+def _step_kind(value: Any) -> str:
+    # Choosing the model by shape gives one error naming the field actually wrong,
+    # instead of one per union member.
+    is_group = isinstance(value, ParallelStep) or (isinstance(value, dict) and "parallel" in value)
+    return STEP_GROUP if is_group else STEP_TASK
+
+
+STEP_TASK, STEP_GROUP = "task step", "parallel group"
+Step = Annotated[
+    Annotated[TaskStep, Tag(STEP_TASK)] | Annotated[ParallelStep, Tag(STEP_GROUP)],
+    Discriminator(_step_kind),
+]
+
+
+class WorkflowDefinition(_Strict):
+    name: Annotated[str, Field(min_length=1)] = "workflow"
+    description: str = ""
+    steps: Annotated[list[Step], Field(min_length=1)]
+
+    def output_keys(self) -> list[tuple[str, str]]:
+        """(location, output_key) for every step that names one, in order."""
+        found: list[tuple[str, str]] = []
+        for i, step in enumerate(self.steps):
+            if isinstance(step, ParallelStep):
+                for b, branch in enumerate(step.parallel):
+                    members = branch if isinstance(branch, list) else [branch]
+                    for k, member in enumerate(members):
+                        if member.output_key:
+                            loc = f"steps[{i}].parallel[{b}]" + (
+                                f"[{k}]" if isinstance(branch, list) else ""
+                            )
+                            found.append((f"{loc}.output_key", member.output_key))
+            if step.output_key:
+                found.append((f"steps[{i}].output_key", step.output_key))
+        return found
+
+
+# --------------------------------------------------------------------------- results and state
+
+
+class TaskResult(BaseModel):
+    """What one agent task produced, committed to the state store as one record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    agent_id: str
+    status: TaskStatus
+    result: Any = None
+    error: str | None = None
+    execution_time: float = 0.0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    step_id: str = ""
+    task_type: str = ""
+    output_key: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    worker: str | None = None
+
+
+class HistoryEntry(BaseModel):
+    """One line of a workflow's execution history."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    event: str
+    step: str | None = None
+    agent_id: str | None = None
+    task_type: str | None = None
+    status: str | None = None
+    execution_time: float | None = None
+    error: str | None = None
+    version: int | None = None
+    timestamp: str = Field(default_factory=utcnow)
+
+
+class WorkflowContext(BaseModel):
+    """A workflow's full handoff state as stored in Redis."""
+
+    workflow_id: str
+    name: str = ""
+    created_at: str
+    status: WorkflowStatus
+    current_step: int
+    total_steps: int
+    shared_data: dict[str, Any] = Field(default_factory=dict)
+    task_results: dict[str, TaskResult] = Field(default_factory=dict)
+    execution_history: list[HistoryEntry] = Field(default_factory=list)
+    version: int = 0
+    error: str | None = None
+    failed_step: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+
+
+class RunningStep(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    step_id: str
+    agent_id: str
+    task_type: str
+    started_at: str
+    worker: str | None = None
+
+
+class WorkflowStatusReport(BaseModel):
+    """``get_workflow_status``'s answer; indexable like the original design's dict."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str
+    name: str
+    status: WorkflowStatus
+    progress: str
+    completion_percentage: float
+    task_results: int
+    shared_data_keys: list[str]
+    current_agent: str | None = None
+    running_steps: list[RunningStep] = Field(default_factory=list)
+    error: str | None = None
+    failed_step: str | None = None
+    created_at: str
+    updated_at: str | None = None
+    finished_at: str | None = None
+    version: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+class Envelope(BaseModel):
+    """The small record a step task returns to Celery: a reference, never the output."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str
+    step_id: str
+    status: Literal["completed", "failed", "skipped", "duplicate"]
+    error: str | None = None

@@ -1,0 +1,64 @@
+"""Settings from ``BATON_*`` environment variables (pydantic-settings).
+
+Credentials arrive only through these settings; use :func:`redact` before a URL is logged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class BatonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for handoff state, results and (by default) the broker. "
+        "Unset: an embedded redis-server is started under BATON_HOME.",
+    )
+    broker_url: str | None = Field(
+        default=None, description="Broker override (default: redis_url)."
+    )
+    key_prefix: str = Field(default="baton", description="Prefix of every Redis key Baton writes.")
+    home: Path = Field(default=Path(".baton"), description="Embedded Redis files and reports.")
+    reports_dir: Path | None = Field(
+        default=None, description="Where reports go (default HOME/reports)."
+    )
+    agent_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated modules that register user agents."
+    )
+    retention_seconds: int = Field(default=7 * 24 * 3600, description="TTL of finished workflows.")
+    visibility_timeout: int = Field(default=3600, description="Redis transport redelivery timeout.")
+    result_expires: int = Field(default=24 * 3600, description="TTL of Celery's own task results.")
+
+    @field_validator("agent_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @property
+    def reports_path(self) -> Path:
+        return self.reports_dir or self.home / "reports"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> BatonSettings:
+    return BatonSettings()
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

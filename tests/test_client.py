@@ -1,0 +1,118 @@
+"""The Python API seen from more than one process, and the ``baton`` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestration import WorkflowStatus
+from orchestration.client import WorkflowOrchestrator
+
+ECHO = {"agent_id": "testkit", "task_type": "echo", "output_key": "out", "parameters": {"value": 7}}
+
+
+def baton(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_created_workflows_wait_for_start_and_are_visible_to_another_process(
+    orch: WorkflowOrchestrator, worker_env: dict[str, str]
+) -> None:
+    wid = orch.create_workflow({"name": "two processes", "steps": [ECHO]})
+    assert orch.get_workflow_status(wid).status == WorkflowStatus.CREATED
+
+    script = (
+        "import sys\nfrom orchestration.client import WorkflowOrchestrator\n"
+        "o = WorkflowOrchestrator(local_workers=False)\n"
+        "o.start_workflow(sys.argv[1])\n"
+        "print(o.wait(sys.argv[1], timeout=60).model_dump_json())\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script, wid],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 0, other.stderr
+    seen_there = json.loads(other.stdout)
+
+    here = orch.get_workflow_status(wid)
+    assert seen_there["status"] == here.status == WorkflowStatus.COMPLETED
+    assert seen_there["shared_data"]["out"]["value"] == 7
+    assert (here.progress, here.completion_percentage, here.shared_data_keys) == (
+        "1/1",
+        100.0,
+        ["out"],
+    )
+
+
+def test_cli_runs_a_workflow_and_reports_its_status(
+    worker_env: dict[str, str], workers: object, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "name: cli\nsteps:\n  - {agent_id: testkit, task_type: echo, output_key: out,"
+        " parameters: {value: 42}}\n"
+    )
+    ran = baton("run", str(good), "--wait", env=worker_env)
+    assert ran.returncode == 0, ran.stderr
+    wid = ran.stdout.splitlines()[0].strip()
+
+    shown = baton("status", wid, "--json", env=worker_env)
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert (status["status"], status["progress"], status["shared_data_keys"]) == (
+        "completed",
+        "1/1",
+        ["out"],
+    )
+
+
+def test_cli_exits_non_zero_when_the_workflow_fails(
+    worker_env: dict[str, str], workers: object, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: cli\nsteps:\n  - {agent_id: testkit, task_type: fail, parameters: {message: nope}}\n"
+    )
+    ran = baton("run", str(bad), "--wait", env=worker_env)
+    assert ran.returncode == 1
+    assert "ValueError: nope" in ran.stdout
+
+
+def test_cli_rejects_an_invalid_file_with_the_field(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  - {agent_id: nobody, task_type: echo}\n")
+    ran = baton("run", str(bad), env=worker_env)
+    assert ran.returncode == 2
+    assert "steps[0].agent_id" in ran.stdout
+
+
+def test_cli_lists_agents_with_their_queues(worker_env: dict[str, str]) -> None:
+    listed = baton("agents", "--json", env=worker_env)
+    agents = {a["agent_id"]: a for a in json.loads(listed.stdout)}
+    assert {
+        "data_processor",
+        "analyzer",
+        "reporter",
+        "validator",
+        "enricher",
+        "classifier",
+        "scorer",
+        "testkit",
+    } <= agents.keys()
+    assert agents["analyzer"]["queue"] == "agent.analyzer"
+    assert {"statistical_analysis", "trend_analysis"} <= set(agents["analyzer"]["task_types"])

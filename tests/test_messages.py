@@ -1,0 +1,94 @@
+"""Messages carry references, never state: their size is measured on the wire.
+
+``tests/agents.py`` records every task message published, in the client and in the
+workers, through Celery's ``before_task_publish`` signal.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from orchestration import WorkflowStatus
+from orchestration.client import WorkflowOrchestrator
+
+
+def message_sizes(r: redis.Redis, workflow_id: str) -> list[dict[str, object]]:
+    return [json.loads(m) for m in r.lrange(f"testlog:msgsize:{workflow_id}", 0, -1)]
+
+
+def echo(value: object, output_key: str | None = None) -> dict[str, object]:
+    s: dict[str, object] = {
+        "agent_id": "testkit",
+        "task_type": "echo",
+        "parameters": {"value": value},
+    }
+    if output_key:
+        s["output_key"] = output_key
+    return s
+
+
+def test_message_bytes_do_not_depend_on_shared_data_size(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    by_size: dict[int, dict[object, int]] = {}
+    for size in (1024, 1024 * 1024):
+        wid = orch.run_workflow(
+            {
+                "name": f"payload {size}",
+                "steps": [
+                    {
+                        "agent_id": "testkit",
+                        "task_type": "payload",
+                        "output_key": "blob",
+                        "parameters": {"size": size},
+                    },
+                    {
+                        "agent_id": "testkit",
+                        "task_type": "read",
+                        "output_key": "r",
+                        "parameters": {"key": "blob"},
+                    },
+                    echo("end", "end"),
+                ],
+            }
+        )
+        ctx = orch.wait(wid, timeout=60)
+        assert ctx.status == WorkflowStatus.COMPLETED
+        assert ctx.shared_data["r"]["bytes"] >= size  # the state really was handed on
+        by_size[size] = {m["step"]: int(m["bytes"]) for m in message_sizes(raw_redis, wid)}  # type: ignore[call-overload]
+
+    small, large = by_size[1024], by_size[1024 * 1024]
+    assert small.keys() == large.keys() == {"step_1", "step_2", "step_3"}
+    for step in small:
+        # Equal up to the publishing process's pid digits in the 'origin' header.
+        assert abs(small[step] - large[step]) <= 16, (step, small[step], large[step])
+        assert large[step] < 4096
+
+
+def test_chained_groups_keep_every_message_small(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    """Celery embeds the rest of a chain in each chord header; Baton's messages do not grow."""
+    groups = [
+        {"parallel": [echo(f"{g}.{m}") for m in range(10)], "output_key": f"g{g}"} for g in range(6)
+    ]
+    wid = orch.run_workflow({"name": "6x10", "steps": groups})
+    ctx = orch.wait(wid, timeout=120)
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert [ctx.shared_data[f"g{g}"]["successful_tasks"] for g in range(6)] == [10] * 6
+
+    sizes = message_sizes(raw_redis, wid)
+    tasks = [str(m["task"]) for m in sizes]
+    # The client's one dispatch request, every member, every aggregate; nothing else.
+    assert sorted(set(tasks)) == ["baton.aggregate", "baton.dispatch", "testkit.echo"]
+    assert (tasks.count("baton.dispatch"), tasks.count("testkit.echo")) == (1, 60)
+    assert tasks.count("baton.aggregate") == 6
+    def biggest(group: str) -> int:
+        return max(int(str(m["bytes"])) for m in sizes if str(m["step"]).startswith(group))
+
+    assert max(biggest(f"step_{g}") for g in range(1, 7)) < 4096
+    # Groups 2-6 are published by workers (the first by the client, without parent ids):
+    # the second group's messages carry no more than the last's.
+    assert abs(biggest("step_2") - biggest("step_6")) <= 16

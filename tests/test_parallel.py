@@ -1,0 +1,81 @@
+"""Parallel groups: a chord whose callback aggregates every member, failures included."""
+
+from __future__ import annotations
+
+from orchestration import TaskStatus, WorkflowStatus
+from orchestration.client import WorkflowOrchestrator
+
+
+def echo(value: object, output_key: str | None = None) -> dict[str, object]:
+    s: dict[str, object] = {
+        "agent_id": "testkit",
+        "task_type": "echo",
+        "parameters": {"value": value},
+    }
+    if output_key:
+        s["output_key"] = output_key
+    return s
+
+
+FAIL = {"agent_id": "testkit", "task_type": "fail", "parameters": {"message": "member down"}}
+
+
+def test_a_failing_member_is_counted_and_the_workflow_goes_on(orch: WorkflowOrchestrator) -> None:
+    wid = orch.run_workflow(
+        {
+            "name": "fan-out",
+            "steps": [
+                echo("before", "before"),
+                {
+                    "parallel": [
+                        echo(1, "m1"),
+                        FAIL,
+                        echo(3),
+                        [echo("b1", "seq1"), echo("b2", "seq2")],
+                    ],
+                    "output_key": "group",
+                },
+                echo("after", "after"),
+            ],
+        }
+    )
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    summary = ctx.shared_data["group"]
+    assert summary["total_tasks"] == 5
+    assert summary["successful_tasks"] == 4
+    assert summary["failed_tasks"] == 1
+    assert summary["success_rate"] == 0.8
+    assert summary["failures"] == {"step_2.2": "ValueError: member down"}
+    perf = summary["agent_performance"]["testkit"]
+    assert (perf["tasks_completed"], perf["tasks_failed"]) == (4, 1)
+    member_times = [
+        ctx.task_results[s].execution_time
+        for s in ("step_2.1", "step_2.2", "step_2.3", "step_2.4.1", "step_2.4.2")
+    ]
+    assert abs(perf["average_time"] - sum(member_times) / 5) < 1e-9  # the true mean
+    assert [r["value"] for r in perf["results"]] == [1, 3, "b1", "b2"]  # in member order
+    # The sequence inside the group ran in order: its second step saw the first's output.
+    assert "seq1" in ctx.shared_data["seq2"]["saw_keys"]
+    assert ctx.shared_data["after"]["saw_keys"] == ["before", "group", "m1", "seq1", "seq2"]
+    assert ctx.current_step == 3
+
+
+def test_a_branch_stops_at_its_failed_step(orch: WorkflowOrchestrator) -> None:
+    wid = orch.run_workflow(
+        {
+            "name": "branch",
+            "steps": [
+                {"parallel": [[FAIL, echo("never")], echo("ok")], "output_key": "g"},
+            ],
+        }
+    )
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    skipped = ctx.task_results["step_1.1.2"]
+    assert skipped.status == TaskStatus.FAILED
+    assert skipped.error == "skipped: upstream step step_1.1.1 did not complete"
+    assert ctx.shared_data["g"]["successful_tasks"] == 1
+    assert ctx.shared_data["g"]["failed_tasks"] == 2

