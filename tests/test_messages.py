@@ -85,6 +85,7 @@ def test_chained_groups_keep_every_message_small(
     assert sorted(set(tasks)) == ["baton.aggregate", "baton.dispatch", "testkit.echo"]
     assert (tasks.count("baton.dispatch"), tasks.count("testkit.echo")) == (1, 60)
     assert tasks.count("baton.aggregate") == 6
+
     def biggest(group: str) -> int:
         return max(int(str(m["bytes"])) for m in sizes if str(m["step"]).startswith(group))
 

@@ -19,7 +19,7 @@ from orchestration.errors import BatonError
 from orchestration.models import WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import get_settings, redact
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _orchestrator(local_workers: bool | None = False) -> Any:
@@ -81,7 +81,13 @@ def cli(verbose: bool) -> None:
     "--concurrency", "-c", type=int, default=None, help="Worker processes (default: CPUs)."
 )
 @click.option("--autoscale", default=None, help="MAX,MIN processes, as in Celery.")
-@click.option("--hostname", "-n", default=None, help="Node name (default: <agents>@<host>).")
+@click.option(
+    "--hostname",
+    "-n",
+    default=None,
+    envvar="BATON_WORKER_HOSTNAME",
+    help="Node name (default: <agents>.<pid>@<host>).",
+)
 @click.option("--pool", "-P", default="prefork", show_default=True)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--no-control", is_flag=True, help="Do not consume baton.control (aggregates).")

@@ -66,7 +66,7 @@ class Demo:
                 continue
             for key, value in ctx.shared_data.items():
                 if isinstance(value, dict) and "report_path" in value:
-                    lines.append(f"  report: {value['report_path']}")
+                    lines.append(f"  report: {Path(value['report_path']).resolve()}")
                     for name, figure in (value.get("headline") or {}).items():
                         lines.append(f"    {name}: {figure}")
                 if isinstance(value, dict) and "success_rate" in value:

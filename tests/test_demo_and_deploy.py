@@ -1,0 +1,87 @@
+"""The zero-configuration demo and the compose file, as a new user meets them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agents.registry import BUILTIN_MODULES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def baton_processes() -> set[int]:
+    """Pids of running redis-server and ``workers.cli worker`` processes."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"workers.cli worker" in cmd or b"redis-server" in cmd:
+            found.add(int(proc.name))
+    return found
+
+
+def test_demo_runs_with_no_configuration_and_cleans_up(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env["PYTHONPATH"] = str(ROOT)
+    before = baton_processes()
+
+    demo = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    assert "Data Analysis Pipeline" in out and "Customer Intelligence" in out
+    assert out.count(": completed in ") == 2
+    assert "parallel group 'customer_insights': 4/4 succeeded" in out
+    reports = [
+        line.split("report: ", 1)[1].strip() for line in out.splitlines() if "report: " in line
+    ]
+    assert len(reports) == 2
+    for report in reports:
+        assert Path(report).is_absolute() and Path(report).read_text().startswith("# ")
+    assert "total_revenue: 1595784.98" in out
+    # Everything the demo started (embedded redis-server, workers) is gone.
+    assert baton_processes() <= before
+
+
+def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    agents = {m.rsplit(".", 1)[1] for m in BUILTIN_MODULES}
+    assert agents <= services.keys()
+    for agent in agents:
+        assert services[agent]["environment"]["BATON_WORKER_AGENTS"] == agent
+        assert services[agent]["command"] == ["baton", "worker"]
+    assert "--appendonly" in services["redis"]["command"]
+    assert services["flower"]["ports"] == ["5555:5555"]
+
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        cmd = ["docker", "compose", "config", "-q"]
+    elif shutil.which("docker-compose"):
+        cmd = ["docker-compose", "config", "-q"]
+    else:
+        pytest.skip(
+            "neither `docker compose` nor `docker-compose` is installed (.ci/run installs it)"
+        )
+    checked = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
