@@ -63,7 +63,9 @@ class CommitOutcome:
 
 
 class StateStore:
-    def __init__(self, client: redis.Redis, *, prefix: str = "baton", retention: int = 0) -> None:
+    def __init__(
+        self, client: redis.Redis[bytes], *, prefix: str = "baton", retention: int = 0
+    ) -> None:
         self.redis = client
         self.prefix = prefix
         self.retention = retention

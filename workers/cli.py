@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,12 +115,10 @@ def worker(
         argv += ["--autoscale", autoscale]
     elif concurrency:
         argv += ["-c", str(concurrency)]
-    logging.getLogger("baton.worker").warning(
-        "baton worker %s: queues %s, concurrency %s, broker %s",
-        name,
-        ",".join(queues),
-        autoscale or concurrency or os.cpu_count(),
-        redact(str(app.conf.broker_url)),
+    click.echo(
+        f"baton worker {name}: queues {','.join(queues)}; concurrency "
+        f"{autoscale or concurrency or os.cpu_count()}; broker {redact(str(app.conf.broker_url))}",
+        err=True,
     )
     app.worker_main(argv)
 
@@ -197,7 +194,7 @@ def agents(as_json: bool) -> None:
     from agents.registry import load_agents
 
     reg = load_agents(get_settings().agent_modules)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "agent_id": a.agent_id,
             "queue": a.queue,
@@ -235,7 +232,7 @@ def flower(port: int, flower_args: tuple[str, ...]) -> None:
         f"--port={port}",
         *flower_args,
     ]
-    sys.exit(subprocess.call(cmd, env=env))
+    os.execve(sys.executable, cmd, env)  # Flower replaces this process: signals reach it
 
 
 @cli.command()

@@ -151,11 +151,10 @@ class EmbeddedRedis:
         url = self.running_url()
         if url:
             return url
-        self.server = RedisServer(self.home / "redis").start()
-        self.state_file.write_text(
-            json.dumps({"url": self.server.url, "pid": self.server.process.pid})
-        )  # type: ignore[union-attr]
-        return self.server.url
+        server = self.server = RedisServer(self.home / "redis").start()
+        pid = server.process.pid if server.process else None
+        self.state_file.write_text(json.dumps({"url": server.url, "pid": pid}))
+        return server.url
 
     def stop(self) -> None:
         """Stop the server if this process started it."""
