@@ -83,7 +83,7 @@ class StatsOutput(BaseModel):
     insights: list[str]
 
 
-@analyzer.task(params=StatsParams, output=StatsOutput)
+@analyzer.task(params=StatsParams, output=StatsOutput, reads=lambda p: [p.input_key])
 def statistical_analysis(step: StepInput[StatsParams]) -> StatsOutput:
     """Count, mean, std, median, outliers (|z| rule) and Pearson correlations."""
     p = step.parameters
@@ -233,7 +233,7 @@ class TrendOutput(BaseModel):
     worst_period: PeriodPoint
 
 
-@analyzer.task(params=TrendParams, output=TrendOutput)
+@analyzer.task(params=TrendParams, output=TrendOutput, reads=lambda p: [p.input_key])
 def trend_analysis(step: StepInput[TrendParams]) -> TrendOutput:
     """Revenue per period, growth between periods and the least-squares direction."""
     p = step.parameters

@@ -8,7 +8,7 @@ commits it, so an agent is testable as a pure function and safe to run twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -48,6 +48,31 @@ class StepInput(BaseModel, Generic[P]):
 
 
 TaskFn = Callable[[StepInput[Any]], Any]
+Reads = Sequence[str] | Callable[[Any], Iterable[str]]
+
+
+class Handoff(BaseModel):
+    """Returned by a task function to hand the work on: the engine inserts this step next.
+
+    ``output`` is the returning step's own output (validated and committed as usual); the
+    new step runs on ``agent_id``'s queue with the state as it is after that commit.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    agent_id: str
+    task_type: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    output_key: str | None = None
+    output: Any = None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """A task function's validated, JSON-ready output and the handoff it asked for, if any."""
+
+    output: Any
+    handoff: Handoff | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,8 @@ class TaskType:
     params: type[BaseModel] = NoParams
     output: type[BaseModel] | None = None
     description: str = ""
+    reads: Reads = ()
+    compensation: str | None = None
 
     @property
     def celery_name(self) -> str:
@@ -72,13 +99,23 @@ class TaskType:
     def validate_params(self, raw: dict[str, Any]) -> BaseModel:
         return self.params.model_validate(raw)
 
-    def run(self, step: StepInput[Any]) -> Any:
+    def reads_for(self, params: BaseModel) -> list[str]:
+        """The shared_data keys this task reads, given its parameters."""
+        return list(self.reads(params) if callable(self.reads) else self.reads)
+
+    def run(self, step: StepInput[Any]) -> StepOutput:
         """Call the task function and return its output as JSON-ready data.
 
         Output is checked against the declared model *before* anyone commits it,
         so an invalid result fails its own step instead of the next one.
         """
         out = self.fn(step)
+        handoff = None
+        if isinstance(out, Handoff):
+            handoff, out = out, out.output
+        return StepOutput(self.validate_output(out), handoff)
+
+    def validate_output(self, out: Any) -> Any:
         if isinstance(out, BaseModel):
             out = out.model_dump(mode="json")
         if self.output is not None:
@@ -130,14 +167,31 @@ class Agent:
         params: type[BaseModel] = NoParams,
         output: type[BaseModel] | None = None,
         description: str | None = None,
+        reads: Reads = (),
+        compensation: str | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
+        """Register ``fn`` as task type ``name`` (default: the function's name).
+
+        ``reads``: the shared_data keys the task needs, or a function of its parameters
+        giving them; a workflow where no earlier step produces one is refused at creation.
+        ``compensation``: the name of another task type of this agent that undoes this
+        one; it runs (in reverse step order) when a later step fails the workflow.
+        """
+
         def decorate(fn: TaskFn) -> TaskFn:
             task_name = name or fn.__name__
             if task_name in self.task_types:
                 raise DuplicateAgent(f"{self.agent_id}.{task_name} is registered twice")
             doc = description if description is not None else (fn.__doc__ or "").strip()
             self.task_types[task_name] = TaskType(
-                self.agent_id, task_name, fn, params, output, doc.split("\n")[0]
+                self.agent_id,
+                task_name,
+                fn,
+                params,
+                output,
+                doc.split("\n")[0],
+                reads,
+                compensation,
             )
             return fn
 

@@ -35,7 +35,7 @@ class ClassifyOutput(BaseModel):
     assignments: dict[str, str]
 
 
-@classifier.task(params=ClassifyParams, output=ClassifyOutput)
+@classifier.task(params=ClassifyParams, output=ClassifyOutput, reads=lambda p: [p.input_key])
 def classify_records(step: StepInput[ClassifyParams]) -> ClassifyOutput:
     """Tier each customer by total revenue against the revenue percentiles."""
     p = step.parameters

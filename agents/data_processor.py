@@ -66,7 +66,7 @@ class CleanOutput(BaseModel):
     records: list[dict[str, Any]]
 
 
-@data_processor.task(params=CleanParams, output=CleanOutput)
+@data_processor.task(params=CleanParams, output=CleanOutput, reads=lambda p: [p.input_key])
 def clean_data(step: StepInput[CleanParams]) -> CleanOutput:
     """De-duplicate, repair what the data itself can supply, drop what it cannot."""
     p = step.parameters

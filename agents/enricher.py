@@ -58,7 +58,7 @@ class EnrichOutput(BaseModel):
     records: list[dict[str, Any]] | None = None
 
 
-@enricher.task(params=EnrichParams, output=EnrichOutput)
+@enricher.task(params=EnrichParams, output=EnrichOutput, reads=lambda p: [p.input_key])
 def enrich_records(step: StepInput[EnrichParams]) -> EnrichOutput:
     """Add period labels, size band, market and the customer's order count and revenue."""
     p = step.parameters

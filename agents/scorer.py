@@ -47,7 +47,7 @@ class ScoreOutput(BaseModel):
     top_customers: list[CustomerScore]
 
 
-@scorer.task(params=ScoreParams, output=ScoreOutput)
+@scorer.task(params=ScoreParams, output=ScoreOutput, reads=lambda p: [p.input_key])
 def score_records(step: StepInput[ScoreParams]) -> ScoreOutput:
     """Score R, F and M 1–5 by quintile; the sum (3–15) ranks, the pattern segments."""
     p = step.parameters

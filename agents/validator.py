@@ -88,7 +88,7 @@ def _checks(p: ValidateParams) -> dict[str, Check]:
     }
 
 
-@validator.task(params=ValidateParams, output=ValidateOutput)
+@validator.task(params=ValidateParams, output=ValidateOutput, reads=lambda p: [p.input_key])
 def validate_records(step: StepInput[ValidateParams]) -> ValidateOutput:
     """Apply the named rules to every record; count failures per rule and overall."""
     p = step.parameters

@@ -8,19 +8,23 @@ import time
 import uuid
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from agents.registry import AgentRegistry, load_agents
-from orchestration.compiler import start
+from orchestration.compiler import frozen_ids, start_signature
 from orchestration.errors import StateStoreError, WorkflowTimeout
 from orchestration.loader import DefinitionSource, load_plan
-from orchestration.models import WorkflowContext, WorkflowStatus, WorkflowStatusReport
+from orchestration.models import Checkpoint, WorkflowContext, WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import BatonSettings, get_settings, redact
 from orchestration.store import StateStore
 
+if TYPE_CHECKING:
+    from workers.runner import Engine
+
 log = logging.getLogger("baton.client")
+S = WorkflowStatus
 
 _ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 
@@ -98,13 +102,68 @@ class WorkflowOrchestrator:
     def start_workflow(self, workflow_id: str) -> None:
         """Enqueue the first segment of a ``created`` workflow."""
         plan = self.store.plan(workflow_id)
-        self.store.transition(workflow_id, WorkflowStatus.CREATED, WorkflowStatus.RUNNING)
+        sig = start_signature(self.app, plan, workflow_id, run=1)
+        ids = frozen_ids(sig)
+        self.store.transition(
+            workflow_id, [S.CREATED], S.RUNNING, event="workflow_started", track=ids
+        )
         try:
-            start(self.app, plan, workflow_id)
+            sig.apply_async()
         except Exception:
             # Nothing was enqueued: put the workflow back so it can be started again.
-            self.store.transition(workflow_id, WorkflowStatus.RUNNING, WorkflowStatus.CREATED)
+            self.store.transition(workflow_id, [S.RUNNING], S.CREATED, event="start_failed")
             raise
+
+    def cancel_workflow(self, workflow_id: str) -> None:
+        """Stop for good: queued tasks are revoked; a running step's commit will be refused."""
+        t = self.store.transition(workflow_id, [S.CREATED, S.RUNNING, S.PAUSED], S.CANCELLED)
+        if t.outstanding:
+            self.app.control.revoke(t.outstanding)
+
+    def pause_workflow(self, workflow_id: str) -> None:
+        """Stop before the next step; steps already running finish and commit."""
+        self.store.transition(workflow_id, [S.RUNNING], S.PAUSED)
+
+    def resume_workflow(self, workflow_id: str) -> None:
+        """Continue a paused workflow from exactly where it stopped."""
+        t = self.store.transition(
+            workflow_id, [S.PAUSED], S.RUNNING, event="workflow_resumed", clear_paused=True
+        )
+        if t.paused_at:  # something stopped at the pause; else the in-flight step goes on
+            self._engine().go_on(workflow_id, t.run)
+
+    def retry_workflow(self, workflow_id: str) -> None:
+        """Restart a failed workflow from its last good checkpoint; committed steps stay."""
+        version, run = self.store.restore(
+            workflow_id,
+            self.store.get_status(workflow_id).version,
+            [S.FAILED],
+            S.RUNNING,
+            event="workflow_retried",
+            bump_run=True,
+            archive_failed=True,
+        )
+        self._engine().go_on(workflow_id, run)
+
+    def rollback(self, workflow_id: str, to_version: int) -> None:
+        """Restore checkpoint ``to_version`` of a stopped workflow; it is then ``paused``.
+
+        Later versions stay readable (``get_context(id, version=N)``); ``resume_workflow``
+        continues from the restored state.
+        """
+        self.store.restore(
+            workflow_id,
+            to_version,
+            [S.FAILED, S.PAUSED, S.COMPLETED],
+            S.PAUSED,
+            event="rolled_back",
+            bump_run=True,
+        )
+
+    def _engine(self) -> Engine:
+        from workers.runner import Engine
+
+        return Engine(self.app, self.store, self.registry)
 
     def run_workflow(self, definition: DefinitionSource, workflow_id: str | None = None) -> str:
         wid = self.create_workflow(definition, workflow_id)
@@ -117,8 +176,13 @@ class WorkflowOrchestrator:
     def get_workflow_status(self, workflow_id: str) -> WorkflowStatusReport:
         return self.store.get_status(workflow_id)
 
-    def get_context(self, workflow_id: str) -> WorkflowContext:
-        return self.store.get_context(workflow_id)
+    def get_context(self, workflow_id: str, version: int | None = None) -> WorkflowContext:
+        """The workflow's state, or the state as of checkpoint ``version``."""
+        return self.store.get_context(workflow_id, version)
+
+    def get_checkpoints(self, workflow_id: str) -> list[Checkpoint]:
+        """Every committed version of the state: step, agent, time and what changed."""
+        return self.store.get_checkpoints(workflow_id)
 
     def list_workflows(self, limit: int = 50) -> list[WorkflowStatusReport]:
         return [self.store.get_status(w) for w in self.store.list_ids(limit)]

@@ -49,12 +49,45 @@ class WorkflowKeys:
         return f"{self._base}:running"
 
     @property
+    def versions(self) -> str:
+        """Hash: the version that wrote each live item (``d:<key>``, ``r:<step>``,
+        ``h:<inserted step>``, ``b:<step>`` for a step that advanced progress)."""
+        return f"{self._base}:versions"
+
+    @property
+    def archive(self) -> str:
+        """Hash: values superseded by a restore, ``<item>@<written>-<removed>`` -> JSON."""
+        return f"{self._base}:archive"
+
+    @property
+    def tasks(self) -> str:
+        """Set: Celery task ids dispatched and not yet committed (revoked on cancel)."""
+        return f"{self._base}:tasks"
+
+    @property
+    def dynamic(self) -> str:
+        """Hash: steps inserted at run time by handoffs, step_id -> PlannedTask JSON."""
+        return f"{self._base}:dynamic"
+
+    @property
     def events(self) -> str:
         """Pub/sub channel: one message per committed change (wakes ``wait``)."""
         return f"{self._base}:events"
 
     def all(self) -> list[str]:
-        return [self.meta, self.plan, self.data, self.results, self.history, self.running]
+        """Every key of the workflow, in the order the Lua scripts expect (``_lib.lua``)."""
+        return [
+            self.meta,
+            self.plan,
+            self.data,
+            self.results,
+            self.history,
+            self.running,
+            self.versions,
+            self.archive,
+            self.tasks,
+            self.dynamic,
+        ]
 
 
 def index_key(prefix: str) -> str:

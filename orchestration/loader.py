@@ -1,7 +1,9 @@
 """Definitions in (dict, YAML/JSON file, model), a checked :class:`Plan` out.
 
 Everything is checked here, against the agent registry, before a single Redis write:
-a definition that fails raises :class:`DefinitionError` naming each offending field.
+agents and task types exist, parameters fit their models, every key a step reads is
+produced by an earlier step. A definition that fails raises :class:`DefinitionError`
+naming each offending field.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from pydantic import BaseModel, ValidationError
 from agents.registry import AgentRegistry
 from orchestration.aggregate import aggregators
 from orchestration.errors import BatonError, DefinitionError
-from orchestration.models import STEP_GROUP, STEP_TASK, ParallelStep, TaskStep, WorkflowDefinition
+from orchestration.models import (
+    STEP_GROUP,
+    STEP_TASK,
+    ParallelStep,
+    TaskStep,
+    WorkflowDefinition,
+)
 from orchestration.plan import Plan, PlannedGroup, PlannedTask
 
 DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
+Problems = list[tuple[str, str]]
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
@@ -34,7 +43,7 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return out
 
 
-def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+def _problems(exc: ValidationError, prefix: str = "") -> Problems:
     out = []
     for err in exc.errors():
         where = _loc(err["loc"])
@@ -55,9 +64,8 @@ def read_definition(source: DefinitionSource) -> WorkflowDefinition:
         try:
             raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise DefinitionError(
-                [(str(path), f"not valid {path.suffix[1:] or 'YAML'}: {exc}")]
-            ) from None
+            kind = path.suffix[1:] or "YAML"
+            raise DefinitionError([(str(path), f"not valid {kind}: {exc}")]) from None
         source = raw
     if not isinstance(source, dict):
         raise DefinitionError([("", f"a definition is a mapping, got {type(source).__name__}")])
@@ -67,28 +75,36 @@ def read_definition(source: DefinitionSource) -> WorkflowDefinition:
         raise DefinitionError(_problems(exc)) from None
 
 
-def _plan_task(
+def plan_task(
     step: TaskStep,
     where: str,
     step_id: str,
     index: int,
     reg: AgentRegistry,
-    problems: list[tuple[str, str]],
+    problems: Problems,
+    available: set[str],
+    *,
     group: str | None = None,
     after: str | None = None,
+    dynamic: bool = False,
 ) -> PlannedTask:
+    """Check one task step against the registry and the keys available to it."""
     params: dict[str, Any] = dict(step.parameters)
+    compensation = None
     try:
         task_type = reg.get_task(step.agent_id, step.task_type)
     except BatonError as exc:
         field = "agent_id" if step.agent_id not in reg else "task_type"
         problems.append((f"{where}.{field}", str(exc)))
     else:
+        compensation = task_type.compensation
         try:
             model: BaseModel = task_type.validate_params(step.parameters)
-            params = model.model_dump(mode="json")
         except ValidationError as exc:
             problems.extend(_problems(exc, f"{where}.parameters"))
+        else:
+            params = model.model_dump(mode="json")
+            _check_reads(step, where, task_type.reads_for(model), available, problems)
     return PlannedTask(
         step_id=step_id,
         index=index,
@@ -98,21 +114,58 @@ def _plan_task(
         parameters=params,
         group=group,
         after=after,
+        context_keys=step.context_keys,
+        retries=step.retries,
+        retry_backoff=step.retry_backoff,
+        retry_backoff_max=step.retry_backoff_max,
+        timeout=step.timeout,
+        compensation=compensation,
+        dynamic=dynamic,
     )
 
 
+def _check_reads(
+    step: TaskStep, where: str, reads: list[str], available: set[str], problems: Problems
+) -> None:
+    have = ", ".join(sorted(available)) or "nothing yet"
+    for key in step.context_keys or []:
+        if key not in available:
+            problems.append(
+                (
+                    f"{where}.context_keys",
+                    f"{key!r} is not produced by any earlier step (available: {have})",
+                )
+            )
+    for key in reads:
+        if key not in available:
+            problems.append(
+                (
+                    where,
+                    f"{step.agent_id}.{step.task_type} reads {key!r}, which no earlier step "
+                    f"produces (available: {have})",
+                )
+            )
+        elif step.context_keys is not None and key not in step.context_keys:
+            problems.append(
+                (f"{where}.context_keys", f"must include {key!r}, which the task reads")
+            )
+
+
 def compile_plan(definition: WorkflowDefinition, reg: AgentRegistry) -> Plan:
-    """Check a parsed definition against the registry and assign step ids."""
-    problems: list[tuple[str, str]] = []
+    """Check a parsed definition against the registry and the data flow; assign step ids."""
+    problems: Problems = []
     nodes: list[PlannedTask | PlannedGroup] = []
     tasks: dict[str, PlannedTask] = {}
+    available: set[str] = set()
     for i, step in enumerate(definition.steps):
         sid = f"step_{i + 1}"
         where = f"steps[{i}]"
         if isinstance(step, TaskStep):
-            node = _plan_task(step, where, sid, i, reg, problems)
+            node = plan_task(step, where, sid, i, reg, problems, available)
             tasks[sid] = node
             nodes.append(node)
+            if step.output_key:
+                available.add(step.output_key)
             continue
         assert isinstance(step, ParallelStep)
         if step.aggregate not in aggregators:
@@ -121,17 +174,32 @@ def compile_plan(definition: WorkflowDefinition, reg: AgentRegistry) -> Plan:
                 (f"{where}.aggregate", f"unknown aggregator {step.aggregate!r} (known: {known})")
             )
         branches: list[list[str]] = []
+        produced: set[str] = set()
         for b, branch in enumerate(step.parallel):
             seq = branch if isinstance(branch, list) else [branch]
             ids: list[str] = []
+            seen = set(available)  # members of a group never see each other's outputs
             for k, member in enumerate(seq):
-                mid = f"{sid}.{b + 1}" + (f".{k + 1}" if isinstance(branch, list) else "")
+                suffix = f".{k + 1}" if isinstance(branch, list) else ""
                 mwhere = f"{where}.parallel[{b}]" + (f"[{k}]" if isinstance(branch, list) else "")
-                tasks[mid] = _plan_task(
-                    member, mwhere, mid, i, reg, problems, group=sid, after=ids[-1] if ids else None
+                mid = f"{sid}.{b + 1}{suffix}"
+                tasks[mid] = plan_task(
+                    member,
+                    mwhere,
+                    mid,
+                    i,
+                    reg,
+                    problems,
+                    seen,
+                    group=sid,
+                    after=ids[-1] if ids else None,
                 )
                 ids.append(mid)
+                if member.output_key:
+                    seen.add(member.output_key)
+                    produced.add(member.output_key)
             branches.append(ids)
+        available |= produced | ({step.output_key} if step.output_key else set())
         nodes.append(
             PlannedGroup(
                 step_id=sid,
@@ -139,16 +207,26 @@ def compile_plan(definition: WorkflowDefinition, reg: AgentRegistry) -> Plan:
                 branches=branches,
                 output_key=step.output_key,
                 aggregate=step.aggregate,
+                on_failure=step.on_failure,
+                min_success_rate=step.min_success_rate,
             )
         )
-    seen: dict[str, str] = {}
+    seen_keys: dict[str, str] = {}
     for where, key in definition.output_keys():
-        if key in seen:
-            problems.append((where, f"duplicate output_key {key!r} (first used at {seen[key]})"))
-        seen.setdefault(key, where)
+        if key in seen_keys:
+            problems.append(
+                (where, f"duplicate output_key {key!r} (first used at {seen_keys[key]})")
+            )
+        seen_keys.setdefault(key, where)
     if problems:
         raise DefinitionError(problems)
-    return Plan(name=definition.name, description=definition.description, nodes=nodes, tasks=tasks)
+    return Plan(
+        name=definition.name,
+        description=definition.description,
+        nodes=nodes,
+        tasks=tasks,
+        max_handoffs=definition.max_handoffs,
+    )
 
 
 def load_plan(source: DefinitionSource, reg: AgentRegistry) -> Plan:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 
@@ -33,10 +33,12 @@ class WorkflowStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     PAUSED = "paused"
+    COMPENSATING = "compensating"  # failed; compensations of completed steps are running
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
+        return self in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
 
 
 # --------------------------------------------------------------------------- definitions
@@ -54,6 +56,15 @@ class TaskStep(_Strict):
     output_key: Annotated[str, Field(min_length=1)] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    context_keys: list[str] | None = Field(
+        default=None, description="shared_data keys handed to the agent (default: all)"
+    )
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    retry_backoff: Annotated[float, Field(gt=0)] = 1.0
+    retry_backoff_max: Annotated[float, Field(gt=0)] = 300.0
+    timeout: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="soft time limit in seconds; the agent may catch it"
+    )
 
 
 Branch = TaskStep | Annotated[list[TaskStep], Field(min_length=1)]
@@ -66,6 +77,8 @@ class ParallelStep(_Strict):
     output_key: Annotated[str, Field(min_length=1)] | None = None
     aggregate: str = "summary"
     description: str = ""
+    on_failure: Literal["continue", "fail"] = "continue"
+    min_success_rate: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 def _step_kind(value: Any) -> str:
@@ -86,6 +99,7 @@ class WorkflowDefinition(_Strict):
     name: Annotated[str, Field(min_length=1)] = "workflow"
     description: str = ""
     steps: Annotated[list[Step], Field(min_length=1)]
+    max_handoffs: Annotated[int, Field(ge=0)] = 10
 
     def output_keys(self) -> list[tuple[str, str]]:
         """(location, output_key) for every step that names one, in order."""
@@ -141,7 +155,41 @@ class HistoryEntry(BaseModel):
     execution_time: float | None = None
     error: str | None = None
     version: int | None = None
+    attempt: int | None = None
+    changed: list[str] | None = None
     timestamp: str = Field(default_factory=utcnow)
+
+    @field_validator("changed", mode="before")
+    @classmethod
+    def _empty_lua_table(cls, value: Any) -> Any:
+        return [] if value == {} else value  # Lua's cjson writes an empty list as {}
+
+
+class Checkpoint(BaseModel):
+    """One version of a workflow's state: which step made it, when, and what it changed.
+
+    ``changed`` names shared_data keys (``data:<key>``) and task results (``result:<step>``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    event: str
+    step: str | None = None
+    agent_id: str | None = None
+    task_type: str | None = None
+    changed: list[str] = Field(default_factory=list)
+    timestamp: str
+
+
+class CompensationOutcome(BaseModel):
+    """What the saga did after a failure: steps compensated (in order), their failures."""
+
+    model_config = ConfigDict(frozen=True)
+
+    compensated: list[str] = Field(default_factory=list)
+    failures: dict[str, str] = Field(default_factory=dict)
+    restored_to_version: int | None = None
 
 
 class WorkflowContext(BaseModel):
@@ -161,6 +209,8 @@ class WorkflowContext(BaseModel):
     failed_step: str | None = None
     updated_at: str | None = None
     finished_at: str | None = None
+    run: int = 1
+    compensation: CompensationOutcome | None = None
 
 
 class RunningStep(BaseModel):
@@ -193,6 +243,7 @@ class WorkflowStatusReport(BaseModel):
     updated_at: str | None = None
     finished_at: str | None = None
     version: int = 0
+    compensation: CompensationOutcome | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -205,5 +256,5 @@ class Envelope(BaseModel):
 
     workflow_id: str
     step_id: str
-    status: Literal["completed", "failed", "skipped", "duplicate"]
+    status: Literal["completed", "failed", "skipped", "duplicate", "stale", "paused"]
     error: str | None = None

@@ -26,6 +26,13 @@ class PlannedTask(_Frozen):
     parameters: dict[str, Any] = Field(default_factory=dict)
     group: str | None = None  # step_id of the enclosing parallel group
     after: str | None = None  # the previous step of the same branch sequence
+    context_keys: list[str] | None = None
+    retries: int = 0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    timeout: float | None = None
+    compensation: str | None = None  # task type of the same agent that undoes this one
+    dynamic: bool = False  # inserted at run time by a handoff
 
     @property
     def celery_name(self) -> str:
@@ -43,6 +50,8 @@ class PlannedGroup(_Frozen):
     branches: list[list[str]]  # step_ids, one list per branch
     output_key: str | None
     aggregate: str
+    on_failure: str = "continue"
+    min_success_rate: float | None = None
 
     @property
     def member_ids(self) -> list[str]:
@@ -54,6 +63,7 @@ class Plan(_Frozen):
     description: str = ""
     nodes: list[PlannedTask | PlannedGroup]
     tasks: dict[str, PlannedTask]
+    max_handoffs: int = 10
 
     @property
     def total_steps(self) -> int:
@@ -67,6 +77,9 @@ class Plan(_Frozen):
             if isinstance(node, PlannedGroup) and node.step_id == step_id:
                 return node
         raise KeyError(step_id)
+
+    def top_level_ids(self) -> list[str]:
+        return [n.step_id for n in self.nodes]
 
     def is_last(self, index: int) -> bool:
         return index == len(self.nodes) - 1
@@ -92,3 +105,25 @@ class Plan(_Frozen):
                 break
             run.append(node)
         return run
+
+
+def handoff_id(step: PlannedTask) -> str:
+    """The id of a step inserted by ``step``'s handoff: ``step_3.h1``, then ``step_3.h2``."""
+    if step.dynamic:
+        base, _, n = step.step_id.rpartition(".h")
+        return f"{base}.h{int(n) + 1}"
+    return f"{step.step_id}.h1"
+
+
+def frontier(plan: Plan, completed: set[str], inserted: list[PlannedTask]) -> str | None:
+    """The first step (top-level or inserted) that has not completed: where to go on from."""
+    by_node: dict[int, list[PlannedTask]] = {}
+    for task in sorted(inserted, key=lambda t: int(t.step_id.rpartition(".h")[2])):
+        by_node.setdefault(task.index, []).append(task)
+    for node in plan.nodes:
+        if node.step_id not in completed:
+            return node.step_id
+        for task in by_node.get(node.index, []):
+            if task.step_id not in completed:
+                return task.step_id
+    return None

@@ -1,7 +1,9 @@
 """The state store: a workflow's handoff state in Redis, changed only by atomic scripts.
 
 Reads are pipelined (one round trip); every write that touches more than one key is a
-Lua script from ``orchestration/lua``, so a crash can never leave half a handoff.
+Lua script from ``orchestration/lua`` (each prefixed with ``_lib.lua``), so a crash can
+never leave half a handoff, and every commit is a compare-and-set on the workflow's
+status, run and the step's absence.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -19,27 +21,36 @@ import redis
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
 from orchestration.keys import WorkflowKeys, index_key
 from orchestration.models import (
+    Checkpoint,
+    CompensationOutcome,
     HistoryEntry,
     RunningStep,
     TaskResult,
+    TaskStatus,
     WorkflowContext,
     WorkflowStatus,
     WorkflowStatusReport,
     utcnow,
 )
-from orchestration.plan import Plan
+from orchestration.plan import Plan, PlannedTask
 
 log = logging.getLogger("baton.store")
 
 Outcome = Literal["continue", "complete", "fail"]
+S = WorkflowStatus
 
 
 def _script(name: str) -> str:
-    return resources.files("orchestration").joinpath(f"lua/{name}.lua").read_text()
+    lua = resources.files("orchestration").joinpath("lua")
+    return lua.joinpath("_lib.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _s(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -53,13 +64,21 @@ class StepState:
 
 @dataclass(frozen=True)
 class CommitOutcome:
-    state: Literal["committed", "duplicate", "not_running", "missing"]
+    state: Literal["committed", "duplicate", "not_running", "stale", "missing"]
     version: int = 0
     status: str = ""
 
     @property
     def committed(self) -> bool:
         return self.state == "committed"
+
+
+@dataclass(frozen=True)
+class Transition:
+    old_status: str
+    run: int
+    paused_at: str | None
+    outstanding: list[str] = field(default_factory=list)
 
 
 class StateStore:
@@ -69,58 +88,114 @@ class StateStore:
         self.redis = client
         self.prefix = prefix
         self.retention = retention
-        self._create = client.register_script(_script("create"))
-        self._transition = client.register_script(_script("transition"))
-        self._begin = client.register_script(_script("begin"))
-        self._commit = client.register_script(_script("commit"))
+        self._scripts = {
+            name: client.register_script(_script(name))
+            for name in ("create", "transition", "begin", "commit", "restore")
+        }
         self._plans: dict[str, Plan] = {}
 
     def keys(self, workflow_id: str) -> WorkflowKeys:
         return WorkflowKeys(self.prefix, workflow_id)
 
+    def _call(
+        self, name: str, workflow_id: str, spec: dict[str, Any], *args: str, client: Any = None
+    ) -> Any:
+        k = self.keys(workflow_id)
+        spec = {"channel": k.events, "now": utcnow(), "retention": self.retention, **spec}
+        spec = {key: v for key, v in spec.items() if v is not None}  # cjson.null is truthy in Lua
+        return self._scripts[name](
+            keys=[*k.all(), index_key(self.prefix)], args=[dumps(spec), *args], client=client
+        )
+
     # ------------------------------------------------------------------ lifecycle
 
     def create(self, workflow_id: str, plan: Plan) -> bool:
         """Store a new workflow as ``created``; False if the id already exists."""
-        k = self.keys(workflow_id)
-        now = utcnow()
-        entry = HistoryEntry(event="workflow_created", status="created", timestamp=now)
-        created = self._create(
-            keys=[k.meta, k.plan, index_key(self.prefix), k.history],
-            args=[
-                workflow_id,
-                plan.name,
-                now,
-                plan.total_steps,
-                plan.model_dump_json(),
-                entry.model_dump_json(exclude_none=True),
-                time.time(),
-            ],
+        entry = HistoryEntry(event="workflow_created", status="created")
+        spec = {
+            "workflow_id": workflow_id,
+            "name": plan.name,
+            "total_steps": plan.total_steps,
+            "score": time.time(),
+            "now": entry.timestamp,
+        }
+        created = self._call(
+            "create",
+            workflow_id,
+            spec,
+            plan.model_dump_json(),
+            entry.model_dump_json(exclude_none=True),
         )
         return bool(created)
 
-    def transition(self, workflow_id: str, old: WorkflowStatus, new: WorkflowStatus) -> None:
-        k = self.keys(workflow_id)
-        entry = HistoryEntry(event=f"workflow_{new.value}", status=new.value)
-        state, current = self._transition(
-            keys=[k.meta, k.history],
-            args=[
-                old.value,
-                new.value,
-                entry.timestamp,
-                entry.model_dump_json(exclude_none=True),
-                k.events,
-            ],
+    def transition(
+        self,
+        workflow_id: str,
+        old: Sequence[WorkflowStatus],
+        new: WorkflowStatus,
+        *,
+        event: str | None = None,
+        track: Sequence[str] = (),
+        bump_run: bool = False,
+        clear_paused: bool = False,
+        error: str | None = None,
+    ) -> Transition:
+        spec = {
+            "from": [s.value for s in old],
+            "to": new.value,
+            "event": event or f"workflow_{new.value}",
+            "track": list(track),
+            "bump_run": bump_run,
+            "clear_paused": clear_paused,
+            "error": error,
+        }
+        reply = self._call("transition", workflow_id, spec)
+        self._check(workflow_id, reply, old, new)
+        return Transition(
+            _s(reply[1]), int(reply[2]), _s(reply[3]) or None, [_s(i) for i in reply[4:]]
         )
-        if state == b"missing":
+
+    def restore(
+        self,
+        workflow_id: str,
+        target: int,
+        old: Sequence[WorkflowStatus],
+        new: WorkflowStatus,
+        *,
+        event: str,
+        bump_run: bool = False,
+        keep_failed: bool = False,
+        archive_failed: bool = False,
+        compensation: CompensationOutcome | None = None,
+    ) -> tuple[int, int]:
+        """Restore shared state and results to checkpoint ``target``; returns (version, run)."""
+        spec = {
+            "from": [s.value for s in old],
+            "to": new.value,
+            "target": target,
+            "event": event,
+            "bump_run": bump_run,
+            "keep_failed": keep_failed,
+            "archive_failed": archive_failed,
+            "compensation": compensation.model_dump_json() if compensation else None,
+        }
+        reply = self._call("restore", workflow_id, spec)
+        self._check(workflow_id, reply, old, new)
+        return int(reply[2]), int(reply[3])
+
+    @staticmethod
+    def _check(workflow_id: str, reply: list[Any], old: Sequence[S], new: S) -> None:
+        state = _s(reply[0])
+        if state == "missing":
             raise WorkflowNotFound(workflow_id)
-        if state == b"refused":
+        if state == "refused":
+            allowed = " or ".join(s.value for s in old)
             raise WorkflowStateError(
-                f"workflow {workflow_id} is {current.decode()}, not {old.value}: cannot make it {new.value}"
+                f"workflow {workflow_id} is {_s(reply[1])}, not {allowed}: cannot make it {new.value}"
             )
 
     def plan(self, workflow_id: str) -> Plan:
-        """The workflow's plan; immutable, so cached per process."""
+        """The workflow's static plan; immutable, so cached per process."""
         plan = self._plans.get(workflow_id)
         if plan is None:
             raw = self.redis.get(self.keys(workflow_id).plan)
@@ -132,75 +207,113 @@ class StateStore:
             self._plans[workflow_id] = plan
         return plan
 
+    def task(self, workflow_id: str, step_id: str) -> PlannedTask:
+        """A step of the plan, or one inserted at run time by a handoff."""
+        found = self.plan(workflow_id).tasks.get(step_id)
+        if found is None:
+            raw = self.redis.hget(self.keys(workflow_id).dynamic, step_id)
+            if raw is None:
+                raise WorkflowNotFound(f"{workflow_id} has no step {step_id}")
+            found = PlannedTask.model_validate_json(raw)
+        return found
+
+    def inserted(self, workflow_id: str) -> list[PlannedTask]:
+        raw = self.redis.hvals(self.keys(workflow_id).dynamic)
+        return [PlannedTask.model_validate_json(v) for v in raw]
+
     # ------------------------------------------------------------------ steps
 
     def begin_step(
-        self, workflow_id: str, running: RunningStep, *, with_data: bool = True
+        self,
+        workflow_id: str,
+        running: RunningStep,
+        run: int,
+        context_keys: list[str] | None = None,
     ) -> StepState:
-        """Mark the step running and load state, in one round trip."""
+        """Mark the step running and load the state it may see, in one round trip."""
         k = self.keys(workflow_id)
         pipe = self.redis.pipeline(transaction=False)
-        self._begin(
-            keys=[k.meta, k.running],
-            args=[running.step_id, running.model_dump_json(), k.events],
-            client=pipe,
-        )
-        if with_data:
+        spec = {"step": running.step_id, "running_json": running.model_dump_json(), "run": run}
+        self._call("begin", workflow_id, spec, client=pipe)
+        if context_keys is None:
             pipe.hgetall(k.data)
+        elif context_keys:
+            pipe.hmget(k.data, context_keys)
         pipe.hgetall(k.results)
         replies = pipe.execute()
-        status = replies[0].decode()
-        data = _decode_data(replies[1]) if with_data else {}
-        return StepState(status, data, _decode_results(replies[-1], data))
+        if context_keys is None:
+            data = _decode_data(replies[1])
+        elif context_keys:
+            data = {
+                key: json.loads(v) for key, v in zip(context_keys, replies[1], strict=True) if v
+            }
+        else:
+            data = {}
+        return StepState(_s(replies[0]), data, _decode_results(replies[-1], data))
 
     def commit(
         self,
         workflow_id: str,
         result: TaskResult,
         *,
-        output_key: str | None,
+        node: str,
         output_json: str,
         advance: bool,
         outcome: Outcome,
+        run: int,
+        task_id: str | None = None,
+        track: Sequence[str] = (),
+        handoff: PlannedTask | None = None,
+        max_handoffs: int = 0,
     ) -> CommitOutcome:
-        k = self.keys(workflow_id)
         entry = HistoryEntry(
-            event="step_completed" if result.status == "completed" else "step_failed",
+            event="step_completed" if result.status == TaskStatus.COMPLETED else "step_failed",
             step=result.step_id,
             agent_id=result.agent_id,
             task_type=result.task_type,
             status=result.status.value,
             execution_time=result.execution_time,
             error=result.error,
+            attempt=result.metadata.get("attempt"),
         )
-        state, value = self._commit(
-            keys=[k.meta, k.data, k.results, k.history, k.running, k.plan],
-            args=[
-                result.step_id,
-                output_key or "",
-                output_json,
-                _stored(result, output_key),
-                entry.model_dump_json(exclude_none=True),
-                int(advance),
-                outcome,
-                entry.timestamp,
-                result.error or "",
-                self.retention,
-                k.events,
-            ],
+        spec = {
+            "step": result.step_id,
+            "node": node,
+            "output_key": result.output_key or "",
+            "advance": advance,
+            "outcome": outcome,
+            "error": result.error or "",
+            "run": run,
+            "task_id": task_id or "",
+            "track": list(track),
+            "now": entry.timestamp,
+            "handoff_id": handoff.step_id if handoff else "",
+            "max_handoffs": max_handoffs,
+        }
+        reply = self._call(
+            "commit",
+            workflow_id,
+            spec,
+            output_json,
+            _stored(result),
+            entry.model_dump_json(exclude_none=True),
+            handoff.model_dump_json() if handoff else "",
         )
-        state = state.decode()
-        if state == "committed" or state == "duplicate":
-            return CommitOutcome(state, int(value))
-        return CommitOutcome(state, status=value.decode() if isinstance(value, bytes) else "")
+        return CommitOutcome(_s(reply[0]), int(reply[1] or 0), _s(reply[2]))  # type: ignore[arg-type]
+
+    def note(self, workflow_id: str, entry: HistoryEntry) -> None:
+        """Append a history line that changes no state (an attempt, a compensation)."""
+        k = self.keys(workflow_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(k.history, entry.model_dump_json(exclude_none=True))
+        pipe.publish(k.events, dumps({"event": entry.event, "step": entry.step}))
+        pipe.execute()
+
+    def track(self, workflow_id: str, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            self.redis.sadd(self.keys(workflow_id).tasks, *task_ids)
 
     # ------------------------------------------------------------------ reads
-
-    def _meta(self, workflow_id: str) -> dict[str, str]:
-        raw = self.redis.hgetall(self.keys(workflow_id).meta)
-        if not raw:
-            raise WorkflowNotFound(workflow_id)
-        return {k.decode(): v.decode() for k, v in raw.items()}
 
     def status_of(self, workflow_id: str) -> WorkflowStatus:
         raw = self.redis.hget(self.keys(workflow_id).meta, "status")
@@ -208,37 +321,95 @@ class StateStore:
             raise WorkflowNotFound(workflow_id)
         return WorkflowStatus(raw.decode())
 
-    def exists(self, workflow_id: str) -> bool:
-        return bool(self.redis.exists(self.keys(workflow_id).meta))
+    def results(self, workflow_id: str) -> dict[str, TaskResult]:
+        """Task results by step id (outputs kept under an output_key are not loaded)."""
+        return _decode_results(self.redis.hgetall(self.keys(workflow_id).results), {})
 
-    def get_context(self, workflow_id: str) -> WorkflowContext:
+    def versions(self, workflow_id: str) -> dict[str, int]:
+        return {
+            _s(k): int(v) for k, v in self.redis.hgetall(self.keys(workflow_id).versions).items()
+        }
+
+    def history(self, workflow_id: str) -> list[HistoryEntry]:
+        raw = self.redis.lrange(self.keys(workflow_id).history, 0, -1)
+        return [HistoryEntry.model_validate_json(h) for h in raw]
+
+    def outstanding(self, workflow_id: str) -> set[str]:
+        return {_s(i) for i in self.redis.smembers(self.keys(workflow_id).tasks)}
+
+    def get_context(self, workflow_id: str, version: int | None = None) -> WorkflowContext:
+        """The workflow's state now, or as it was at checkpoint ``version``."""
         k = self.keys(workflow_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(k.meta)
-        pipe.hgetall(k.data)
-        pipe.hgetall(k.results)
+        for key in (k.meta, k.data, k.results, k.versions, k.archive):
+            pipe.hgetall(key)
         pipe.lrange(k.history, 0, -1)
-        meta_raw, data, results, history = pipe.execute()
+        meta_raw, data, results, versions_raw, archive, history_raw = pipe.execute()
         if not meta_raw:
             raise WorkflowNotFound(workflow_id)
-        meta = {key.decode(): v.decode() for key, v in meta_raw.items()}
-        shared = _decode_data(data)
+        meta = {_s(key): _s(v) for key, v in meta_raw.items()}
+        history = [HistoryEntry.model_validate_json(h) for h in history_raw]
+        current = int(meta.get("version", 0))
+        if version is None or version == current:
+            shared = _decode_data(data)
+            task_results = _decode_results(results, shared)
+        else:
+            if not 0 <= version <= current:
+                raise WorkflowStateError(
+                    f"workflow {workflow_id} has versions 0..{current}, not {version}"
+                )
+            versions = {_s(f): int(v) for f, v in versions_raw.items()}
+            live_data, live_results = _at_version(versions, archive, version, data, results)
+            shared = _decode_data(live_data)
+            task_results = _decode_results(live_results, shared)
+            history = [h for h in history if h.version is None or h.version <= version]
+        comp = meta.get("compensation")
         return WorkflowContext(
             workflow_id=workflow_id,
             name=meta.get("name", ""),
             created_at=meta["created_at"],
             status=WorkflowStatus(meta["status"]),
-            current_step=int(meta["current_step"]),
+            current_step=int(meta["current_step"])
+            if version in (None, current)
+            else sum(
+                1
+                for r in task_results.values()
+                if r.status == TaskStatus.COMPLETED and "." not in r.step_id
+            ),
             total_steps=int(meta["total_steps"]),
             shared_data=shared,
-            task_results=_decode_results(results, shared),
-            execution_history=[HistoryEntry.model_validate_json(h) for h in history],
-            version=int(meta.get("version", 0)),
+            task_results=task_results,
+            execution_history=history,
+            version=current if version is None else version,
             error=meta.get("error"),
             failed_step=meta.get("failed_step"),
             updated_at=meta.get("updated_at"),
             finished_at=meta.get("finished_at"),
+            run=int(meta.get("run", 1)),
+            compensation=CompensationOutcome.model_validate_json(comp) if comp else None,
         )
+
+    def get_checkpoints(self, workflow_id: str) -> list[Checkpoint]:
+        """Every version of the state, oldest first (version 0: the workflow as created)."""
+        history = self.history(workflow_id)
+        if not history:
+            raise WorkflowNotFound(workflow_id)
+        first = history[0]
+        points = [Checkpoint(version=0, event=first.event, timestamp=first.timestamp)]
+        for h in history:
+            if h.version is not None and h.event != "workflow_completed":
+                points.append(
+                    Checkpoint(
+                        version=h.version,
+                        event=h.event,
+                        step=h.step,
+                        agent_id=h.agent_id,
+                        task_type=h.task_type,
+                        changed=h.changed or [],
+                        timestamp=h.timestamp,
+                    )
+                )
+        return points
 
     def get_status(self, workflow_id: str) -> WorkflowStatusReport:
         k = self.keys(workflow_id)
@@ -250,12 +421,13 @@ class StateStore:
         meta_raw, data_keys, n_results, running_raw = pipe.execute()
         if not meta_raw:
             raise WorkflowNotFound(workflow_id)
-        meta = {key.decode(): v.decode() for key, v in meta_raw.items()}
+        meta = {_s(key): _s(v) for key, v in meta_raw.items()}
         done, total = int(meta["current_step"]), int(meta["total_steps"])
         running = sorted(
             (RunningStep.model_validate_json(r) for r in running_raw),
-            key=lambda r: _step_sort_key(r.step_id),
+            key=lambda r: step_sort_key(r.step_id),
         )
+        comp = meta.get("compensation")
         return WorkflowStatusReport(
             workflow_id=workflow_id,
             name=meta.get("name", ""),
@@ -263,7 +435,7 @@ class StateStore:
             progress=f"{done}/{total}",
             completion_percentage=round(done / max(total, 1) * 100, 1),
             task_results=n_results,
-            shared_data_keys=sorted(key.decode() for key in data_keys),
+            shared_data_keys=sorted(_s(key) for key in data_keys),
             current_agent=running[0].agent_id if running else None,
             running_steps=running,
             error=meta.get("error"),
@@ -272,11 +444,12 @@ class StateStore:
             updated_at=meta.get("updated_at"),
             finished_at=meta.get("finished_at"),
             version=int(meta.get("version", 0)),
+            compensation=CompensationOutcome.model_validate_json(comp) if comp else None,
         )
 
     def list_ids(self, limit: int = 50) -> list[str]:
         """Most recent workflow ids first; ids whose state has expired are dropped."""
-        ids = [i.decode() for i in self.redis.zrevrange(index_key(self.prefix), 0, limit - 1)]
+        ids = [_s(i) for i in self.redis.zrevrange(index_key(self.prefix), 0, limit - 1)]
         pipe = self.redis.pipeline(transaction=False)
         for wid in ids:
             pipe.exists(self.keys(wid).meta)
@@ -291,36 +464,34 @@ class StateStore:
 
         A pub/sub subscription, not polling: a caller re-reads state after each yield.
         The subscription is made before the first yield, so no change can slip between
-        a caller's read and its wait.
+        a caller's read and its wait. A quiet second also yields, for deadlines.
         """
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(*[self.keys(w).events for w in workflow_ids])
         try:
             yield None
             while True:
-                msg = pubsub.get_message(timeout=1.0)
-                if msg is not None:
-                    # Drain what else arrived, then let the caller read once.
+                if pubsub.get_message(timeout=1.0) is not None:
                     while pubsub.get_message(timeout=0) is not None:
-                        pass
-                    yield None
-                else:
-                    yield None  # a quiet second: let callers check deadlines
+                        pass  # drain what else arrived; the caller reads once
+                yield None
         finally:
             pubsub.close()
 
 
-def _step_sort_key(step_id: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in step_id.removeprefix("step_").split(".") if p.isdigit())
+def step_sort_key(step_id: str) -> tuple[int, ...]:
+    """``step_2`` < ``step_2.h1`` < ``step_3.1`` < ``step_3.10``: the order steps run in."""
+    parts = step_id.removeprefix("step_").replace(".h", ".").split(".")
+    return tuple(int(p) for p in parts if p.isdigit())
 
 
 def _decode_data(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    return {key.decode(): json.loads(v) for key, v in raw.items()}
+    return {_s(key): json.loads(v) for key, v in raw.items()}
 
 
-def _stored(result: TaskResult, output_key: str | None) -> str:
+def _stored(result: TaskResult) -> str:
     """The TaskResult as stored: an output already under its output_key is not kept twice."""
-    if output_key and result.status == "completed":
+    if result.output_key and result.status == TaskStatus.COMPLETED:
         return result.model_copy(update={"result": None}).model_dump_json()
     return result.model_dump_json()
 
@@ -329,7 +500,26 @@ def _decode_results(raw: dict[bytes, bytes], data: dict[str, Any]) -> dict[str, 
     out = {}
     for key, value in raw.items():
         r = TaskResult.model_validate_json(value)
-        if r.output_key and r.status == "completed" and r.output_key in data:
+        if r.output_key and r.status == TaskStatus.COMPLETED and r.output_key in data:
             r = r.model_copy(update={"result": data[r.output_key]})
-        out[key.decode()] = r
-    return dict(sorted(out.items(), key=lambda kv: _step_sort_key(kv[0])))
+        out[_s(key)] = r
+    return dict(sorted(out.items(), key=lambda kv: step_sort_key(kv[0])))
+
+
+def _at_version(
+    versions: dict[str, int],
+    archive: dict[bytes, bytes],
+    version: int,
+    data: dict[bytes, bytes],
+    results: dict[bytes, bytes],
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """Live items written at or before ``version``, plus archived items alive at it."""
+    at_data = {k: v for k, v in data.items() if versions.get(f"d:{_s(k)}", 0) <= version}
+    at_results = {k: v for k, v in results.items() if versions.get(f"r:{_s(k)}", 0) <= version}
+    for raw_field, value in archive.items():
+        item, _, span = _s(raw_field).rpartition("@")
+        written, removed = (int(x) for x in span.split("-"))
+        if written <= version < removed:
+            kind, name = item[0], item[2:].encode()
+            (at_data if kind == "d" else at_results)[name] = value
+    return at_data, at_results

@@ -13,7 +13,12 @@ import redis
 from celery import Celery, Task
 
 from agents.registry import AgentRegistry, load_agents
-from orchestration.compiler import AGGREGATE_TASK, CONTROL_QUEUE, DISPATCH_TASK
+from orchestration.compiler import (
+    AGGREGATE_TASK,
+    CONTROL_QUEUE,
+    DISPATCH_TASK,
+    FINISH_FAILURE_TASK,
+)
 from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
 from workers.routing import route_task
@@ -64,19 +69,29 @@ def create_app(
     app.conf.baton_prefix = settings.key_prefix
     app.conf.baton_retention = settings.retention_seconds
 
-    def step(task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
-        return engine_for(task.app, reg).run_step(workflow_id, step_id, task.request.hostname)
+    def step(
+        task: Task, workflow_id: str, step_id: str, run: int = 1, compensate: bool = False
+    ) -> dict[str, Any] | None:
+        engine = engine_for(task.app, reg)
+        if compensate:
+            engine.run_compensation(task, workflow_id, step_id, run)
+            return None
+        return engine.run_step(task, workflow_id, step_id, run)
 
-    def aggregate(task: Task, workflow_id: str, group_id: str) -> dict[str, Any]:
-        return engine_for(task.app, reg).run_aggregate(workflow_id, group_id, task.request.hostname)
+    def aggregate(task: Task, workflow_id: str, group_id: str, run: int = 1) -> dict[str, Any]:
+        return engine_for(task.app, reg).run_aggregate(task, workflow_id, group_id, run)
 
-    def dispatch(task: Task, workflow_id: str, index: int) -> None:
-        engine_for(task.app, reg).run_dispatch(workflow_id, index)
+    def dispatch(task: Task, workflow_id: str, step_id: str, run: int = 1) -> None:
+        engine_for(task.app, reg).run_dispatch(workflow_id, step_id, run)
+
+    def finish_failure(task: Task, workflow_id: str, run: int) -> None:
+        engine_for(task.app, reg).finish_failure(workflow_id, run)
 
     for tt in reg.task_types():
         app.task(name=tt.celery_name, bind=True, shared=False)(step)
     app.task(name=AGGREGATE_TASK, bind=True, shared=False)(aggregate)
     app.task(name=DISPATCH_TASK, bind=True, shared=False, ignore_result=True)(dispatch)
+    app.task(name=FINISH_FAILURE_TASK, bind=True, shared=False, ignore_result=True)(finish_failure)
     return app
 
 

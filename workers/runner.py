@@ -1,37 +1,76 @@
-"""What a worker does with one step message: load, run the agent, commit, hand on.
+"""What a worker does with one message: load, run the agent, commit, hand on.
 
-The message holds ``(workflow_id, step_id)``. The runner loads the plan (cached) and the
-state (one round trip), runs the agent function, validates and commits the result in one
-atomic script, and — when the step ends a segment — dispatches the next segment. Agent
-failures never escape as worker crashes: they become a FAILED ``TaskResult``.
+A message holds ``(workflow_id, step_id, run)``. The runner loads the plan (cached) and
+the state (one round trip), runs the agent function, validates and commits the result
+with one compare-and-set script, and — when the step ends a segment or hands off —
+sends what comes next. Agent failures never escape as worker crashes: they are retried
+as the step allows, then become a FAILED ``TaskResult``; a failure that fails the
+workflow runs the saga (compensations in reverse order, then a state restore).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from celery import Celery
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Celery, Task
+from celery.canvas import Signature
+from celery.exceptions import Ignore
+from pydantic import ValidationError
 
-from agents.base import StepInput
+from agents.base import Handoff, StepInput, StepOutput
 from agents.registry import AgentRegistry
 from orchestration.aggregate import aggregators
-from orchestration.compiler import dispatch
-from orchestration.errors import StepFailed
-from orchestration.models import Envelope, RunningStep, TaskResult, TaskStatus, utcnow
-from orchestration.plan import Plan
-from orchestration.store import Outcome, StateStore, dumps
+from orchestration.compiler import (
+    CONTROL_QUEUE,
+    DISPATCH_TASK,
+    _task_sig,
+    compensation_signature,
+    frozen_ids,
+    segment_signature,
+    signature_from,
+)
+from orchestration.errors import BatonError, StepFailed
+from orchestration.models import (
+    CompensationOutcome,
+    Envelope,
+    HistoryEntry,
+    RunningStep,
+    TaskResult,
+    TaskStatus,
+    WorkflowStatus,
+    utcnow,
+)
+from orchestration.plan import Plan, PlannedGroup, PlannedTask, frontier, handoff_id
+from orchestration.store import Outcome, StateStore, StepState, dumps
 
 log = logging.getLogger("baton.runner")
 
 AGGREGATOR_AGENT = "baton"
+S = WorkflowStatus
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def backoff(task: PlannedTask, attempt: int) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    delay = min(task.retry_backoff_max, task.retry_backoff * 2 ** (attempt - 1))
+    return float(delay / 2 + random.uniform(0, delay / 2))
+
+
+def _envelope(
+    workflow_id: str, step_id: str, status: str, error: str | None = None
+) -> dict[str, Any]:
+    return Envelope(
+        workflow_id=workflow_id, step_id=step_id, status=status, error=error
+    ).model_dump()
 
 
 @dataclass
@@ -42,77 +81,155 @@ class Engine:
     store: StateStore
     registry: AgentRegistry
 
-    def _outcome(self, plan: Plan, index: int, ok: bool, top_level: bool) -> Outcome:
-        if not top_level:
-            return "continue"
-        if not ok:
-            return "fail"
-        return "complete" if plan.is_last(index) else "continue"
+    # ------------------------------------------------------------------ going on
 
-    def _hand_on(self, plan: Plan, workflow_id: str, index: int) -> None:
-        nxt = index + 1
-        if nxt < plan.total_steps and plan.starts_segment(nxt):
-            dispatch(self.app, plan, workflow_id, nxt)
+    def next_signature(
+        self, plan: Plan, workflow_id: str, step: PlannedTask | PlannedGroup, run: int
+    ) -> Signature | None:
+        """What a committed top-level (or inserted) step must send itself, if anything.
 
-    def run_dispatch(self, workflow_id: str, index: int) -> None:
-        """Publish a segment on a client's behalf, if the workflow still runs."""
-        if self.store.status_of(workflow_id) == "running":
-            dispatch(self.app, self.store.plan(workflow_id), workflow_id, index)
+        Steps inside one static chain need nothing: Celery sends their successor.
+        """
+        nxt = step.index + 1
+        if nxt >= plan.total_steps:
+            return None
+        dynamic = isinstance(step, PlannedTask) and step.dynamic
+        if dynamic or plan.starts_segment(nxt):
+            return segment_signature(self.app, plan, workflow_id, nxt, run)
+        return None
 
-    def run_step(self, workflow_id: str, step_id: str, worker: str | None = None) -> dict[str, Any]:
+    def go_on(self, workflow_id: str, run: int) -> str | None:
+        """Send the canvas from the first step that has not completed (resume, retry)."""
         plan = self.store.plan(workflow_id)
-        task = plan.tasks[step_id]
-        started_at = utcnow()
-        state = self.store.begin_step(
-            workflow_id,
-            RunningStep(
-                step_id=step_id,
-                agent_id=task.agent_id,
-                task_type=task.task_type,
-                started_at=started_at,
-                worker=worker,
-            ),
+        results = self.store.results(workflow_id)
+        done = {s for s, r in results.items() if r.status == TaskStatus.COMPLETED}
+        nxt = frontier(plan, done, self.store.inserted(workflow_id))
+        if nxt is None:
+            return None
+        node = next((n for n in plan.nodes if n.step_id == nxt), None)
+        if isinstance(node, PlannedGroup):
+            sig = self.app.signature(
+                DISPATCH_TASK,
+                args=(workflow_id, nxt, run),
+                immutable=True,
+                queue=CONTROL_QUEUE,
+                ignore_result=True,
+            )
+        else:
+            sig = signature_from(
+                self.app, plan, workflow_id, nxt, run, lambda sid: self.store.task(workflow_id, sid)
+            )
+        self.store.track(workflow_id, frozen_ids(sig))
+        sig.apply_async()
+        return nxt
+
+    def run_dispatch(self, workflow_id: str, step_id: str, run: int) -> None:
+        """Publish a segment on a client's behalf (a chord's header is published here)."""
+        if self.store.status_of(workflow_id) != S.RUNNING:
+            return
+        plan = self.store.plan(workflow_id)
+        sig = signature_from(
+            self.app, plan, workflow_id, step_id, run, lambda sid: self.store.task(workflow_id, sid)
         )
-        if state.status != "running":
-            log.info("skip %s %s: workflow is %s", workflow_id, step_id, state.status)
-            return Envelope(workflow_id=workflow_id, step_id=step_id, status="skipped").model_dump()
+        self.store.track(workflow_id, frozen_ids(sig))
+        sig.apply_async()
+
+    # ------------------------------------------------------------------ steps
+
+    def run_step(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> dict[str, Any]:
+        plan = self.store.plan(workflow_id)
+        task = self.store.task(workflow_id, step_id)
+        attempt = int(ctask.request.retries or 0) + 1
+        worker = ctask.request.hostname
+        started_at = utcnow()
+        running = RunningStep(
+            step_id=step_id,
+            agent_id=task.agent_id,
+            task_type=task.task_type,
+            started_at=started_at,
+            worker=worker,
+        )
+        state = self.store.begin_step(workflow_id, running, run, task.context_keys)
+        in_chain = task.group is None and not task.dynamic
+
+        def stop(status: str) -> dict[str, Any]:
+            log.info("step %s of %s not run: %s", step_id, workflow_id, status)
+            if in_chain:
+                raise Ignore()  # a chain's later steps must not be sent either
+            return _envelope(workflow_id, step_id, status)
+
+        if state.status != S.RUNNING:
+            return stop(
+                "stale"
+                if state.status == "stale"
+                else "paused"
+                if state.status == S.PAUSED
+                else "skipped"
+            )
+        done = state.results.get(step_id)
+        if done is not None and done.status == TaskStatus.COMPLETED:
+            # Already committed (a redelivered message, or a group resumed): do not run it again.
+            self.store.note(workflow_id, HistoryEntry(event="duplicate_dropped", step=step_id))
+            return stop("duplicate")
 
         t0 = time.perf_counter()
-        output: Any = None
-        output_json = ""
+        output: StepOutput | None = None
         error: str | None = None
         upstream = state.results.get(task.after) if task.after else None
         if task.after and (upstream is None or upstream.status != TaskStatus.COMPLETED):
             error = f"skipped: upstream step {task.after} did not complete"
         else:
             try:
-                tt = self.registry.get_task(task.agent_id, task.task_type)
-                step_input: StepInput[Any] = StepInput(
-                    workflow_id=workflow_id,
-                    step_id=step_id,
-                    agent_id=task.agent_id,
-                    task_type=task.task_type,
-                    parameters=tt.validate_params(task.parameters),
-                    shared_data=state.shared_data,
-                    previous_results=list(state.results.values()),
-                )
-                output = tt.run(step_input)
-                output_json = dumps(output)
+                output = self._call_agent(workflow_id, task, state)
+            except SoftTimeLimitExceeded:
+                error = f"TimeoutError: step exceeded its timeout of {task.timeout}s"
             except Exception as exc:  # an agent's failure is its step's result, not the worker's
                 log.warning(
-                    "step %s of %s failed: %s", step_id, workflow_id, _describe(exc), exc_info=True
+                    "step %s of %s attempt %d failed: %s",
+                    step_id,
+                    workflow_id,
+                    attempt,
+                    _describe(exc),
+                    exc_info=not isinstance(exc, BatonError),
                 )
-                error, output, output_json = _describe(exc), None, ""
+                error = _describe(exc)
+            if error and attempt <= task.retries:
+                countdown = backoff(task, attempt)
+                self.store.note(
+                    workflow_id,
+                    HistoryEntry(
+                        event="step_retry",
+                        step=step_id,
+                        agent_id=task.agent_id,
+                        task_type=task.task_type,
+                        status="retrying",
+                        error=error,
+                        attempt=attempt,
+                        execution_time=time.perf_counter() - t0,
+                    ),
+                )
+                raise ctask.retry(countdown=countdown, max_retries=task.retries)
         elapsed = time.perf_counter() - t0
+
+        handoff: PlannedTask | None = None
+        if output is not None and output.handoff is not None:
+            try:
+                handoff = self._plan_handoff(task, output.handoff, state)
+            except BatonError as exc:
+                error, output = str(exc), None
         ok = error is None
         result = TaskResult(
             task_id=f"{workflow_id}:{step_id}",
             agent_id=task.agent_id,
             status=TaskStatus.COMPLETED if ok else TaskStatus.FAILED,
-            result=output if ok else None,
+            result=output.output if output else None,
             error=error,
             execution_time=elapsed,
-            metadata={"task_type": task.task_type, "parallel": not task.top_level},
+            metadata={
+                "task_type": task.task_type,
+                "parallel": task.group is not None,
+                "attempt": attempt,
+            },
             step_id=step_id,
             task_type=task.task_type,
             output_key=task.output_key,
@@ -120,36 +237,89 @@ class Engine:
             finished_at=utcnow(),
             worker=worker,
         )
-        # The output is serialized once, above; the TaskResult copy carries it too.
-        outcome = self.store.commit(
+        top = task.group is None
+        nxt: Signature | None = None
+        if ok and top:
+            nxt = (
+                _task_sig(self.app, workflow_id, handoff, run)
+                if handoff
+                else self.next_signature(plan, workflow_id, task, run)
+            )
+        last = top and plan.is_last(task.index) and handoff is None
+        outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
+        commit = self.store.commit(
             workflow_id,
             result,
-            output_key=task.output_key,
-            output_json=output_json or "null",
-            advance=task.top_level and ok,
-            outcome=self._outcome(plan, task.index, ok, task.top_level),
+            node=step_id,
+            output_json=dumps(output.output) if output else "null",
+            advance=top,
+            outcome=outcome,
+            run=run,
+            task_id=ctask.request.id,
+            track=frozen_ids(nxt) if nxt else (),
+            handoff=handoff,
+            max_handoffs=plan.max_handoffs,
         )
-        if not outcome.committed:
-            log.info("step %s of %s not committed: %s", step_id, workflow_id, outcome.state)
-            return Envelope(
-                workflow_id=workflow_id,
-                step_id=step_id,
-                status="duplicate" if outcome.state == "duplicate" else "skipped",
-            ).model_dump()
-        if task.top_level and not ok:
-            # Stop the chain: the failure is already committed and the workflow FAILED.
-            raise StepFailed(f"workflow {workflow_id} failed at {step_id}: {error}")
-        if task.top_level:
-            self._hand_on(plan, workflow_id, task.index)
-        return Envelope(
+        if not commit.committed:
+            return stop(commit.state)
+        if commit.status == S.COMPENSATING:
+            self.fail_workflow(workflow_id, run)
+            if top:
+                raise StepFailed(
+                    f"workflow {workflow_id} failed at {step_id}: {error or 'see history'}"
+                )
+        elif commit.status == S.RUNNING and nxt is not None:
+            nxt.apply_async()
+        if handoff is not None and in_chain:
+            raise Ignore()  # the inserted step goes next; it sends the rest of the chain
+        return _envelope(workflow_id, step_id, "completed" if ok else "failed", error)
+
+    def _call_agent(self, workflow_id: str, task: PlannedTask, state: StepState) -> StepOutput:
+        tt = self.registry.get_task(task.agent_id, task.task_type)
+        step_input: StepInput[Any] = StepInput(
             workflow_id=workflow_id,
-            step_id=step_id,
-            status="completed" if ok else "failed",
-            error=error,
-        ).model_dump()
+            step_id=task.step_id,
+            agent_id=task.agent_id,
+            task_type=task.task_type,
+            parameters=tt.validate_params(task.parameters),
+            shared_data=state.shared_data,
+            previous_results=list(state.results.values()),
+        )
+        out = tt.run(step_input)
+        dumps(out.output)  # not JSON-serialisable: this step fails, not its commit
+        return out
+
+    def _plan_handoff(self, task: PlannedTask, handoff: Handoff, state: StepState) -> PlannedTask:
+        """Check a run-time handoff as a definition is checked at creation."""
+        where = f"handoff from {task.step_id} to {handoff.agent_id}.{handoff.task_type}"
+        if task.group is not None:
+            raise BatonError(f"{where}: handoffs are allowed from top-level steps only")
+        tt = self.registry.get_task(handoff.agent_id, handoff.task_type)
+        try:
+            params = tt.validate_params(handoff.parameters)
+        except ValidationError as exc:
+            raise BatonError(f"{where}: invalid parameters: {exc}") from None
+        available = set(state.shared_data) | ({task.output_key} if task.output_key else set())
+        missing = [k for k in tt.reads_for(params) if k not in available]
+        if missing:
+            raise BatonError(f"{where}: it reads {missing}, which the state does not hold")
+        if handoff.output_key and handoff.output_key in available:
+            raise BatonError(f"{where}: output_key {handoff.output_key!r} is already in use")
+        return PlannedTask(
+            step_id=handoff_id(task),
+            index=task.index,
+            agent_id=handoff.agent_id,
+            task_type=handoff.task_type,
+            output_key=handoff.output_key,
+            parameters=params.model_dump(mode="json"),
+            dynamic=True,
+            compensation=tt.compensation,
+        )
+
+    # ------------------------------------------------------------------ groups
 
     def run_aggregate(
-        self, workflow_id: str, group_id: str, worker: str | None = None
+        self, ctask: Task, workflow_id: str, group_id: str, run: int
     ) -> dict[str, Any]:
         plan = self.store.plan(workflow_id)
         node = plan.group(group_id)
@@ -161,64 +331,177 @@ class Engine:
                 agent_id=AGGREGATOR_AGENT,
                 task_type=f"aggregate.{node.aggregate}",
                 started_at=started_at,
-                worker=worker,
+                worker=ctask.request.hostname,
             ),
+            run,
         )
-        if state.status != "running":
-            return Envelope(
-                workflow_id=workflow_id, step_id=group_id, status="skipped"
-            ).model_dump()
+        if state.status != S.RUNNING:
+            return _envelope(workflow_id, group_id, "skipped")
+        members = [state.results.get(sid) for sid in node.member_ids]
+        if any(m is None for m in members):
+            # A superseded chord (the group was re-dispatched on resume): the newer one aggregates.
+            log.info("aggregate of %s %s skipped: members still missing", workflow_id, group_id)
+            return _envelope(workflow_id, group_id, "skipped")
+        got = [m for m in members if m is not None]
         t0 = time.perf_counter()
-        members: list[TaskResult] = []
-        for sid in node.member_ids:
-            found = state.results.get(sid)
-            if found is None:
-                task = plan.tasks[sid]
-                found = TaskResult(
-                    task_id=f"{workflow_id}:{sid}",
-                    agent_id=task.agent_id,
-                    status=TaskStatus.FAILED,
-                    error="no result was recorded",
-                    step_id=sid,
-                    task_type=task.task_type,
-                )
-            members.append(found)
-        stamps = [(m.started_at, m.finished_at) for m in members if m.started_at and m.finished_at]
-        wall = _wall_time(stamps)
-        output = aggregators[node.aggregate](members, wall)
+        summary = aggregators[node.aggregate](got, _wall_time(got))
+        ok_count = sum(m.status == TaskStatus.COMPLETED for m in got)
+        rate = ok_count / len(got)
+        error = None
+        if node.on_failure == "fail" and ok_count < len(got):
+            error = f"group {group_id}: {len(got) - ok_count} of {len(got)} members failed (on_failure: fail)"
+        elif node.min_success_rate is not None and rate < node.min_success_rate:
+            error = f"group {group_id}: success rate {rate:.2f} is below min_success_rate {node.min_success_rate}"
+        ok = error is None
         result = TaskResult(
             task_id=f"{workflow_id}:{group_id}",
             agent_id=AGGREGATOR_AGENT,
-            status=TaskStatus.COMPLETED,
-            result=output,
+            status=TaskStatus.COMPLETED if ok else TaskStatus.FAILED,
+            result=summary,
+            error=error,
             execution_time=time.perf_counter() - t0,
-            metadata={"task_type": f"aggregate.{node.aggregate}", "members": len(members)},
+            metadata={"task_type": f"aggregate.{node.aggregate}", "members": len(got)},
             step_id=group_id,
             task_type=f"aggregate.{node.aggregate}",
             output_key=node.output_key,
             started_at=started_at,
             finished_at=utcnow(),
-            worker=worker,
+            worker=ctask.request.hostname,
         )
-        outcome = self.store.commit(
+        nxt = self.next_signature(plan, workflow_id, node, run) if ok else None
+        outcome: Outcome = (
+            "fail" if not ok else "complete" if plan.is_last(node.index) else "continue"
+        )
+        commit = self.store.commit(
             workflow_id,
             result,
-            output_key=node.output_key,
-            output_json=dumps(output),
+            node=group_id,
+            output_json=dumps(summary),
             advance=True,
-            outcome=self._outcome(plan, node.index, True, True),
+            outcome=outcome,
+            run=run,
+            task_id=ctask.request.id,
+            track=frozen_ids(nxt) if nxt else (),
         )
-        if outcome.committed:
-            self._hand_on(plan, workflow_id, node.index)
-        return Envelope(
-            workflow_id=workflow_id,
-            step_id=group_id,
-            status="completed" if outcome.committed else "duplicate",
-        ).model_dump()
+        if commit.committed and commit.status == S.COMPENSATING:
+            self.fail_workflow(workflow_id, run)
+        elif commit.committed and commit.status == S.RUNNING and nxt is not None:
+            nxt.apply_async()
+        return _envelope(workflow_id, group_id, "completed" if ok else "failed", error)
+
+    # ------------------------------------------------------------------ the saga
+
+    def fail_workflow(self, workflow_id: str, run: int) -> None:
+        """Compensate completed steps in reverse order, then restore the state (saga)."""
+        to_undo = [
+            self.store.task(workflow_id, sid)
+            for sid, r in self.store.results(workflow_id).items()
+            if r.status == TaskStatus.COMPLETED and r.agent_id != AGGREGATOR_AGENT
+        ]
+        to_undo = [t for t in to_undo if t.compensation]
+        if to_undo:
+            self.store.note(
+                workflow_id,
+                HistoryEntry(
+                    event="compensation_started",
+                    status="compensating",
+                    changed=[t.step_id for t in reversed(to_undo)],
+                ),
+            )
+            compensation_signature(self.app, workflow_id, to_undo, run).apply_async()
+        else:
+            self.finish_failure(workflow_id, run)
+
+    def run_compensation(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> None:
+        task = self.store.task(workflow_id, step_id)
+        state = self.store.begin_step(
+            workflow_id,
+            RunningStep(
+                step_id=step_id,
+                agent_id=task.agent_id,
+                task_type=str(task.compensation),
+                started_at=utcnow(),
+            ),
+            run,
+            task.context_keys,
+        )
+        if state.status != S.COMPENSATING:
+            return
+        original = state.results.get(step_id)
+        entry = {"step": step_id, "agent_id": task.agent_id, "task_type": task.compensation}
+        try:
+            tt = self.registry.get_task(task.agent_id, str(task.compensation))
+            tt.run(
+                StepInput(
+                    workflow_id=workflow_id,
+                    step_id=step_id,
+                    agent_id=task.agent_id,
+                    task_type=str(task.compensation),
+                    parameters=tt.validate_params(task.parameters),
+                    shared_data=state.shared_data,
+                    previous_results=[original] if original else [],
+                )
+            )
+        except Exception as exc:  # recorded; the other compensations still run
+            log.warning("compensation of %s in %s failed: %s", step_id, workflow_id, _describe(exc))
+            self.store.note(
+                workflow_id,
+                HistoryEntry(event="compensation_failed", error=_describe(exc), **entry),
+            )
+        else:
+            self.store.note(
+                workflow_id, HistoryEntry(event="step_compensated", status="compensated", **entry)
+            )
+
+    def finish_failure(self, workflow_id: str, run: int) -> None:
+        """Restore the last consistent checkpoint and mark the workflow failed."""
+        history = self.store.history(workflow_id)
+        since = max((i for i, h in enumerate(history) if h.event == "step_failed"), default=0)
+        outcome = CompensationOutcome(
+            compensated=[str(h.step) for h in history[since:] if h.event == "step_compensated"],
+            failures={
+                str(h.step): str(h.error)
+                for h in history[since:]
+                if h.event == "compensation_failed"
+            },
+        )
+        failed_step = next((h.step for h in reversed(history) if h.event == "step_failed"), None)
+        target = self._consistent_version(
+            workflow_id, [*outcome.compensated, *outcome.failures], failed_step
+        )
+        outcome = outcome.model_copy(update={"restored_to_version": target})
+        self.store.restore(
+            workflow_id,
+            target,
+            [S.COMPENSATING],
+            S.FAILED,
+            event="state_restored",
+            keep_failed=True,
+            compensation=outcome,
+        )
+
+    def _consistent_version(self, workflow_id: str, undone: list[str], failed: str | None) -> int:
+        """The version just before the earliest step the failure undoes began to commit."""
+        versions = self.store.versions(workflow_id)
+        plan = self.store.plan(workflow_id)
+
+        def node_of(step_id: str) -> str:
+            task = plan.tasks.get(step_id)
+            return task.group if task is not None and task.group else step_id
+
+        nodes = {node_of(s) for s in [*undone, *([failed] if failed else [])]}
+        firsts = [
+            v
+            for field, v in versions.items()
+            if field.startswith("r:")
+            and any(field[2:] == n or field[2:].startswith(n + ".") for n in nodes)
+        ]
+        return min(firsts) - 1 if firsts else max(versions.values(), default=0)
 
 
-def _wall_time(stamps: list[tuple[str, str]]) -> float:
+def _wall_time(results: list[TaskResult]) -> float:
     """The group's wall time: first member start to last member finish."""
+    stamps = [(r.started_at, r.finished_at) for r in results if r.started_at and r.finished_at]
     if not stamps:
         return 0.0
     start = min(datetime.fromisoformat(s) for s, _ in stamps)

@@ -1,52 +1,96 @@
 -- Commit one step's handoff atomically: its TaskResult, its output under output_key,
--- a history entry, the version bump and, when it ends the workflow, the final status.
--- A step already committed is a duplicate delivery: nothing is written.
--- KEYS: meta, data, results, history, running, plan
--- ARGV: step_id, output_key, output_json, result_json, history_json, advance,
---       outcome ('continue'|'complete'|'fail'), now, error, retention, channel
-local status = redis.call('HGET', KEYS[1], 'status')
+-- a versioned history entry (a checkpoint), the tracked task ids and, when it ends the
+-- workflow, its final status. Compare-and-set: nothing is written unless the workflow
+-- is running (or paused) in the same run and the step has not been committed already;
+-- a refused commit is itself recorded in the history.
+-- ARGV: spec {step, node, output_key, advance, outcome, now, error, retention, run,
+--             task_id, track, handoff_id, max_handoffs, channel},
+--       output_json, result_json, history_json, handoff_json
+local spec = cjson.decode(ARGV[1])
+local status = redis.call('HGET', META, 'status')
 if not status then
-  return {'missing', 0}
+  return {'missing', 0, ''}
 end
-if status ~= 'running' then
-  redis.call('HDEL', KEYS[5], ARGV[1])
-  return {'not_running', status}
+local function refuse(state)
+  redis.call('HDEL', RUNNING, spec.step)
+  history({event = 'commit_refused', step = spec.step, status = state, timestamp = spec.now,
+    error = 'workflow is ' .. status .. ' (' .. state .. ')'})
+  return {state, tonumber(redis.call('HGET', META, 'version')), status}
 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
-  return {'duplicate', tonumber(redis.call('HGET', KEYS[1], 'version'))}
+if status ~= 'running' and status ~= 'paused' then
+  return refuse('not_running')
 end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-if ARGV[2] ~= '' and ARGV[7] ~= 'fail' then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
+  return refuse('stale')
 end
-redis.call('HDEL', KEYS[5], ARGV[1])
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-if ARGV[6] == '1' then
-  redis.call('HINCRBY', KEYS[1], 'current_step', 1)
+if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
+  return refuse('duplicate')
 end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[8])
-local entry = cjson.decode(ARGV[5])
-entry['version'] = version
-redis.call('RPUSH', KEYS[4], cjson.encode(entry))
-local final = nil
-if ARGV[7] == 'fail' then
-  final = 'failed'
-  redis.call('HSET', KEYS[1], 'error', ARGV[9], 'failed_step', ARGV[1])
-elseif ARGV[7] == 'complete' then
-  final = 'completed'
-end
-if final then
-  redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[8])
-  redis.call('RPUSH', KEYS[4], cjson.encode({event = 'workflow_' .. final, status = final,
-    step = ARGV[1], error = (final == 'failed') and ARGV[9] or nil, version = version,
-    timestamp = ARGV[8]}))
-  local ttl = tonumber(ARGV[10])
-  if ttl > 0 then
-    for i = 1, 6 do
-      redis.call('EXPIRE', KEYS[i], ttl)
-    end
+
+local outcome, err = spec.outcome, spec.error
+if spec.handoff_id ~= '' then
+  local n = redis.call('HINCRBY', META, 'handoffs', 1)
+  if n > tonumber(spec.max_handoffs) then
+    outcome = 'fail'
+    err = 'max_handoffs (' .. spec.max_handoffs .. ') reached: handoff from ' .. spec.step ..
+      ' refused; is it a loop?'
   end
 end
-redis.call('PUBLISH', ARGV[11], cjson.encode({event = 'committed', step = ARGV[1],
-  version = version, status = final or status}))
-return {'committed', version}
+
+local version = redis.call('HINCRBY', META, 'version', 1)
+local changed = {'result:' .. spec.step}
+local result = ARGV[3]
+if outcome == 'fail' and err ~= spec.error then
+  local r = cjson.decode(result)
+  r.status, r.error, r.result = 'failed', err, cjson.null
+  result = cjson.encode(r)
+end
+redis.call('HSET', RESULTS, spec.step, result)
+redis.call('HSET', VERSIONS, 'r:' .. spec.step, version)
+if spec.output_key ~= '' and outcome ~= 'fail' then
+  redis.call('HSET', DATA, spec.output_key, ARGV[2])
+  redis.call('HSET', VERSIONS, 'd:' .. spec.output_key, version)
+  table.insert(changed, 'data:' .. spec.output_key)
+end
+if spec.handoff_id ~= '' and outcome ~= 'fail' then
+  redis.call('HSET', DYNAMIC, spec.handoff_id, ARGV[5])
+  redis.call('HSET', VERSIONS, 'h:' .. spec.handoff_id, version)
+  redis.call('HINCRBY', META, 'total_steps', 1)
+  table.insert(changed, 'step:' .. spec.handoff_id)
+end
+if spec.advance and outcome ~= 'fail' then
+  redis.call('HINCRBY', META, 'current_step', 1)
+  redis.call('HSET', VERSIONS, 'b:' .. spec.node, version)
+end
+redis.call('HDEL', RUNNING, spec.step)
+if spec.task_id ~= '' then
+  redis.call('SREM', TASKS, spec.task_id)
+end
+redis.call('HSET', META, 'updated_at', spec.now)
+local entry = cjson.decode(ARGV[4])
+entry.version, entry.changed = version, changed
+if outcome == 'fail' then
+  entry.event, entry.status, entry.error = 'step_failed', 'failed', err
+end
+history(entry)
+
+local final = status
+if outcome == 'fail' then
+  -- Not terminal yet: compensations (if any) run, then the state is restored.
+  final = 'compensating'
+  redis.call('HSET', META, 'status', final, 'error', err, 'failed_step', spec.step)
+elseif outcome == 'complete' then
+  final = 'completed'
+  redis.call('HSET', META, 'status', final, 'finished_at', spec.now)
+  history({event = 'workflow_completed', status = final, step = spec.step, version = version,
+    timestamp = spec.now})
+  redis.call('DEL', RUNNING)
+  expire_all(spec.retention)
+elseif status == 'paused' and spec.advance then
+  redis.call('HSETNX', META, 'paused_at', spec.step)
+end
+if final == 'running' then
+  track(spec.track)
+end
+publish(spec.channel, {event = 'committed', step = spec.step, version = version, status = final})
+return {'committed', version, final}

@@ -1,13 +1,36 @@
--- Move a workflow from one status to another, atomically. KEYS: meta, history
--- ARGV: from_status, to_status, now, history_json, channel
-local status = redis.call('HGET', KEYS[1], 'status')
+-- Change a workflow's status if it is one of spec.from. Returns
+-- {state, old status, run, paused_at, outstanding task ids...}.
+-- ARGV: spec {from, to, now, event, channel, track, bump_run, clear_paused, error, retention}
+local spec = cjson.decode(ARGV[1])
+local status = redis.call('HGET', META, 'status')
 if not status then
   return {'missing', ''}
 end
-if status ~= ARGV[1] then
+if not contains(spec.from, status) then
   return {'refused', status}
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3])
-redis.call('RPUSH', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], cjson.encode({event = 'status', status = ARGV[2]}))
-return {'ok', ARGV[2]}
+local run = tonumber(redis.call('HGET', META, 'run'))
+if spec.bump_run then
+  run = redis.call('HINCRBY', META, 'run', 1)
+end
+local paused_at = redis.call('HGET', META, 'paused_at') or ''
+if spec.clear_paused then
+  redis.call('HDEL', META, 'paused_at')
+end
+redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
+if spec.error then
+  redis.call('HSET', META, 'error', spec.error)
+end
+track(spec.track)
+local reply = {'ok', status, run, paused_at}
+if spec.to == 'cancelled' then
+  redis.call('HSET', META, 'finished_at', spec.now)
+  for _, id in ipairs(redis.call('SMEMBERS', TASKS)) do
+    table.insert(reply, id)
+  end
+  redis.call('DEL', TASKS, RUNNING)
+  expire_all(spec.retention)
+end
+history({event = spec.event, status = spec.to, error = spec.error, timestamp = spec.now})
+publish(spec.channel, {event = 'status', status = spec.to})
+return reply

@@ -1,0 +1,1 @@
+"""Baton vs bare Celery benchmark: ``python -m bench`` (see docs/benchmarks.md)."""

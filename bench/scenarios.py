@@ -1,0 +1,227 @@
+"""The measured scenarios. Each takes a started side and returns plain numbers.
+
+Every scenario runs the same operations on either side; what differs is only the side.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import msglog
+from bench.sides import Side
+
+KB, MB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of each scenario to run; ``quick()`` is for the smoke test."""
+
+    steps: int = 5
+    seq_runs: int = 200
+    fanout: tuple[tuple[int, int], ...] = ((10, 5), (100, 3), (1000, 1))  # (members, runs)
+    payload_size: int = 100 * KB
+    payload_runs: int = 20
+    throughput: int = 500
+    cost_runs: int = 20
+    handoff: tuple[tuple[int, int], ...] = ((KB, 3), (100 * KB, 3), (MB, 2), (10 * MB, 1))
+    memory_runs: int = 100
+    retention: int = 10  # longer than the memory batch takes, so nothing expires mid-wait
+    profile_runs: int = 60
+    repeats: int = 3
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            seq_runs=5,
+            fanout=((10, 1), (20, 1)),
+            payload_size=10 * KB,
+            payload_runs=2,
+            throughput=10,
+            cost_runs=3,
+            handoff=((KB, 1), (100 * KB, 1)),
+            memory_runs=10,
+            retention=4,
+            profile_runs=5,
+            repeats=1,
+        )
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def sequential(side: Side, sz: Sizes) -> dict[str, Any]:
+    """Scenario 1 (and 7): one 5-step run at a time; latency and the client's wait."""
+    side.sequential(sz.steps)  # warm-up: connections, imports, the pool's first fork
+    runs = [side.sequential(sz.steps) for _ in range(sz.seq_runs)]
+    lat = [r.latency * 1000 for r in runs]
+    wait = [(r.returned_at - r.finished_at) * 1000 for r in runs]
+    return {
+        "median_ms": statistics.median(lat),
+        "p95_ms": pct(lat, 0.95),
+        "client_wait_ms": statistics.median(wait),
+        "client_wait_p95_ms": pct(wait, 0.95),
+    }
+
+
+def fanout(side: Side, sz: Sizes) -> dict[str, Any]:
+    """Scenario 2: a group of N no-op members (Baton) vs a chord of N (Celery); wall time."""
+    return {
+        str(n): statistics.median(side.fanout(n).latency for _ in range(runs))
+        for n, runs in sz.fanout
+    }
+
+
+def payload(side: Side, sz: Sizes) -> dict[str, Any]:
+    """Scenario 2b: 5 steps, each reading the previous 100 KB output and writing 100 KB."""
+    side.payload(sz.steps, sz.payload_size)
+    lat = [side.payload(sz.steps, sz.payload_size).latency * 1000 for _ in range(sz.payload_runs)]
+    return {"median_ms": statistics.median(lat), "p95_ms": pct(lat, 0.95)}
+
+
+def throughput(side: Side, sz: Sizes) -> dict[str, Any]:
+    """Scenario 3: N workflows/chains submitted at once; completions per second."""
+    t0 = time.perf_counter()
+    handles = side.submit_many(sz.throughput, sz.steps)
+    submitted = time.perf_counter() - t0
+    side.wait_all(handles)
+    wall = time.perf_counter() - t0
+    return {"per_s": sz.throughput / wall, "submit_s": submitted, "wall_s": wall}
+
+
+def _stats(r: redis.Redis) -> tuple[dict[str, int], dict[str, int]]:
+    info = r.info("stats")
+    general = {
+        k: int(info[k])
+        for k in ("total_reads_processed", "total_net_input_bytes", "total_net_output_bytes")
+    }
+    cmds = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in r.info("commandstats").items()}
+    return general, cmds
+
+
+def _window(r: redis.Redis, work: Any) -> tuple[dict[str, int], dict[str, int], float]:
+    r.config_resetstat()
+    t0 = time.perf_counter()
+    gen0, _ = _stats(r)
+    work()
+    duration = time.perf_counter() - t0
+    gen1, cmds = _stats(r)
+    gen = {k: gen1[k] - gen0[k] for k in gen1}
+    # Our own CONFIG RESETSTAT / INFO calls are not the side's work.
+    for own in ("info", "config|resetstat", "config"):
+        cmds.pop(own, None)
+    return gen, cmds, duration
+
+
+def cost(side: Side, sz: Sizes, r: redis.Redis, logdir: Path) -> dict[str, Any]:
+    """Scenario 4: Redis round trips, commands and bytes per step, idle noise subtracted.
+
+    Round trips are ``total_reads_processed`` (one read event per request or pipeline);
+    commands are ``INFO commandstats`` calls, which include commands run inside Lua
+    scripts. The workers' idle traffic (BRPOP timeouts, heartbeats) is measured over an
+    idle window first and subtracted pro rata.
+    """
+    side.sequential(sz.steps)
+    idle_gen, idle_cmds, idle_s = _window(r, lambda: time.sleep(1.5))
+    msglog.enable(logdir, True)
+    try:
+        gen, cmds, busy_s = _window(
+            r, lambda: [side.sequential(sz.steps) for _ in range(sz.cost_runs)]
+        )
+    finally:
+        msglog.enable(logdir, False)
+    messages = msglog.collect(logdir)
+    steps = sz.cost_runs * sz.steps
+    scale = busy_s / idle_s
+
+    def per_step(total: int, idle: int) -> float:
+        return max(0.0, total - idle * scale) / steps
+
+    per_cmd = {c: per_step(n, idle_cmds.get(c, 0)) for c, n in cmds.items()}
+    per_cmd = {c: v for c, v in sorted(per_cmd.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+    return {
+        "round_trips": per_step(gen["total_reads_processed"], idle_gen["total_reads_processed"]),
+        "commands": sum(per_cmd.values()),
+        "per_command": per_cmd,
+        "net_in_bytes": per_step(gen["total_net_input_bytes"], idle_gen["total_net_input_bytes"]),
+        "net_out_bytes": per_step(
+            gen["total_net_output_bytes"], idle_gen["total_net_output_bytes"]
+        ),
+        "messages_per_step": len(messages) / steps,
+        "bytes_per_message": statistics.median(m["bytes"] for m in messages) if messages else 0,
+    }
+
+
+def handoff(side: Side, sz: Sizes, logdir: Path) -> dict[str, Any]:
+    """Scenario 5: step latency and message bytes as the state handed on grows.
+
+    Step 1 writes S bytes; steps 2..5 follow (Baton: no-ops that load the shared data;
+    Celery: tasks that pass the previous result on, the way a chain carries state).
+    Step latency = (last step done - first step done) / 4, from server-side timestamps.
+    """
+    out: dict[str, Any] = {}
+    for size, runs in sz.handoff:
+        step_ms, msg = [], []
+        for _ in range(runs):
+            msglog.enable(logdir, True)
+            try:
+                run = side.handoff(sz.steps, size)
+            finally:
+                msglog.enable(logdir, False)
+            step_ms.append((run.finished_at - run.first_done_at) / (sz.steps - 1) * 1000)
+            sizes = [m["bytes"] for m in msglog.collect(logdir)]
+            msg.append(max(sizes) if sizes else 0)
+        out[str(size)] = {"step_ms": statistics.median(step_ms), "max_message_bytes": max(msg)}
+    return out
+
+
+def memory(side: Side, sz: Sizes, r: redis.Redis, retention: int) -> dict[str, Any]:
+    """Scenario 6: used_memory per finished workflow, then after retention has expired.
+
+    Runs in its own session whose workers have ``BATON_RETENTION_SECONDS`` (Baton) and
+    ``BATON_RESULT_EXPIRES`` (Celery's result keys, both sides) set to ``retention``.
+    """
+    side.sequential(sz.steps)
+    time.sleep(retention + 1)
+    _settle(r)
+    before = int(r.info("memory")["used_memory"])
+    keys_before = int(r.dbsize())
+    handles = side.submit_many(sz.memory_runs, sz.steps)
+    side.wait_all(handles)
+    after = int(r.info("memory")["used_memory"])
+    keys_after = int(r.dbsize())
+    time.sleep(retention + 0.5)
+    _settle(r)
+    expired = int(r.info("memory")["used_memory"])
+    return {
+        "bytes_per_workflow": (after - before) / sz.memory_runs,
+        "after_expiry_bytes_per_workflow": (expired - before) / sz.memory_runs,
+        "keys_per_workflow": (keys_after - keys_before) / sz.memory_runs,
+        "retention_s": retention,
+    }
+
+
+def _settle(r: redis.Redis, timeout: float = 20.0) -> None:
+    """Wait until Redis's active expiry has removed what is due (DBSIZE stops falling)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        n = int(r.dbsize())
+        if n == last:
+            return
+        last = n
+        time.sleep(0.5)

@@ -1,0 +1,265 @@
+"""The two sides under test, with one interface: Baton workflows and bare Celery canvases.
+
+Each side owns its worker processes (prefork, concurrency 2, the same Celery settings)
+and offers the same operations; the scenarios time them identically.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from celery import Celery, chain, chord, group
+from celery.result import AsyncResult
+
+from orchestration.client import WorkflowOrchestrator
+from orchestration.settings import BatonSettings
+from workers.embedded import LocalWorkers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = 2
+PREFIX = "bench"
+
+
+def ts(iso: str) -> float:
+    """Epoch seconds of an ISO timestamp written by a worker (Baton or Celery)."""
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@dataclass
+class Run:
+    """One timed run: wall latency, and the server-side timestamps needed for breakdowns."""
+
+    latency: float
+    finished_at: float = 0.0  # last step's commit (Baton) / last result stored (Celery)
+    returned_at: float = 0.0  # when the client's wait returned (epoch)
+    first_done_at: float = 0.0  # the first step's commit / result
+
+
+@dataclass
+class Workdir:
+    """Where a session keeps worker logs, the message log and profiles."""
+
+    root: Path
+    redis_url: str
+
+    @property
+    def msglog(self) -> Path:
+        return self.root / "msglog"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment of every worker process: same for both sides."""
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        return {
+            "PYTHONPATH": path,
+            "BATON_REDIS_URL": self.redis_url,
+            "BATON_AGENT_MODULES": "bench.agents",
+            "BATON_KEY_PREFIX": PREFIX,
+            "BATON_HOME": str(self.root / "home"),
+            "BENCH_MSG_LOG": str(self.msglog),
+            **(extra or {}),
+        }
+
+
+class Side(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def sequential(self, steps: int) -> Run: ...
+    def payload(self, steps: int, size: int) -> Run: ...
+    def fanout(self, size: int) -> Run: ...
+    def handoff(self, steps: int, size: int) -> Run: ...
+    def submit_many(self, n: int, steps: int) -> list[Any]: ...
+    def wait_all(self, handles: list[Any]) -> None: ...
+
+
+def _noop_steps(steps: int) -> list[dict[str, Any]]:
+    return [
+        {"agent_id": "bench", "task_type": "noop", "output_key": f"s{i}"}
+        for i in range(1, steps + 1)
+    ]
+
+
+@dataclass
+class BatonSide:
+    """Baton: ``run_workflow()`` then ``wait()``, workers from ``LocalWorkers``."""
+
+    work: Workdir
+    extra_env: dict[str, str] = field(default_factory=dict)
+    name: str = "baton"
+    orch: WorkflowOrchestrator | None = None
+    workers: LocalWorkers | None = None
+
+    def settings(self) -> BatonSettings:
+        env = self.work.env(self.extra_env)
+        return BatonSettings(
+            redis_url=self.work.redis_url,
+            key_prefix=PREFIX,
+            home=Path(env["BATON_HOME"]),
+            agent_modules=["bench.agents"],
+            retention_seconds=int(env.get("BATON_RETENTION_SECONDS", 7 * 24 * 3600)),
+            result_expires=int(env.get("BATON_RESULT_EXPIRES", 24 * 3600)),
+        )
+
+    def start(self) -> None:
+        self.orch = WorkflowOrchestrator(
+            self.work.redis_url, settings=self.settings(), local_workers=False
+        )
+        self.workers = LocalWorkers(
+            self.work.redis_url,
+            [["bench"]],
+            concurrency=CONCURRENCY,
+            env=self.work.env(self.extra_env),
+            log_dir=self.work.root / "logs",
+        ).start(self.orch.app)
+
+    def stop(self) -> None:
+        if self.workers:
+            self.workers.stop()
+        if self.orch:
+            self.orch.close()
+        self.workers = self.orch = None
+
+    def _run(self, definition: dict[str, Any], timeout: float = 300) -> Run:
+        assert self.orch
+        t0 = time.perf_counter()
+        wid = self.orch.run_workflow(definition)
+        ctx = self.orch.wait(wid, timeout=timeout)
+        latency = time.perf_counter() - t0
+        returned = time.time()
+        if ctx.status != "completed":
+            raise RuntimeError(f"baton workflow {wid} ended {ctx.status}: {ctx.error}")
+        first = next(h for h in ctx.execution_history if h.event == "step_completed")
+        return Run(latency, ts(ctx.finished_at or ""), returned, ts(first.timestamp))
+
+    def sequential(self, steps: int) -> Run:
+        return self._run({"name": "seq", "steps": _noop_steps(steps)})
+
+    def payload(self, steps: int, size: int) -> Run:
+        defs: list[dict[str, Any]] = []
+        for i in range(1, steps + 1):
+            params: dict[str, Any] = {"size": size}
+            if i > 1:
+                params["read"] = f"p{i - 1}"
+            defs.append(
+                {"agent_id": "bench", "task_type": "payload", "output_key": f"p{i}",
+                 "parameters": params}
+            )
+        return self._run({"name": "payload", "steps": defs})
+
+    def handoff(self, steps: int, size: int) -> Run:
+        first = {"agent_id": "bench", "task_type": "payload", "output_key": "blob",
+                 "parameters": {"size": size}}
+        return self._run({"name": "handoff", "steps": [first, *_noop_steps(steps)[1:]]})
+
+    def fanout(self, size: int) -> Run:
+        members = [{"agent_id": "bench", "task_type": "noop"} for _ in range(size)]
+        return self._run({"name": f"fan{size}", "steps": [{"parallel": members,
+                                                           "output_key": "agg"}]}, 600)
+
+    def submit_many(self, n: int, steps: int) -> list[Any]:
+        assert self.orch
+        definition = {"name": "tp", "steps": _noop_steps(steps)}
+        return [self.orch.run_workflow(definition) for _ in range(n)]
+
+    def wait_all(self, handles: list[Any]) -> None:
+        assert self.orch
+        for wid in handles:
+            ctx = self.orch.wait(wid, timeout=600)
+            if ctx.status != "completed":
+                raise RuntimeError(f"baton workflow {wid} ended {ctx.status}")
+
+
+@dataclass
+class BareSide:
+    """Bare Celery: a chain/chord ``apply_async()``, then the final task's result.
+
+    The wait is ``AsyncResult.get(follow_parents=False)`` on the final task: one pub/sub
+    subscription plus one GET, as cheap as Baton's ``wait()``. The default
+    ``follow_parents=True`` would also fetch every parent's state on each wake-up.
+    """
+
+    work: Workdir
+    extra_env: dict[str, str] = field(default_factory=dict)
+    name: str = "celery"
+    app: Celery | None = None
+    workers: LocalWorkers | None = None
+
+    def start(self) -> None:
+        from bench.bare import QUEUE, make_app
+
+        settings = BatonSide(self.work, self.extra_env).settings()
+        self.app = make_app(self.work.redis_url, settings)
+        env = {**os.environ, **self.work.env(self.extra_env)}
+        log_dir = self.work.root / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"bare.{os.getpid()}@{socket.gethostname()}"
+        cmd = [sys.executable, "-m", "celery", "-A", "bench.bare", "worker", "-Q", QUEUE,
+               "-c", str(CONCURRENCY), "-P", "prefork", "-n", name, "-l", "INFO", "-E"]
+        # LocalWorkers supplies the ping-based readiness wait and the process-group stop.
+        self.workers = LocalWorkers(self.work.redis_url, [], log_dir=log_dir)
+        logfile = open(log_dir / "worker-bare.log", "ab")  # noqa: SIM115
+        self.workers.processes.append(
+            subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        )
+        self.workers.names.append(name)
+        self.workers.wait_ready(self.app, 90)
+
+    def stop(self) -> None:
+        if self.workers:
+            self.workers.stop()
+        if self.app:
+            self.app.close()
+        self.workers = self.app = None
+
+    def _task(self, name: str) -> Any:
+        assert self.app
+        return self.app.tasks[f"bare.{name}"]
+
+    def _run(self, canvas: Any, first: AsyncResult | None = None, timeout: float = 300) -> Run:
+        t0 = time.perf_counter()
+        res = canvas.apply_async()
+        res.get(timeout=timeout, follow_parents=False)
+        latency = time.perf_counter() - t0
+        returned = time.time()
+        meta = res._get_task_meta()
+        done = ts(meta["date_done"])
+        node, first_done = res, done
+        while isinstance(node.parent, AsyncResult):  # the chain's first task, after timing
+            node = node.parent
+        if node is not res and not hasattr(node, "results"):
+            first_done = ts(node._get_task_meta()["date_done"])
+        return Run(latency, done, returned, first_done)
+
+    def sequential(self, steps: int) -> Run:
+        return self._run(chain(*[self._task("noop").s() for _ in range(steps)]))
+
+    def payload(self, steps: int, size: int) -> Run:
+        return self._run(chain(*[self._task("payload").s(size=size) for _ in range(steps)]))
+
+    def handoff(self, steps: int, size: int) -> Run:
+        relays = [self._task("relay").s() for _ in range(steps - 1)]
+        return self._run(chain(self._task("payload").s(size=size), *relays))
+
+    def fanout(self, size: int) -> Run:
+        header = group(self._task("noop").si() for _ in range(size))
+        return self._run(chord(header, self._task("collect").s()), timeout=600)
+
+    def submit_many(self, n: int, steps: int) -> list[Any]:
+        return [
+            chain(*[self._task("noop").s() for _ in range(steps)]).apply_async()
+            for _ in range(n)
+        ]
+
+    def wait_all(self, handles: list[Any]) -> None:
+        for res in handles:
+            res.get(timeout=600, follow_parents=False)

@@ -1,0 +1,38 @@
+-- Prepended to every script. KEYS are always, in this order, a workflow's keys
+-- (see orchestration/keys.py), then the index of workflows.
+local META, PLAN, DATA, RESULTS, HISTORY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local INDEX = KEYS[11]
+local N_WORKFLOW_KEYS = 10
+
+local function history(entry)
+  redis.call('RPUSH', HISTORY, cjson.encode(entry))
+end
+
+local function expire_all(ttl)
+  ttl = tonumber(ttl)
+  if ttl and ttl > 0 then
+    for i = 1, N_WORKFLOW_KEYS do
+      redis.call('EXPIRE', KEYS[i], ttl)
+    end
+  end
+end
+
+local function publish(channel, message)
+  redis.call('PUBLISH', channel, cjson.encode(message))
+end
+
+local function contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then
+      return true
+    end
+  end
+  return false
+end
+
+local function track(ids)
+  if ids and #ids > 0 then
+    redis.call('SADD', TASKS, unpack(ids))
+  end
+end

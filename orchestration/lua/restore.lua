@@ -1,0 +1,79 @@
+-- Restore the shared state to checkpoint spec.target: every value, result and inserted
+-- step written after it moves to the archive (so older versions stay readable), and
+-- progress counters follow. The restore is itself a new version: versions only grow.
+-- ARGV: spec {from, to, target, now, event, channel, bump_run, keep_failed,
+--             archive_failed, compensation, retention}
+local spec = cjson.decode(ARGV[1])
+local status = redis.call('HGET', META, 'status')
+if not status then
+  return {'missing', ''}
+end
+if not contains(spec.from, status) then
+  return {'refused', status}
+end
+local target = tonumber(spec.target)
+local version = redis.call('HINCRBY', META, 'version', 1)
+local changed = {}
+local function archive(hash, field, name, written)
+  local value = redis.call('HGET', hash, name)
+  if value then
+    redis.call('HSET', ARCHIVE, field .. '@' .. written .. '-' .. version, value)
+    redis.call('HDEL', hash, name)
+  end
+end
+local function is_failed(name)
+  local value = redis.call('HGET', RESULTS, name)
+  return value and cjson.decode(value).status ~= 'completed'
+end
+local fields = redis.call('HGETALL', VERSIONS)
+for i = 1, #fields, 2 do
+  local field, written = fields[i], tonumber(fields[i + 1])
+  local kind, name = string.sub(field, 1, 1), string.sub(field, 3)
+  local drop = written > target
+  if kind == 'r' then
+    if drop and spec.keep_failed and is_failed(name) then
+      drop = false
+    elseif not drop and spec.archive_failed and is_failed(name) then
+      drop = true
+    end
+  end
+  if drop then
+    if kind == 'd' then
+      archive(DATA, field, name, written)
+      table.insert(changed, 'data:' .. name)
+    elseif kind == 'r' then
+      archive(RESULTS, field, name, written)
+      table.insert(changed, 'result:' .. name)
+    elseif kind == 'h' then
+      redis.call('HDEL', DYNAMIC, name)
+      redis.call('HINCRBY', META, 'total_steps', -1)
+      table.insert(changed, 'step:' .. name)
+    elseif kind == 'b' then
+      redis.call('HINCRBY', META, 'current_step', -1)
+    end
+    redis.call('HDEL', VERSIONS, field)
+  end
+end
+local run = tonumber(redis.call('HGET', META, 'run'))
+if spec.bump_run then
+  run = redis.call('HINCRBY', META, 'run', 1)
+end
+redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
+redis.call('HDEL', META, 'paused_at')
+if spec.compensation then
+  redis.call('HSET', META, 'compensation', spec.compensation)
+end
+if spec.to == 'running' or spec.to == 'paused' then
+  redis.call('HDEL', META, 'error', 'failed_step', 'finished_at')
+  redis.call('PERSIST', META)
+  for i = 2, N_WORKFLOW_KEYS do
+    redis.call('PERSIST', KEYS[i])
+  end
+elseif spec.to == 'failed' then
+  redis.call('HSET', META, 'finished_at', spec.now)
+  expire_all(spec.retention)
+end
+history({event = spec.event, status = spec.to, version = version, restored_to = target,
+  changed = changed, timestamp = spec.now})
+publish(spec.channel, {event = 'status', status = spec.to, version = version})
+return {'ok', status, version, run}
