@@ -191,7 +191,8 @@ class StateStore:
         if state == "refused":
             allowed = " or ".join(s.value for s in old)
             raise WorkflowStateError(
-                f"workflow {workflow_id} is {_s(reply[1])}, not {allowed}: cannot make it {new.value}"
+                f"workflow {workflow_id} is {_s(reply[1])}, not {allowed}: "
+                f"cannot make it {new.value}"
             )
 
     def plan(self, workflow_id: str) -> Plan:

@@ -1,7 +1,9 @@
 """Test-only agents, loaded by the test workers through ``BATON_AGENT_MODULES``.
 
-Also records the size of every task message published (client or worker side) in a
-Redis list per workflow, so tests can measure what really goes on the wire.
+Agents that need to coordinate with a test (a barrier to hold a step at a known point,
+a ledger of side effects, a failure counter) use the test Redis named by
+``BATON_TEST_REDIS``, under ``testlog:`` keys. Every task message published (client or
+worker side) is recorded there too, so tests can measure what goes on the wire.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import redis
 from celery.signals import before_task_publish
 from pydantic import BaseModel, ConfigDict
 
-from agents.base import Agent, StepInput
+from agents.base import Agent, Handoff, StepInput
 
 
 class EchoParams(BaseModel):
@@ -62,27 +64,135 @@ def payload(step: StepInput[PayloadParams]) -> dict[str, Any]:
     return {"blob": "x" * step.parameters.size}
 
 
-@testkit.task(params=ReadParams)
+@testkit.task(params=ReadParams, reads=lambda p: [p.key])
 def read(step: StepInput[ReadParams]) -> dict[str, Any]:
     """Reads a key and reports its size, proving the state arrived."""
     value = step.require(step.parameters.key)
     return {"key": step.parameters.key, "bytes": len(json.dumps(value))}
 
 
-_sizes: redis.Redis | None = None
+_redis: redis.Redis | None = None
+
+
+def test_redis() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(os.environ["BATON_TEST_REDIS"], socket_timeout=None)
+    return _redis
+
+
+class GateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    wait: float = 60.0
+
+
+@testkit.task(params=GateParams)
+def gate(step: StepInput[GateParams]) -> dict[str, Any]:
+    """Announces it started, then waits until the test opens the gate: a barrier."""
+    r, name = test_redis(), step.parameters.name
+    r.rpush(f"testlog:gate:{name}:started", step.step_id)
+    opened = r.blpop([f"testlog:gate:{name}:open"], timeout=step.parameters.wait)
+    r.rpush(f"testlog:gate:{name}:passed", step.step_id)
+    return {"gate": name, "opened": opened is not None}
+
+
+class FlakyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    failures: int = 1
+
+
+@testkit.task(params=FlakyParams)
+def flaky(step: StepInput[FlakyParams]) -> dict[str, Any]:
+    """Fails its first ``failures`` attempts (counted in Redis), then succeeds."""
+    n = int(test_redis().incr(f"testlog:flaky:{step.workflow_id}:{step.step_id}"))
+    if n <= step.parameters.failures:
+        raise ConnectionError(f"upstream unavailable (attempt {n})")
+    return {"attempts": n}
+
+
+class Strict(BaseModel):
+    total: int
+
+
+class BadOutputParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    total: Any = "not a number"
+
+
+@testkit.task(params=BadOutputParams, output=Strict)
+def bad_output(step: StepInput[BadOutputParams]) -> dict[str, Any]:
+    """Returns output that its own output model refuses (unless given a valid total)."""
+    return {"total": step.parameters.total}
+
+
+class LedgerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item: str
+
+
+@testkit.task(params=LedgerParams, compensation="release")
+def reserve(step: StepInput[LedgerParams]) -> dict[str, Any]:
+    """A side effect outside the workflow state: a ledger line, undone by ``release``."""
+    test_redis().rpush(f"testlog:ledger:{step.workflow_id}", f"reserve:{step.parameters.item}")
+    return {"reserved": step.parameters.item}
+
+
+@testkit.task(params=LedgerParams)
+def release(step: StepInput[LedgerParams]) -> dict[str, Any]:
+    """Compensation of ``reserve``: it is handed the result it undoes."""
+    [original] = step.previous_results
+    if step.parameters.item.startswith("stuck"):
+        raise RuntimeError(f"{step.parameters.item} cannot be released")
+    if original.result["reserved"] != step.parameters.item:
+        raise ValueError(f"asked to release {step.parameters.item}, got {original.result}")
+    test_redis().rpush(f"testlog:ledger:{step.workflow_id}", f"release:{step.parameters.item}")
+    return {"released": step.parameters.item}
+
+
+class HandParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to_agent: str = "testkit"
+    to_task: str = "echo"
+    to_parameters: dict[str, Any] = {}
+    to_output_key: str | None = None
+    hops: int = 0  # > 0: hand off to ``hand`` again, this many more times
+
+
+@testkit.task(params=HandParams)
+def hand(step: StepInput[HandParams]) -> Handoff:
+    """Passes the work on at run time, possibly to itself (a loop when hops is large)."""
+    p = step.parameters
+    if p.hops > 0:
+        again = {**p.model_dump(), "hops": p.hops - 1}
+        return Handoff(
+            agent_id="testkit", task_type="hand", parameters=again, output={"hop": p.hops}
+        )
+    return Handoff(
+        agent_id=p.to_agent,
+        task_type=p.to_task,
+        parameters=p.to_parameters,
+        output_key=p.to_output_key,
+        output={"handed_to": f"{p.to_agent}.{p.to_task}"},
+    )
 
 
 @before_task_publish.connect
-def _record_message_size(body: Any = None, headers: Any = None, **_: Any) -> None:
-    url = os.environ.get("BATON_TEST_MESSAGE_LOG")
-    if not url or not isinstance(body, (list, tuple)) or not body or not body[0]:
+def _record_message_size(
+    body: Any = None, headers: Any = None, routing_key: str = "", **_: Any
+) -> None:
+    if "BATON_TEST_REDIS" not in os.environ or not isinstance(body, (list, tuple)) or not body:
         return
-    global _sizes
-    if _sizes is None:
-        _sizes = redis.Redis.from_url(url)
     args = body[0]
+    if not args or len(args) < 2:
+        return
     size = len(json.dumps(body)) + len(json.dumps(headers or {}, default=str))
     task = (headers or {}).get("task", "?")
-    _sizes.rpush(
+    pipe = test_redis().pipeline()
+    pipe.rpush(
         f"testlog:msgsize:{args[0]}", json.dumps({"task": task, "step": args[1], "bytes": size})
     )
+    # The whole message, so a test can deliver a faithful duplicate of it.
+    message = {"body": body, "headers": headers, "routing_key": routing_key}
+    pipe.set(f"testlog:msg:{args[0]}:{args[1]}", json.dumps(message, default=str))
+    pipe.execute()

@@ -41,7 +41,7 @@ def worker_env(
         "BATON_KEY_PREFIX": f"bt-{uuid.uuid4().hex[:6]}",
         "BATON_AGENT_MODULES": "tests.agents",
         "BATON_HOME": str(home),
-        "BATON_TEST_MESSAGE_LOG": redis_server.url,
+        "BATON_TEST_REDIS": redis_server.url,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     os.environ.update(env)  # the test process publishes messages too

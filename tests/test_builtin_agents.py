@@ -42,7 +42,7 @@ def run(agent: str, task: str, params: dict[str, Any], shared: dict[str, Any]) -
         parameters=tt.validate_params(params),
         shared_data=shared,
     )
-    return tt.run(step)
+    return tt.run(step).output
 
 
 # --------------------------------------------------------------------------- independent truth

@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import redis
+
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from tests.helpers import open_gate, step, wait_gate_started
 
 ECHO = {"agent_id": "testkit", "task_type": "echo", "output_key": "out", "parameters": {"value": 7}}
 
@@ -116,3 +119,24 @@ def test_cli_lists_agents_with_their_queues(worker_env: dict[str, str]) -> None:
     } <= agents.keys()
     assert agents["analyzer"]["queue"] == "agent.analyzer"
     assert {"statistical_analysis", "trend_analysis"} <= set(agents["analyzer"]["task_types"])
+
+
+def test_cli_controls_a_workflow(
+    orch: WorkflowOrchestrator, worker_env: dict[str, str], raw_redis: redis.Redis
+) -> None:
+    wid = orch.run_workflow({"steps": [step("gate", "g", name="cli"), step("echo", "e")]})
+    wait_gate_started(raw_redis, "cli")
+
+    paused = baton("pause", wid, env=worker_env)
+    assert (paused.returncode, paused.stdout.strip()) == (0, f"{wid}: paused (0/2)")
+    again = baton("pause", wid, env=worker_env)
+    assert again.returncode == 2  # already paused: refused, saying why
+    assert "is paused, not running: cannot make it paused" in again.stdout
+    resumed = baton("resume", wid, env=worker_env)
+    assert resumed.stdout.strip() == f"{wid}: running (0/2)"
+    cancelled = baton("cancel", wid, env=worker_env)
+    assert cancelled.stdout.strip() == f"{wid}: cancelled (0/2)"
+    open_gate(raw_redis, "cli")
+
+    listed = baton("checkpoints", wid, "--json", env=worker_env)
+    assert [p["version"] for p in json.loads(listed.stdout)] == [0]

@@ -175,6 +175,73 @@ def status(workflow_id: str, as_json: bool) -> None:
     console.print(table)
 
 
+def _control(action: str, workflow_id: str) -> None:
+    with _orchestrator() as orch:
+        getattr(orch, f"{action}_workflow")(workflow_id)
+        status = orch.get_workflow_status(workflow_id)
+    click.echo(f"{workflow_id}: {status.status.value} ({status.progress})")
+
+
+@cli.command()
+@click.argument("workflow_id")
+def cancel(workflow_id: str) -> None:
+    """Cancel a workflow: queued tasks are revoked, a running step will not commit."""
+    _control("cancel", workflow_id)
+
+
+@cli.command()
+@click.argument("workflow_id")
+def pause(workflow_id: str) -> None:
+    """Pause a running workflow before its next step."""
+    _control("pause", workflow_id)
+
+
+@cli.command()
+@click.argument("workflow_id")
+def resume(workflow_id: str) -> None:
+    """Resume a paused workflow from where it stopped."""
+    _control("resume", workflow_id)
+
+
+@cli.command()
+@click.argument("workflow_id")
+def retry(workflow_id: str) -> None:
+    """Retry a failed workflow from its last good checkpoint."""
+    _control("retry", workflow_id)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.argument("version", type=int)
+def rollback(workflow_id: str, version: int) -> None:
+    """Restore checkpoint VERSION of a stopped workflow (it is then paused)."""
+    with _orchestrator() as orch:
+        orch.rollback(workflow_id, version)
+        status = orch.get_workflow_status(workflow_id)
+    click.echo(
+        f"{workflow_id}: {status.status.value} ({status.progress}), version {status.version}"
+    )
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True)
+def checkpoints(workflow_id: str, as_json: bool) -> None:
+    """List a workflow's checkpoints: every committed version of its state."""
+    with _orchestrator() as orch:
+        points = orch.get_checkpoints(workflow_id)
+    if as_json:
+        click.echo(json.dumps([p.model_dump() for p in points], indent=2))
+        return
+    table = Table("version", "event", "step", "agent", "changed", "at")
+    for p in points:
+        agent = f"{p.agent_id}.{p.task_type}" if p.agent_id else ""
+        table.add_row(
+            str(p.version), p.event, p.step or "", agent, ", ".join(p.changed), p.timestamp
+        )
+    console.print(table)
+
+
 @cli.command(name="list")
 @click.option("--limit", type=int, default=20, show_default=True)
 def list_(limit: int) -> None:

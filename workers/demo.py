@@ -71,7 +71,8 @@ class Demo:
                         lines.append(f"    {name}: {figure}")
                 if isinstance(value, dict) and "success_rate" in value:
                     lines.append(
-                        f"  parallel group '{key}': {value['successful_tasks']}/{value['total_tasks']} "
+                        f"  parallel group '{key}': "
+                        f"{value['successful_tasks']}/{value['total_tasks']} "
                         f"succeeded in {value['total_execution_time']:.2f}s"
                     )
         return lines

@@ -349,9 +349,13 @@ class Engine:
         rate = ok_count / len(got)
         error = None
         if node.on_failure == "fail" and ok_count < len(got):
-            error = f"group {group_id}: {len(got) - ok_count} of {len(got)} members failed (on_failure: fail)"
+            failed = len(got) - ok_count
+            error = f"group {group_id}: {failed} of {len(got)} members failed (on_failure: fail)"
         elif node.min_success_rate is not None and rate < node.min_success_rate:
-            error = f"group {group_id}: success rate {rate:.2f} is below min_success_rate {node.min_success_rate}"
+            error = (
+                f"group {group_id}: success rate {rate:.2f} is below "
+                f"min_success_rate {node.min_success_rate}"
+            )
         ok = error is None
         result = TaskResult(
             task_id=f"{workflow_id}:{group_id}",

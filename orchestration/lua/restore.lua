@@ -60,6 +60,9 @@ if spec.bump_run then
 end
 redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
 redis.call('HDEL', META, 'paused_at')
+if spec.to == 'paused' then
+  redis.call('HSET', META, 'paused_at', 'restored')  -- nothing is in flight: resume sends
+end
 if spec.compensation then
   redis.call('HSET', META, 'compensation', spec.compensation)
 end

@@ -1,0 +1,51 @@
+"""Small helpers shared by the tests: step builders and bounded waits on real state."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from celery import Celery
+
+T = TypeVar("T")
+
+
+def step(task_type: str, output_key: str | None = None, **parameters: Any) -> dict[str, Any]:
+    """A testkit step in the original dict format."""
+    s: dict[str, Any] = {"agent_id": "testkit", "task_type": task_type, "parameters": parameters}
+    if output_key:
+        s["output_key"] = output_key
+    return s
+
+
+def eventually(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Re-check real state until it holds: a bounded wait for other processes, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_gate_started(r: redis.Redis, name: str, count: int = 1, timeout: float = 30.0) -> None:
+    eventually(lambda: r.llen(f"testlog:gate:{name}:started") >= count, timeout, f"gate {name}")
+
+
+def open_gate(r: redis.Redis, name: str, times: int = 1) -> None:
+    r.rpush(f"testlog:gate:{name}:open", *["open"] * times)
+
+
+def redeliver(app: Celery, r: redis.Redis, workflow_id: str, step_id: str) -> None:
+    """Deliver a step's recorded message again, byte for byte: a duplicate delivery."""
+    msg = json.loads(r.get(f"testlog:msg:{workflow_id}:{step_id}"))
+    with app.producer_or_acquire() as producer:
+        producer.publish(
+            msg["body"], exchange="", routing_key=msg["routing_key"], headers=msg["headers"],
+            serializer="json", correlation_id=msg["headers"]["id"], retry=True,
+        )  # fmt: skip
