@@ -1,7 +1,8 @@
 """Every Redis key Baton writes, in one place.
 
-A workflow's keys share the hash tag ``{<workflow_id>}`` so that the atomic scripts
-touching several of them stay valid on Redis Cluster.
+A workflow's keys share the hash tag ``{<workflow_id>}``, so the scripts that touch
+several of them hash to one slot; only ``create`` also touches the index of workflows,
+which a Redis Cluster deployment would have to move into that script's caller.
 """
 
 from __future__ import annotations
