@@ -94,3 +94,9 @@ class WorkflowKeys:
 def index_key(prefix: str) -> str:
     """Sorted set of workflow ids by creation time."""
     return f"{prefix}:workflows"
+
+
+def metrics_key(prefix: str) -> str:
+    """Hash of counters: ``workflows_total|<status>``, ``steps_total|<agent>|<task>|<status>``,
+    ``step_seconds_{sum,count}|<agent>|<task>``, ``step_seconds_bucket|<agent>|<task>|<le>``."""
+    return f"{prefix}:metrics"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import redis
 
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
-from orchestration.keys import WorkflowKeys, index_key
+from orchestration.keys import WorkflowKeys, index_key, metrics_key
 from orchestration.models import (
     Checkpoint,
     CompensationOutcome,
@@ -104,7 +104,9 @@ class StateStore:
         spec = {"channel": k.events, "now": utcnow(), "retention": self.retention, **spec}
         spec = {key: v for key, v in spec.items() if v is not None}  # cjson.null is truthy in Lua
         return self._scripts[name](
-            keys=[*k.all(), index_key(self.prefix)], args=[dumps(spec), *args], client=client
+            keys=[*k.all(), index_key(self.prefix), metrics_key(self.prefix)],
+            args=[dumps(spec), *args],
+            client=client,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -447,6 +449,11 @@ class StateStore:
             version=int(meta.get("version", 0)),
             compensation=CompensationOutcome.model_validate_json(comp) if comp else None,
         )
+
+    def metrics(self) -> dict[str, float]:
+        """The counters behind ``/metrics`` (see ``keys.metrics_key``)."""
+        raw = self.redis.hgetall(metrics_key(self.prefix))
+        return {_s(k): float(v) for k, v in raw.items()}
 
     def list_ids(self, limit: int = 50) -> list[str]:
         """Most recent workflow ids first; ids whose state has expired are dropped."""

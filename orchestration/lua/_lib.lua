@@ -36,3 +36,28 @@ local function track(ids)
     redis.call('SADD', TASKS, unpack(ids))
   end
 end
+
+-- Counters for Prometheus (the dashboard's /metrics): one hash for the whole prefix.
+local METRICS = KEYS[12]
+local BUCKETS = {0.05, 0.25, 1, 5, 30, 120, 600}
+
+local function count_workflow(status)
+  if METRICS then
+    redis.call('HINCRBY', METRICS, 'workflows_total|' .. status, 1)
+  end
+end
+
+local function observe_step(agent, task_type, status, seconds)
+  if not METRICS then
+    return
+  end
+  local label = agent .. '|' .. task_type
+  redis.call('HINCRBY', METRICS, 'steps_total|' .. label .. '|' .. status, 1)
+  redis.call('HINCRBYFLOAT', METRICS, 'step_seconds_sum|' .. label, seconds)
+  redis.call('HINCRBY', METRICS, 'step_seconds_count|' .. label, 1)
+  for _, le in ipairs(BUCKETS) do
+    if seconds <= le then
+      redis.call('HINCRBY', METRICS, 'step_seconds_bucket|' .. label .. '|' .. le, 1)
+    end
+  end
+end

@@ -38,6 +38,9 @@ if spec.handoff_id ~= '' then
 end
 
 local version = redis.call('HINCRBY', META, 'version', 1)
+local committed = cjson.decode(ARGV[3])
+observe_step(committed.agent_id, committed.task_type, outcome == 'fail' and 'failed' or committed.status,
+  tonumber(committed.execution_time) or 0)
 local changed = {'result:' .. spec.step}
 local result = ARGV[3]
 if outcome == 'fail' and err ~= spec.error then
@@ -81,6 +84,7 @@ if outcome == 'fail' then
   redis.call('HSET', META, 'status', final, 'error', err, 'failed_step', spec.step)
 elseif outcome == 'complete' then
   final = 'completed'
+  count_workflow(final)
   redis.call('HSET', META, 'status', final, 'finished_at', spec.now)
   history({event = 'workflow_completed', status = final, step = spec.step, version = version,
     timestamp = spec.now})

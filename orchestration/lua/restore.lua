@@ -73,6 +73,7 @@ if spec.to == 'running' or spec.to == 'paused' then
     redis.call('PERSIST', KEYS[i])
   end
 elseif spec.to == 'failed' then
+  count_workflow('failed')
   redis.call('HSET', META, 'finished_at', spec.now)
   expire_all(spec.retention)
 end

@@ -18,6 +18,9 @@ if spec.clear_paused then
   redis.call('HDEL', META, 'paused_at')
 end
 redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
+if spec.to == 'cancelled' or (spec.to == 'running' and status == 'created') then
+  count_workflow(spec.to == 'running' and 'started' or spec.to)
+end
 if spec.error then
   redis.call('HSET', META, 'error', spec.error)
 end
