@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -36,6 +36,9 @@ class BatonSettings(BaseSettings):
     retention_seconds: int = Field(default=7 * 24 * 3600, description="TTL of finished workflows.")
     visibility_timeout: int = Field(default=3600, description="Redis transport redelivery timeout.")
     result_expires: int = Field(default=24 * 3600, description="TTL of Celery's own task results.")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password for `baton flower` (Flower's basic auth)."
+    )
 
     @field_validator("agent_modules", mode="before")
     @classmethod

@@ -22,14 +22,23 @@ def step(task_type: str, output_key: str | None = None, **parameters: Any) -> di
 
 
 def eventually(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Re-check real state until it holds: a bounded wait for other processes, not a sleep."""
+    """Re-check real state until it holds: a bounded wait for other processes, not a sleep.
+
+    An exception counts as "not yet" (a server still starting); the last one is reported.
+    """
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while True:
-        value = check()
+        try:
+            value = check()
+        except Exception as exc:
+            value, last = None, exc  # type: ignore[assignment]
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what} (last error: {last})"
+            )
         time.sleep(0.05)
 
 

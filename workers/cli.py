@@ -283,22 +283,27 @@ def agents(as_json: bool) -> None:
 
 @cli.command()
 @click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--address", default="0.0.0.0", show_default=True)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, flower_args: tuple[str, ...]) -> None:
-    """Start Flower against the configured broker."""
+def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
+    """Start Flower against the configured broker.
+
+    Its state persists in $BATON_HOME/flower.db. Basic auth comes from
+    BATON_FLOWER_BASIC_AUTH (user:password[,user2:password2]), passed to Flower through
+    its environment, never on the command line; extra arguments go to Flower as they are.
+    """
     from workers.embedded import resolve_redis_url
 
-    env = {**os.environ, "BATON_REDIS_URL": resolve_redis_url(get_settings())}
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "BATON_REDIS_URL": resolve_redis_url(settings)}
+    if settings.flower_basic_auth:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
     cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "flower",
-        f"--port={port}",
-        *flower_args,
-    ]
+        sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}",
+        f"--address={address}", "--persistent=True", f"--db={settings.home / 'flower.db'}",
+        "--state_save_interval=60000", *flower_args,
+    ]  # fmt: skip
     os.execve(sys.executable, cmd, env)  # Flower replaces this process: signals reach it
 
 
