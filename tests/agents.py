@@ -196,3 +196,21 @@ def _record_message_size(
     message = {"body": body, "headers": headers, "routing_key": routing_key}
     pipe.set(f"testlog:msg:{args[0]}:{args[1]}", json.dumps(message, default=str))
     pipe.execute()
+
+
+class RemoteParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    ms: int = 100
+
+
+slowapi = Agent("slowapi", description="Waits on a slow remote call, as an LLM agent would")
+
+
+@slowapi.task(params=RemoteParams)
+def remote_call(step: StepInput[RemoteParams]) -> dict[str, Any]:
+    """Calls a slow HTTP endpoint; the time goes waiting on the network, not on CPU."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{step.parameters.url}?ms={step.parameters.ms}", timeout=30) as r:
+        return {"answer": json.loads(r.read()), "pid": os.getpid()}

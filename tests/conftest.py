@@ -21,6 +21,7 @@ from workers.embedded import LocalWorkers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL_AGENTS = ["validator", "enricher", "classifier", "scorer", "testkit"]
+OWN_WORKERS = {"slowapi"}  # consumed only by the workers a test starts itself
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +67,10 @@ def workers(
 ) -> Iterator[LocalWorkers]:
     """Two worker processes: one for every queue, one more for the parallel agents."""
     assert settings.redis_url
+    every = [a.agent_id for a in orchestrator.registry if a.agent_id not in OWN_WORKERS]
     pool = LocalWorkers(
         settings.redis_url,
-        [[], PARALLEL_AGENTS],
+        [every, PARALLEL_AGENTS],
         concurrency=2,
         env=worker_env,
         log_dir=settings.home / "logs",
