@@ -8,6 +8,9 @@ real queues, and readiness is confirmed by a Celery ping, never by a sleep.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,10 +83,74 @@ def workers(
     pool.stop()
 
 
+AMQP_URL = os.environ.get("BATON_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked ``workflow_suite`` run once per broker: Redis, then RabbitMQ."""
+    if "orch" in metafunc.fixturenames and metafunc.definition.get_closest_marker("workflow_suite"):
+        metafunc.parametrize("broker", ["redis", "amqp"], scope="session")
+
+
+@pytest.fixture(scope="session")
+def broker() -> str:
+    return "redis"
+
+
+def rabbitmq_reachable(url: str) -> str | None:
+    """None if RabbitMQ answers at ``url``, else why not (after trying to start a local one)."""
+    from kombu import Connection
+
+    def ping() -> str | None:
+        try:
+            with Connection(url, connect_timeout=3) as conn:
+                conn.ensure_connection(max_retries=1)
+            return None
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    why = ping()
+    if why and shutil.which("rabbitmq-server") and "127.0.0.1" in url:
+        subprocess.run(["rabbitmq-server", "-detached"], capture_output=True, timeout=60)
+        deadline = time.monotonic() + 60
+        while why and time.monotonic() < deadline:
+            time.sleep(1)  # waiting for an external server to come up, bounded
+            why = ping()
+    return why
+
+
+@pytest.fixture(scope="session")
+def amqp_stack(
+    settings: BatonSettings, worker_env: dict[str, str], workers: LocalWorkers
+) -> Iterator[WorkflowOrchestrator]:
+    """The same Redis for state and results, RabbitMQ as the broker, its own workers."""
+    why = rabbitmq_reachable(AMQP_URL)
+    if why:
+        pytest.skip(
+            f"no RabbitMQ at {AMQP_URL} ({why}); set BATON_TEST_AMQP_URL to run the suite on it"
+        )
+    amqp_settings = settings.model_copy(update={"broker_url": AMQP_URL})
+    orch = WorkflowOrchestrator(
+        amqp_settings.redis_url, settings=amqp_settings, local_workers=False
+    )
+    env = {**worker_env, "BATON_BROKER_URL": AMQP_URL}
+    every = [a.agent_id for a in orch.registry if a.agent_id not in OWN_WORKERS]
+    assert settings.redis_url
+    pool = LocalWorkers(settings.redis_url, [every, PARALLEL_AGENTS], concurrency=2, env=env,
+                        log_dir=settings.home / "logs-amqp")  # fmt: skip
+    pool.start(orch.app)
+    yield orch
+    pool.stop()
+    orch.close()
+
+
 @pytest.fixture
-def orch(orchestrator: WorkflowOrchestrator, workers: LocalWorkers) -> WorkflowOrchestrator:
-    """An orchestrator whose workflows will run: workers are up."""
-    return orchestrator
+def orch(broker: str, request: pytest.FixtureRequest) -> WorkflowOrchestrator:
+    """An orchestrator whose workflows will run: workers are up (on the given broker)."""
+    if broker == "amqp":
+        return request.getfixturevalue("amqp_stack")  # type: ignore[no-any-return]
+    request.getfixturevalue("workers")
+    return request.getfixturevalue("orchestrator")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from orchestration import WorkflowStateError, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import step
 
+pytestmark = pytest.mark.workflow_suite
+
 
 def test_every_committed_handoff_is_a_readable_checkpoint(orch: WorkflowOrchestrator) -> None:
     wid = orch.run_workflow({"steps": [step("echo", "a", value=1), step("echo", "b", value=2),

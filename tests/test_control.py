@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 import redis
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import eventually, open_gate, redeliver, step, wait_gate_started
+
+pytestmark = pytest.mark.workflow_suite
 
 
 def gate_name() -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import step
+
+pytestmark = pytest.mark.workflow_suite
 
 
 def test_a_handoff_inserts_the_next_step_at_run_time(orch: WorkflowOrchestrator) -> None:

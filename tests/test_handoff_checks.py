@@ -8,6 +8,8 @@ from orchestration import DefinitionError, TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import step
 
+pytestmark = pytest.mark.workflow_suite
+
 
 def test_output_that_fails_its_model_is_never_handed_on(orch: WorkflowOrchestrator) -> None:
     wid = orch.run_workflow({"steps": [step("bad_output", "total"), step("echo", "after")]})

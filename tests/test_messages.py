@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+
+pytestmark = pytest.mark.workflow_suite
 
 
 def message_sizes(r: redis.Redis, workflow_id: str) -> list[dict[str, object]]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+
+pytestmark = pytest.mark.workflow_suite
 
 
 def echo(value: object, output_key: str | None = None) -> dict[str, object]:

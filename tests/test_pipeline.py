@@ -12,8 +12,12 @@ from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
+import pytest
+
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+
+pytestmark = pytest.mark.workflow_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = {

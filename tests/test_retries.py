@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import step
+
+pytestmark = pytest.mark.workflow_suite
 
 
 def test_a_flaky_step_is_retried_with_backoff_until_it_succeeds(orch: WorkflowOrchestrator) -> None:

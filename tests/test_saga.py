@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import step
+
+pytestmark = pytest.mark.workflow_suite
 
 
 def ledger(r: redis.Redis, workflow_id: str) -> list[str]:

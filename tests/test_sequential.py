@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+
+pytestmark = pytest.mark.workflow_suite
 
 
 def step(task_type: str, output_key: str | None = None, **parameters: object) -> dict[str, object]:
