@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -36,6 +36,9 @@ class BatonSettings(BaseSettings):
     retention_seconds: int = Field(default=7 * 24 * 3600, description="TTL of finished workflows.")
     visibility_timeout: int = Field(default=3600, description="Redis transport redelivery timeout.")
     result_expires: int = Field(default=24 * 3600, description="TTL of Celery's own task results.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Worker log lines as text or one JSON object each."
+    )
     flower_basic_auth: SecretStr | None = Field(
         default=None, description="user:password for `baton flower` (Flower's basic auth)."
     )

@@ -9,6 +9,7 @@ worker side) is recorded there too, so tests can measure what goes on the wire.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -214,3 +215,13 @@ def remote_call(step: StepInput[RemoteParams]) -> dict[str, Any]:
 
     with urllib.request.urlopen(f"{step.parameters.url}?ms={step.parameters.ms}", timeout=30) as r:
         return {"answer": json.loads(r.read()), "pid": os.getpid()}
+
+
+solo = Agent("solo", description="Consumed only by workers a test starts for itself")
+
+
+@solo.task(params=EchoParams)
+def note(step: StepInput[EchoParams]) -> dict[str, Any]:
+    """Logs a line, for the tests of worker logs."""
+    logging.getLogger("baton.agents.solo").warning("noting %s", step.parameters.value)
+    return {"noted": step.parameters.value}

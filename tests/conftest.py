@@ -24,7 +24,7 @@ from workers.embedded import LocalWorkers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL_AGENTS = ["validator", "enricher", "classifier", "scorer", "testkit"]
-OWN_WORKERS = {"slowapi"}  # consumed only by the workers a test starts itself
+OWN_WORKERS = {"slowapi", "solo"}  # consumed only by the workers a test starts itself
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from orchestration.compiler import (
 )
 from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
+from workers.logs import TEXT_FORMAT
+from workers.logs import configure as configure_logging
 from workers.routing import route_task
 from workers.runner import Engine
 
@@ -53,7 +55,8 @@ def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
         "task_routes": (route_task,),
         "task_default_queue": CONTROL_QUEUE,
         "task_create_missing_queues": True,
-        "worker_hijack_root_logger": False,
+        "worker_log_format": TEXT_FORMAT,
+        "worker_task_log_format": TEXT_FORMAT,
     }
 
 
@@ -107,9 +110,12 @@ def engine_for(app: Celery, reg: AgentRegistry) -> Engine:
 
 @cache
 def default_app() -> Celery:
+    """The app of ``baton worker`` and ``celery -A workers.app``: settings from BATON_*."""
     from workers.embedded import resolve_redis_url
 
-    return create_app(resolve_redis_url(get_settings()))
+    settings = get_settings()
+    configure_logging(settings.log_format)
+    return create_app(resolve_redis_url(settings))
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,9 @@ def worker(
         argv += ["--autoscale", autoscale]
     elif concurrency:
         argv += ["-c", str(concurrency)]
+    shown = name.replace("%h", socket.gethostname())
     click.echo(
-        f"baton worker {name}: queues {','.join(queues)}; concurrency "
+        f"baton worker {shown}: queues {','.join(queues)}; concurrency "
         f"{autoscale or concurrency or os.cpu_count()}; broker {redact(str(app.conf.broker_url))}",
         err=True,
     )

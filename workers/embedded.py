@@ -236,9 +236,12 @@ class LocalWorkers:
         wait_until(all_answer, timeout, f"workers {sorted(pending)} to answer a ping", interval=0.2)
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown: SIGTERM to each main process only, so running tasks finish and
+        are acknowledged (a signal to the whole group would kill the pool's children
+        mid-task); what is still alive after ``timeout`` is killed, group and all."""
         for proc in self.processes:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.terminate()
         deadline = time.monotonic() + timeout
         for proc in self.processes:
             try:
