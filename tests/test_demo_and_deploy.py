@@ -67,10 +67,17 @@ def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
     agents = {m.rsplit(".", 1)[1] for m in BUILTIN_MODULES}
     assert agents <= services.keys()
     for agent in agents:
-        assert services[agent]["environment"]["BATON_WORKER_AGENTS"] == agent
+        env = services[agent]["environment"]
+        assert env["BATON_WORKER_AGENTS"] == agent
+        assert env["BATON_WORKER_HOSTNAME"] == "worker@%h"  # unique per replica (--scale)
+        assert env["BATON_REDIS_URL"].startswith("redis://:${BATON_REDIS_PASSWORD")
         assert services[agent]["command"] == ["baton", "worker"]
-    assert "--appendonly" in services["redis"]["command"]
+        assert "inspect ping" in services[agent]["healthcheck"]["test"][1]
+    redis_cmd = services["redis"]["command"]
+    assert "--appendonly" in redis_cmd and "--requirepass" in redis_cmd
     assert services["flower"]["ports"] == ["5555:5555"]
+    assert "BATON_FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert services["dashboard"]["ports"] == ["8765:8765"]
 
     if (
         shutil.which("docker")
