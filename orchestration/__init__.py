@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from orchestration.errors import (
     BatonError,
     DefinitionError,
+    StateStoreError,
     StepFailed,
     UnknownAgent,
     UnknownTaskType,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatonError",
     "DefinitionError",
+    "StateStoreError",
     "ParallelStep",
     "StepFailed",
     "TaskResult",

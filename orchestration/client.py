@@ -18,7 +18,7 @@ from orchestration.errors import StateStoreError, WorkflowTimeout
 from orchestration.loader import DefinitionSource, load_plan
 from orchestration.models import Checkpoint, WorkflowContext, WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import BatonSettings, get_settings, redact
-from orchestration.store import StateStore
+from orchestration.store import StateStore, connect
 
 if TYPE_CHECKING:
     from workers.runner import Engine
@@ -60,7 +60,8 @@ class WorkflowOrchestrator:
             url = self._embedded.ensure()
             local_workers = True if local_workers is None else local_workers
         self.redis_url = url
-        self.redis = redis.Redis.from_url(url)
+        # A caller is told quickly when Redis is away (workers, not callers, wait it out).
+        self.redis = connect(url, retries=3)
         self.store = StateStore(
             self.redis, prefix=self.settings.key_prefix, retention=self.settings.retention_seconds
         )
@@ -104,8 +105,14 @@ class WorkflowOrchestrator:
         plan = self.store.plan(workflow_id)
         sig = start_signature(self.app, plan, workflow_id, run=1)
         ids = frozen_ids(sig)
+        deadline = time.time() + plan.deadline_seconds if plan.deadline_seconds else None
         self.store.transition(
-            workflow_id, [S.CREATED], S.RUNNING, event="workflow_started", track=ids
+            workflow_id,
+            [S.CREATED],
+            S.RUNNING,
+            event="workflow_started",
+            track=ids,
+            deadline_at=deadline,
         )
         try:
             sig.apply_async()

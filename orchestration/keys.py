@@ -71,6 +71,12 @@ class WorkflowKeys:
         return f"{self._base}:dynamic"
 
     @property
+    def steps(self) -> str:
+        """Hash: per-step bookkeeping: ``lease:<step>`` (owner, expiry), ``attempts:<step>``,
+        ``owner:<step>`` (the execution that committed it)."""
+        return f"{self._base}:steps"
+
+    @property
     def events(self) -> str:
         """Pub/sub channel: one message per committed change (wakes ``wait``)."""
         return f"{self._base}:events"
@@ -88,12 +94,19 @@ class WorkflowKeys:
             self.archive,
             self.tasks,
             self.dynamic,
+            self.steps,
         ]
 
 
 def index_key(prefix: str) -> str:
     """Sorted set of workflow ids by creation time."""
     return f"{prefix}:workflows"
+
+
+def active_key(prefix: str) -> str:
+    """Sorted set: meta keys of running workflows by their last progress (epoch seconds),
+    which the reaper scans for stalled ones."""
+    return f"{prefix}:active"
 
 
 def metrics_key(prefix: str) -> str:

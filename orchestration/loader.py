@@ -226,6 +226,7 @@ def compile_plan(definition: WorkflowDefinition, reg: AgentRegistry) -> Plan:
         nodes=nodes,
         tasks=tasks,
         max_handoffs=definition.max_handoffs,
+        deadline_seconds=definition.deadline_seconds,
     )
 
 

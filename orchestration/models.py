@@ -100,6 +100,9 @@ class WorkflowDefinition(_Strict):
     description: str = ""
     steps: Annotated[list[Step], Field(min_length=1)]
     max_handoffs: Annotated[int, Field(ge=0)] = 10
+    deadline_seconds: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Fail the workflow if still running this long after start."
+    )
 
     def output_keys(self) -> list[tuple[str, str]]:
         """(location, output_key) for every step that names one, in order."""

@@ -64,6 +64,7 @@ class Plan(_Frozen):
     nodes: list[PlannedTask | PlannedGroup]
     tasks: dict[str, PlannedTask]
     max_handoffs: int = 10
+    deadline_seconds: float | None = None
 
     @property
     def total_steps(self) -> int:

@@ -36,6 +36,19 @@ class BatonSettings(BaseSettings):
     retention_seconds: int = Field(default=7 * 24 * 3600, description="TTL of finished workflows.")
     visibility_timeout: int = Field(default=3600, description="Redis transport redelivery timeout.")
     result_expires: int = Field(default=24 * 3600, description="TTL of Celery's own task results.")
+    step_lease_seconds: float = Field(
+        default=30.0, description="A running step's lease, renewed every third of it."
+    )
+    max_output_bytes: int = Field(
+        default=64 * 2**20, description="Largest step output (JSON bytes) committed to state."
+    )
+    stall_seconds: float = Field(
+        default=120.0, description="No progress and no live lease this long: the reaper acts."
+    )
+    reaper_interval: float = Field(default=15.0, description="Seconds between reaper sweeps.")
+    max_reaps: int = Field(
+        default=3, description="Re-dispatches of a stalled workflow before it is failed."
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="Worker log lines as text or one JSON object each."
     )

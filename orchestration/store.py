@@ -19,7 +19,7 @@ from typing import Any, Literal
 import redis
 
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
-from orchestration.keys import WorkflowKeys, index_key, metrics_key
+from orchestration.keys import WorkflowKeys, active_key, index_key, metrics_key
 from orchestration.models import (
     Checkpoint,
     CompensationOutcome,
@@ -45,6 +45,21 @@ def _script(name: str) -> str:
     return lua.joinpath("_lib.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 
+def connect(url: str, retries: int = 20) -> redis.Redis[bytes]:
+    """A client that rides out a Redis restart: commands are retried with backoff (20
+    retries: about half a minute; redis-py reloads scripts if the server lost them)."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+    return redis.Redis.from_url(
+        url,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=30,
+    )
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
@@ -60,6 +75,7 @@ class StepState:
     status: str
     shared_data: dict[str, Any]
     results: dict[str, TaskResult]
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ class StateStore:
         self.retention = retention
         self._scripts = {
             name: client.register_script(_script(name))
-            for name in ("create", "transition", "begin", "commit", "restore")
+            for name in ("create", "transition", "begin", "commit", "restore", "lease")
         }
         self._plans: dict[str, Plan] = {}
 
@@ -104,7 +120,12 @@ class StateStore:
         spec = {"channel": k.events, "now": utcnow(), "retention": self.retention, **spec}
         spec = {key: v for key, v in spec.items() if v is not None}  # cjson.null is truthy in Lua
         return self._scripts[name](
-            keys=[*k.all(), index_key(self.prefix), metrics_key(self.prefix)],
+            keys=[
+                *k.all(),
+                index_key(self.prefix),
+                metrics_key(self.prefix),
+                active_key(self.prefix),
+            ],
             args=[dumps(spec), *args],
             client=client,
         )
@@ -141,6 +162,7 @@ class StateStore:
         bump_run: bool = False,
         clear_paused: bool = False,
         error: str | None = None,
+        deadline_at: float | None = None,
     ) -> Transition:
         spec = {
             "from": [s.value for s in old],
@@ -150,6 +172,7 @@ class StateStore:
             "bump_run": bump_run,
             "clear_paused": clear_paused,
             "error": error,
+            "deadline_at": deadline_at,
         }
         reply = self._call("transition", workflow_id, spec)
         self._check(workflow_id, reply, old, new)
@@ -232,11 +255,23 @@ class StateStore:
         running: RunningStep,
         run: int,
         context_keys: list[str] | None = None,
+        *,
+        owner: str = "",
+        lease_seconds: float = 30.0,
+        task_id: str | None = None,
     ) -> StepState:
-        """Mark the step running and load the state it may see, in one round trip."""
+        """Take the step's lease and load the state it may see, in one round trip."""
         k = self.keys(workflow_id)
         pipe = self.redis.pipeline(transaction=False)
-        spec = {"step": running.step_id, "running_json": running.model_dump_json(), "run": run}
+        spec = {
+            "step": running.step_id,
+            "running_json": running.model_dump_json(),
+            "run": run,
+            "owner": owner,
+            "worker": running.worker or "",
+            "lease_ms": int(lease_seconds * 1000),
+            "task_id": task_id,
+        }
         self._call("begin", workflow_id, spec, client=pipe)
         if context_keys is None:
             pipe.hgetall(k.data)
@@ -252,7 +287,61 @@ class StateStore:
             }
         else:
             data = {}
-        return StepState(_s(replies[0]), data, _decode_results(replies[-1], data))
+        status, attempt = replies[0]
+        return StepState(_s(status), data, _decode_results(replies[-1], data), int(attempt))
+
+    def read_state(self, workflow_id: str, context_keys: list[str] | None = None) -> StepState:
+        """The status and state as they are, without taking part in a step."""
+        k = self.keys(workflow_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(k.meta, "status")
+        if context_keys is None:
+            pipe.hgetall(k.data)
+        else:
+            pipe.hmget(k.data, context_keys or ["-"])
+        pipe.hgetall(k.results)
+        status, data_raw, results = pipe.execute()
+        if context_keys is None:
+            data = _decode_data(data_raw)
+        else:
+            data = {key: json.loads(v) for key, v in zip(context_keys, data_raw, strict=False) if v}
+        return StepState(_s(status or b"missing"), data, _decode_results(results, data))
+
+    def lease(
+        self,
+        workflow_id: str,
+        step_id: str,
+        owner: str,
+        lease_seconds: float,
+        *,
+        release: bool = False,
+    ) -> bool:
+        """Renew (or release) this execution's lease on a step; False if it no longer holds it."""
+        spec = {
+            "step": step_id,
+            "owner": owner,
+            "lease_ms": int(lease_seconds * 1000),
+            "release": release,
+        }
+        return bool(self._call("lease", workflow_id, spec))
+
+    def active_workflows(self) -> dict[str, float]:
+        """Running (or compensating) workflows by their last progress, epoch seconds."""
+        raw = self.redis.zrange(active_key(self.prefix), 0, -1, withscores=True)
+        return {_s(member).split("{", 1)[1].rsplit("}", 1)[0]: score for member, score in raw}
+
+    def touch(self, workflow_id: str) -> None:
+        self.redis.zadd(active_key(self.prefix), {self.keys(workflow_id).meta: time.time()})
+
+    def live_leases(self, workflow_id: str) -> list[str]:
+        """Steps whose lease an execution is still renewing."""
+        now_ms = time.time() * 1000
+        raw = self.redis.hgetall(self.keys(workflow_id).steps)
+        return [
+            _s(f).removeprefix("lease:")
+            for f, v in raw.items()
+            if _s(f).startswith("lease:") and json.loads(v)["until"] > now_ms
+        ]
 
     def commit(
         self,
@@ -265,6 +354,7 @@ class StateStore:
         outcome: Outcome,
         run: int,
         task_id: str | None = None,
+        owner: str = "",
         track: Sequence[str] = (),
         handoff: PlannedTask | None = None,
         max_handoffs: int = 0,
@@ -288,6 +378,7 @@ class StateStore:
             "error": result.error or "",
             "run": run,
             "task_id": task_id or "",
+            "owner": owner,
             "track": list(track),
             "now": entry.timestamp,
             "handoff_id": handoff.step_id if handoff else "",
@@ -312,9 +403,18 @@ class StateStore:
         pipe.publish(k.events, dumps({"event": entry.event, "step": entry.step}))
         pipe.execute()
 
-    def track(self, workflow_id: str, task_ids: Sequence[str]) -> None:
+    def track(self, workflow_id: str, task_ids: Sequence[str], *, replace: bool = False) -> None:
+        key = self.keys(workflow_id).tasks
+        pipe = self.redis.pipeline(transaction=True)
+        if replace:
+            pipe.delete(key)
         if task_ids:
-            self.redis.sadd(self.keys(workflow_id).tasks, *task_ids)
+            pipe.sadd(key, *task_ids)
+        pipe.execute()
+
+    def untrack(self, workflow_id: str, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            self.redis.srem(self.keys(workflow_id).tasks, *task_ids)
 
     # ------------------------------------------------------------------ reads
 

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 import redis
-from celery.signals import before_task_publish
+from celery.signals import before_task_publish, task_prerun
 from pydantic import BaseModel, ConfigDict
 
 from agents.base import Agent, Handoff, StepInput
@@ -45,7 +45,8 @@ testkit = Agent("testkit", description="Agents for the test suite")
 
 @testkit.task(params=EchoParams)
 def echo(step: StepInput[EchoParams]) -> dict[str, Any]:
-    """Returns its value and which keys it could see."""
+    """Returns its value and which keys it could see (and records its execution)."""
+    record_execution(step)
     return {
         "value": step.parameters.value,
         "saw_keys": sorted(step.shared_data),
@@ -88,14 +89,35 @@ class GateParams(BaseModel):
     wait: float = 60.0
 
 
+def wait_at_gate(name: str, label: str, wait: float) -> bool:
+    """A barrier: announce ``label:pid`` as started, then wait for the test to open it."""
+    r = test_redis()
+    r.rpush(f"testlog:gate:{name}:started", f"{label}:{os.getpid()}")
+    opened = r.blpop([f"testlog:gate:{name}:open"], timeout=wait)
+    r.rpush(f"testlog:gate:{name}:passed", label)
+    return opened is not None
+
+
+def record_execution(step: StepInput[Any]) -> None:
+    """A side-effect ledger outside Redis (SQLite): every execution, committed or not."""
+    path = os.environ.get("BATON_TEST_LEDGER")
+    if not path:
+        return
+    import sqlite3
+
+    with sqlite3.connect(path, timeout=30) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS runs (workflow TEXT, step TEXT, pid INTEGER)")
+        db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?)", (step.workflow_id, step.step_id, os.getpid())
+        )
+
+
 @testkit.task(params=GateParams)
 def gate(step: StepInput[GateParams]) -> dict[str, Any]:
-    """Announces it started, then waits until the test opens the gate: a barrier."""
-    r, name = test_redis(), step.parameters.name
-    r.rpush(f"testlog:gate:{name}:started", step.step_id)
-    opened = r.blpop([f"testlog:gate:{name}:open"], timeout=step.parameters.wait)
-    r.rpush(f"testlog:gate:{name}:passed", step.step_id)
-    return {"gate": name, "opened": opened is not None}
+    """Records its execution in the ledger, then waits until the test opens the gate."""
+    record_execution(step)
+    opened = wait_at_gate(step.parameters.name, step.step_id, step.parameters.wait)
+    return {"gate": step.parameters.name, "opened": opened}
 
 
 class FlakyParams(BaseModel):
@@ -196,6 +218,7 @@ def _record_message_size(
     # The whole message, so a test can deliver a faithful duplicate of it.
     message = {"body": body, "headers": headers, "routing_key": routing_key}
     pipe.set(f"testlog:msg:{args[0]}:{args[1]}", json.dumps(message, default=str))
+    pipe.rpush(f"testlog:ids:{args[0]}", f"{task} {args[1]} {(headers or {}).get('id')}")
     pipe.execute()
 
 
@@ -225,3 +248,11 @@ def note(step: StepInput[EchoParams]) -> dict[str, Any]:
     """Logs a line, for the tests of worker logs."""
     logging.getLogger("baton.agents.solo").warning("noting %s", step.parameters.value)
     return {"noted": step.parameters.value}
+
+
+@task_prerun.connect
+def _hold_aggregates(task: Any = None, args: Any = None, **_: Any) -> None:
+    """With BATON_TEST_AGGREGATE_GATE set, a worker holds chord callbacks at that gate."""
+    name = os.environ.get("BATON_TEST_AGGREGATE_GATE")
+    if name and getattr(task, "name", "") == "baton.aggregate":
+        wait_at_gate(name, str(args[1]), 120)

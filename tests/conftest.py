@@ -46,6 +46,7 @@ def worker_env(
         "BATON_AGENT_MODULES": "tests.agents",
         "BATON_HOME": str(home),
         "BATON_TEST_REDIS": redis_server.url,
+        "BATON_STEP_LEASE_SECONDS": "3",  # a redelivered copy looks again after 1.5 s
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     os.environ.update(env)  # the test process publishes messages too

@@ -33,14 +33,28 @@ def flower(worker_env: dict[str, str], workers: LocalWorkers) -> Iterator[str]:
     port = free_port()
     env = {**worker_env, "BATON_FLOWER_BASIC_AUTH": AUTH}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "flower", "--port", str(port), "--address", "127.0.0.1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "flower",
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         # Ready when Flower answers and has seen our workers' heartbeats.
-        eventually(lambda: set(workers.names) <= set(get(f"{base}/api/workers?refresh=1")), 60,
-                   "Flower to list the workers")  # fmt: skip
+        eventually(
+            lambda: set(workers.names) <= set(get(f"{base}/api/workers?refresh=1")),
+            60,
+            "Flower to list the workers",
+        )
         yield base
     finally:
         proc.terminate()
@@ -51,12 +65,23 @@ def flower(worker_env: dict[str, str], workers: LocalWorkers) -> Iterator[str]:
 def test_flower_shows_every_step_task_with_its_workflow_and_worker(
     flower: str, orch: WorkflowOrchestrator, workers: LocalWorkers
 ) -> None:
-    wid = orch.run_workflow({"steps": [
-        step("echo", "a"),
-        {"parallel": [step("echo", "m1"), step("echo", "m2"), step("fail")], "output_key": "g"},
-        {"agent_id": "analyzer", "task_type": "trend_analysis", "output_key": "t",
-         "parameters": {"input_key": "a"}},
-    ]})  # fmt: skip
+    wid = orch.run_workflow(
+        {
+            "steps": [
+                step("echo", "a"),
+                {
+                    "parallel": [step("echo", "m1"), step("echo", "m2"), step("fail")],
+                    "output_key": "g",
+                },
+                {
+                    "agent_id": "analyzer",
+                    "task_type": "trend_analysis",
+                    "output_key": "t",
+                    "parameters": {"input_key": "a"},
+                },
+            ]
+        }
+    )
     # The trend step fails on purpose (echo output holds no records): Flower shows that too.
     ctx = orch.wait(wid, timeout=60)
     assert ctx.status == WorkflowStatus.FAILED

@@ -9,8 +9,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import redis
 from celery import Celery, Task
+from celery.signals import worker_ready
 
 from agents.registry import AgentRegistry, load_agents
 from orchestration.compiler import (
@@ -20,8 +20,7 @@ from orchestration.compiler import (
     FINISH_FAILURE_TASK,
 )
 from orchestration.settings import BatonSettings, get_settings
-from orchestration.store import StateStore
-from workers.logs import TEXT_FORMAT
+from orchestration.store import StateStore, connect
 from workers.logs import configure as configure_logging
 from workers.routing import route_task
 from workers.runner import Engine
@@ -30,7 +29,14 @@ _engines: dict[int, Engine] = {}
 
 
 def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    # A message whose worker died unacknowledged is restored after visibility_timeout;
+    # sweep for such messages often enough that the timeout is the only delay.
+    sweep = max(1, min(10, int(settings.visibility_timeout // 4)))
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": sweep,
+        "unacked_restore_throttle": 1,
+    }
     return {
         "broker_url": settings.broker_url or redis_url,
         "result_backend": redis_url,
@@ -49,14 +55,15 @@ def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "result_expires": settings.result_expires,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # ride out a broker restart, however long
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
         # Flower sees every task by name, queue and arguments.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_routes": (route_task,),
         "task_default_queue": CONTROL_QUEUE,
         "task_create_missing_queues": True,
-        "worker_log_format": TEXT_FORMAT,
-        "worker_task_log_format": TEXT_FORMAT,
     }
 
 
@@ -85,7 +92,7 @@ def create_app(
         return engine_for(task.app, reg).run_aggregate(task, workflow_id, group_id, run)
 
     def dispatch(task: Task, workflow_id: str, step_id: str, run: int = 1) -> None:
-        engine_for(task.app, reg).run_dispatch(workflow_id, step_id, run)
+        engine_for(task.app, reg).run_dispatch(task, workflow_id, step_id, run)
 
     def finish_failure(task: Task, workflow_id: str, run: int) -> None:
         engine_for(task.app, reg).finish_failure(workflow_id, run)
@@ -102,10 +109,21 @@ def engine_for(app: Celery, reg: AgentRegistry) -> Engine:
     """The process's engine for this app, made after fork so each child has its own pool."""
     engine = _engines.get(id(app))
     if engine is None:
-        client = redis.Redis.from_url(app.conf.baton_redis_url)
+        client = connect(app.conf.baton_redis_url)
         store = StateStore(client, prefix=app.conf.baton_prefix, retention=app.conf.baton_retention)
-        engine = _engines[id(app)] = Engine(app, store, reg)
+        settings = get_settings()
+        engine = _engines[id(app)] = Engine(
+            app, store, reg, lease_seconds=settings.step_lease_seconds,
+            max_output_bytes=settings.max_output_bytes,
+        )  # fmt: skip
     return engine
+
+
+def start_reaper(app: Celery, reg: AgentRegistry) -> None:
+    """Run the reaper in this worker's main process (see ``workers/reaper.py``)."""
+    from workers.reaper import Reaper
+
+    Reaper(engine_for(app, reg), get_settings()).start()
 
 
 @cache
@@ -115,7 +133,11 @@ def default_app() -> Celery:
 
     settings = get_settings()
     configure_logging(settings.log_format)
-    return create_app(resolve_redis_url(settings))
+    app = create_app(resolve_redis_url(settings))
+    worker_ready.connect(
+        lambda **_: start_reaper(app, load_agents(settings.agent_modules)), weak=False
+    )
+    return app
 
 
 def __getattr__(name: str) -> Any:

@@ -90,7 +90,12 @@ def cli(verbose: bool) -> None:
 )
 @click.option("--pool", "-P", default="prefork", show_default=True)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-@click.option("--no-control", is_flag=True, help="Do not consume baton.control (aggregates).")
+@click.option(
+    "--no-control",
+    is_flag=True,
+    envvar="BATON_WORKER_NO_CONTROL",
+    help="Do not consume baton.control (aggregates, dispatches).",
+)
 def worker(
     agents: str,
     concurrency: int | None,
@@ -326,6 +331,24 @@ def demo(timeout: float) -> None:
             console.print(line)
         if any(r.status != WorkflowStatus.COMPLETED for r in reports):
             sys.exit(1)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option(
+    "--flower-url",
+    default="http://localhost:5555",
+    show_default=True,
+    envvar="BATON_FLOWER_URL",
+    help="Flower's base URL, for the links from each step to its tasks.",
+)
+def dashboard(host: str, port: int, flower_url: str) -> None:
+    """Serve the workflows dashboard (live steps, groups, checkpoints) and /metrics."""
+    from workers.dashboard import serve
+
+    click.echo(f"baton dashboard: http://{host}:{port}/ (metrics: /metrics)", err=True)
+    serve(host, port, flower_url)
 
 
 def main() -> None:

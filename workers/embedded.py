@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,7 @@ class LocalWorkers:
         env = {**os.environ, **self.env, "BATON_REDIS_URL": self.redis_url}
         for i, agents in enumerate(self.groups):
             label = "-".join(agents) if agents else "all"
-            name = f"{label}.{os.getpid()}-{i}@{socket.gethostname()}"
+            name = f"{label}.{os.getpid()}-{uuid.uuid4().hex[:4]}{i}@{socket.gethostname()}"
             cmd = [
                 sys.executable,
                 "-m",

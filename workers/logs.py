@@ -17,7 +17,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, task_pos
 
 FIELDS = ("workflow_id", "step", "agent")
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(baton)s%(name)s: %(message)s"
-_context: ContextVar[dict[str, str]] = ContextVar("baton_log_context", default={})
+_context: ContextVar[dict[str, str] | None] = ContextVar("baton_log_context", default=None)
 _format = "text"
 _configured = False
 
@@ -26,7 +26,7 @@ class ContextFilter(logging.Filter):
     """Puts the current task's workflow, step and agent on every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = _context.get()
+        ctx = _context.get() or {}
         for name in FIELDS:
             setattr(record, name, ctx.get(name, ""))
         # For the text format: "[<workflow> <step> <agent>] " on lines about a step.
@@ -54,8 +54,10 @@ def install(logger: logging.Logger) -> None:
     """Add the context filter (and, in JSON mode, the JSON formatter) to a logger's handlers."""
     for handler in logger.handlers:
         handler.addFilter(ContextFilter())
-        if _format == "json":
-            handler.setFormatter(JsonFormatter())
+        # The formats use the filter's fields, so they are set only where it is installed.
+        handler.setFormatter(
+            JsonFormatter() if _format == "json" else logging.Formatter(TEXT_FORMAT)
+        )
 
 
 def configure(log_format: str) -> None:
@@ -80,4 +82,4 @@ def _enter(task: Any = None, args: Any = None, **_: Any) -> None:
 
 
 def _leave(**_: Any) -> None:
-    _context.set({})
+    _context.set(None)

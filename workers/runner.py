@@ -11,8 +11,13 @@ workflow runs the saga (compensations in reverse order, then a state restore).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,6 +85,8 @@ class Engine:
     app: Celery
     store: StateStore
     registry: AgentRegistry
+    lease_seconds: float = 30.0
+    max_output_bytes: int = 64 * 2**20
 
     # ------------------------------------------------------------------ going on
 
@@ -119,28 +126,34 @@ class Engine:
             sig = signature_from(
                 self.app, plan, workflow_id, nxt, run, lambda sid: self.store.task(workflow_id, sid)
             )
-        self.store.track(workflow_id, frozen_ids(sig))
+        # What was outstanding before is superseded (lost, or dropped on arrival).
+        self.store.track(workflow_id, frozen_ids(sig), replace=True)
         sig.apply_async()
         return nxt
 
-    def run_dispatch(self, workflow_id: str, step_id: str, run: int) -> None:
+    def run_dispatch(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> None:
         """Publish a segment on a client's behalf (a chord's header is published here)."""
-        if self.store.status_of(workflow_id) != S.RUNNING:
-            return
-        plan = self.store.plan(workflow_id)
-        sig = signature_from(
-            self.app, plan, workflow_id, step_id, run, lambda sid: self.store.task(workflow_id, sid)
-        )
-        self.store.track(workflow_id, frozen_ids(sig))
-        sig.apply_async()
+        if self.store.status_of(workflow_id) == S.RUNNING:
+            plan = self.store.plan(workflow_id)
+            sig = signature_from(
+                self.app,
+                plan,
+                workflow_id,
+                step_id,
+                run,
+                lambda sid: self.store.task(workflow_id, sid),
+            )
+            self.store.track(workflow_id, frozen_ids(sig))
+            sig.apply_async()
+        self.store.untrack(workflow_id, [ctask.request.id])
 
     # ------------------------------------------------------------------ steps
 
     def run_step(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> dict[str, Any]:
         plan = self.store.plan(workflow_id)
         task = self.store.task(workflow_id, step_id)
-        attempt = int(ctask.request.retries or 0) + 1
         worker = ctask.request.hostname
+        owner = f"{worker}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this execution
         started_at = utcnow()
         running = RunningStep(
             step_id=step_id,
@@ -149,38 +162,50 @@ class Engine:
             started_at=started_at,
             worker=worker,
         )
-        state = self.store.begin_step(workflow_id, running, run, task.context_keys)
+        state = self.store.begin_step(
+            workflow_id,
+            running,
+            run,
+            task.context_keys,
+            owner=owner,
+            lease_seconds=self.lease_seconds,
+            task_id=ctask.request.id,
+        )
         in_chain = task.group is None and not task.dynamic
 
         def stop(status: str) -> dict[str, Any]:
             log.info("step %s of %s not run: %s", step_id, workflow_id, status)
             if in_chain:
-                raise Ignore()  # a chain's later steps must not be sent either
+                # The chain's later steps are not sent either: they are not outstanding.
+                rest = [s.get("options", {}).get("task_id") for s in ctask.request.chain or []]
+                self.store.untrack(workflow_id, [i for i in rest if i])
+                raise Ignore()
             return _envelope(workflow_id, step_id, status)
 
-        if state.status != S.RUNNING:
-            return stop(
-                "stale"
-                if state.status == "stale"
-                else "paused"
-                if state.status == S.PAUSED
-                else "skipped"
-            )
-        done = state.results.get(step_id)
-        if done is not None and done.status == TaskStatus.COMPLETED:
-            # Already committed (a redelivered message, or a group resumed): do not run it again.
+        if state.status == "committed":
+            # Already committed (a redelivered message, or a group resumed): not run again.
             self.store.note(workflow_id, HistoryEntry(event="duplicate_dropped", step=step_id))
             return stop("duplicate")
+        if state.status == "leased":
+            # Another execution is running it (this is a redelivery of a long step): look
+            # again once its lease could have lapsed; it commits, or its worker died.
+            log.info("step %s of %s is leased by another execution", step_id, workflow_id)
+            raise ctask.retry(countdown=self.lease_seconds / 2, max_retries=None)
+        if state.status != S.RUNNING:
+            return stop(state.status if state.status in ("stale", "paused") else "skipped")
 
+        attempt = state.attempt
         t0 = time.perf_counter()
         output: StepOutput | None = None
+        output_json = "null"
         error: str | None = None
         upstream = state.results.get(task.after) if task.after else None
         if task.after and (upstream is None or upstream.status != TaskStatus.COMPLETED):
             error = f"skipped: upstream step {task.after} did not complete"
         else:
             try:
-                output = self._call_agent(workflow_id, task, state)
+                with self._heartbeat(workflow_id, step_id, owner):
+                    output, output_json = self._call_agent(workflow_id, task, state)
             except SoftTimeLimitExceeded:
                 error = f"TimeoutError: step exceeded its timeout of {task.timeout}s"
             except Exception as exc:  # an agent's failure is its step's result, not the worker's
@@ -208,7 +233,8 @@ class Engine:
                         execution_time=time.perf_counter() - t0,
                     ),
                 )
-                raise ctask.retry(countdown=countdown, max_retries=task.retries)
+                self.store.lease(workflow_id, step_id, owner, 0, release=True)
+                raise ctask.retry(countdown=countdown, max_retries=None)
         elapsed = time.perf_counter() - t0
 
         handoff: PlannedTask | None = None
@@ -251,11 +277,12 @@ class Engine:
             workflow_id,
             result,
             node=step_id,
-            output_json=dumps(output.output) if output else "null",
+            output_json=output_json if ok else "null",
             advance=top,
             outcome=outcome,
             run=run,
             task_id=ctask.request.id,
+            owner=owner,
             track=frozen_ids(nxt) if nxt else (),
             handoff=handoff,
             max_handoffs=plan.max_handoffs,
@@ -274,7 +301,30 @@ class Engine:
             raise Ignore()  # the inserted step goes next; it sends the rest of the chain
         return _envelope(workflow_id, step_id, "completed" if ok else "failed", error)
 
-    def _call_agent(self, workflow_id: str, task: PlannedTask, state: StepState) -> StepOutput:
+    @contextmanager
+    def _heartbeat(self, workflow_id: str, step_id: str, owner: str) -> Iterator[None]:
+        """Renew the step's lease while the agent works, so a redelivery waits for it."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.lease_seconds / 3):
+                try:
+                    if not self.store.lease(workflow_id, step_id, owner, self.lease_seconds):
+                        return
+                except Exception as exc:  # Redis away for a moment: the next beat retries
+                    log.warning("lease renewal for %s %s failed: %s", workflow_id, step_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"lease-{step_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=5)
+
+    def _call_agent(
+        self, workflow_id: str, task: PlannedTask, state: StepState
+    ) -> tuple[StepOutput, str]:
         tt = self.registry.get_task(task.agent_id, task.task_type)
         step_input: StepInput[Any] = StepInput(
             workflow_id=workflow_id,
@@ -286,8 +336,13 @@ class Engine:
             previous_results=list(state.results.values()),
         )
         out = tt.run(step_input)
-        dumps(out.output)  # not JSON-serialisable: this step fails, not its commit
-        return out
+        encoded = dumps(out.output)  # not JSON-serialisable: this step fails, not its commit
+        if len(encoded) > self.max_output_bytes:
+            raise BatonError(
+                f"output of {task.step_id} is {len(encoded) / 2**20:.1f} MiB, over the limit of "
+                f"{self.max_output_bytes / 2**20:.1f} MiB (BATON_MAX_OUTPUT_BYTES)"
+            )
+        return out, encoded
 
     def _plan_handoff(self, task: PlannedTask, handoff: Handoff, state: StepState) -> PlannedTask:
         """Check a run-time handoff as a definition is checked at creation."""
@@ -334,13 +389,19 @@ class Engine:
                 worker=ctask.request.hostname,
             ),
             run,
+            owner=(owner := f"aggregate:{uuid.uuid4().hex[:8]}"),
+            lease_seconds=self.lease_seconds,
+            task_id=ctask.request.id,
         )
+        if state.status == "leased":  # another copy of this callback is aggregating
+            raise ctask.retry(countdown=self.lease_seconds / 2, max_retries=None)
         if state.status != S.RUNNING:
             return _envelope(workflow_id, group_id, "skipped")
         members = [state.results.get(sid) for sid in node.member_ids]
         if any(m is None for m in members):
             # A superseded chord (the group was re-dispatched on resume): the newer one aggregates.
             log.info("aggregate of %s %s skipped: members still missing", workflow_id, group_id)
+            self.store.lease(workflow_id, group_id, owner, 0, release=True)
             return _envelope(workflow_id, group_id, "skipped")
         got = [m for m in members if m is not None]
         t0 = time.perf_counter()
@@ -418,17 +479,7 @@ class Engine:
 
     def run_compensation(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> None:
         task = self.store.task(workflow_id, step_id)
-        state = self.store.begin_step(
-            workflow_id,
-            RunningStep(
-                step_id=step_id,
-                agent_id=task.agent_id,
-                task_type=str(task.compensation),
-                started_at=utcnow(),
-            ),
-            run,
-            task.context_keys,
-        )
+        state = self.store.read_state(workflow_id, task.context_keys)
         if state.status != S.COMPENSATING:
             return
         original = state.results.get(step_id)

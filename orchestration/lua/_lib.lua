@@ -2,8 +2,23 @@
 -- (see orchestration/keys.py), then the index of workflows.
 local META, PLAN, DATA, RESULTS, HISTORY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local INDEX = KEYS[11]
-local N_WORKFLOW_KEYS = 10
+local STEPS = KEYS[11]
+local N_WORKFLOW_KEYS = 11
+local INDEX, METRICS, ACTIVE = KEYS[12], KEYS[13], KEYS[14]
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The reaper watches running workflows by their last sign of progress.
+local function active(on)
+  if on then
+    redis.call('ZADD', ACTIVE, now_ms() / 1000, META)
+  else
+    redis.call('ZREM', ACTIVE, META)
+  end
+end
 
 local function history(entry)
   redis.call('RPUSH', HISTORY, cjson.encode(entry))
@@ -38,7 +53,6 @@ local function track(ids)
 end
 
 -- Counters for Prometheus (the dashboard's /metrics): one hash for the whole prefix.
-local METRICS = KEYS[12]
 local BUCKETS = {0.05, 0.25, 1, 5, 30, 120, 600}
 
 local function count_workflow(status)

@@ -1,19 +1,51 @@
--- A step is about to run: mark it running if its workflow runs (and this is its run).
--- When the workflow is paused, remember that the step stopped here. Returns the status,
--- or 'stale' for a message from an earlier run (before a retry or rollback).
--- ARGV: spec {step, running_json, run, channel}
+-- A step is about to run. It runs only if its workflow runs (in this run), the step has
+-- no committed result, and no other live execution holds its lease; it then takes the
+-- lease (renewed by a heartbeat while the agent works) and counts an attempt. A lease
+-- left by an execution that died is recorded as a lost attempt and taken over.
+-- When the workflow is paused, the step records that it stopped here.
+-- Returns {status | 'missing' | 'stale' | 'committed' | 'leased', attempt}.
+-- ARGV: spec {step, running_json, run, channel, owner, worker, lease_ms, now, task_id}
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
 if not status then
-  return 'missing'
+  return {'missing', 0}
 end
 if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
-  return 'stale'
+  return {'stale', 0}
 end
-if status == 'running' then
-  redis.call('HSET', RUNNING, spec.step, spec.running_json)
-  publish(spec.channel, {event = 'step_started', step = spec.step})
-elseif status == 'paused' then
+if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
+  if spec.task_id then
+    redis.call('SREM', TASKS, spec.task_id)  -- a duplicate: nothing of it is outstanding
+  end
+  return {'committed', 0}
+end
+if status == 'paused' then
   redis.call('HSETNX', META, 'paused_at', spec.step)
+  return {status, 0}
 end
-return status
+if status ~= 'running' then
+  return {status, 0}
+end
+local now = now_ms()
+local held = redis.call('HGET', STEPS, 'lease:' .. spec.step)
+if held then
+  local lease = cjson.decode(held)
+  if lease.owner ~= spec.owner then
+    if lease['until'] > now then
+      if redis.call('HINCRBY', STEPS, 'deferred:' .. spec.step, 1) == 1 then
+        history({event = 'redelivery_deferred', step = spec.step, worker = spec.worker,
+          error = 'delivered again while ' .. tostring(lease.worker) .. ' still runs it',
+          timestamp = spec.now})
+      end
+      return {'leased', 0}
+    end
+    history({event = 'attempt_lost', step = spec.step, worker = lease.worker,
+      error = 'its worker stopped renewing the lease', timestamp = spec.now})
+  end
+end
+redis.call('HSET', STEPS, 'lease:' .. spec.step,
+  cjson.encode({owner = spec.owner, worker = spec.worker, ['until'] = now + spec.lease_ms}))
+local attempt = redis.call('HINCRBY', STEPS, 'attempts:' .. spec.step, 1)
+redis.call('HSET', RUNNING, spec.step, spec.running_json)
+publish(spec.channel, {event = 'step_started', step = spec.step})
+return {status, attempt}

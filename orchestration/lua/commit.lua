@@ -13,6 +13,9 @@ if not status then
 end
 local function refuse(state)
   redis.call('HDEL', RUNNING, spec.step)
+  if spec.task_id ~= '' then
+    redis.call('SREM', TASKS, spec.task_id)
+  end
   history({event = 'commit_refused', step = spec.step, status = state, timestamp = spec.now,
     error = 'workflow is ' .. status .. ' (' .. state .. ')'})
   return {state, tonumber(redis.call('HGET', META, 'version')), status}
@@ -24,6 +27,10 @@ if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
   return refuse('stale')
 end
 if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
+  if spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner then
+    -- This execution's own commit, replayed after a lost reply: report it as done.
+    return {'committed', tonumber(redis.call('HGET', META, 'version')), status}
+  end
   return refuse('duplicate')
 end
 
@@ -66,6 +73,10 @@ if spec.advance and outcome ~= 'fail' then
   redis.call('HSET', VERSIONS, 'b:' .. spec.node, version)
 end
 redis.call('HDEL', RUNNING, spec.step)
+redis.call('HDEL', STEPS, 'lease:' .. spec.step)
+if spec.owner ~= '' then
+  redis.call('HSET', STEPS, 'owner:' .. spec.step, spec.owner)
+end
 if spec.task_id ~= '' then
   redis.call('SREM', TASKS, spec.task_id)
 end
@@ -89,12 +100,14 @@ elseif outcome == 'complete' then
   history({event = 'workflow_completed', status = final, step = spec.step, version = version,
     timestamp = spec.now})
   redis.call('DEL', RUNNING)
+  active(false)
   expire_all(spec.retention)
 elseif status == 'paused' and spec.advance then
   redis.call('HSETNX', META, 'paused_at', spec.step)
 end
 if final == 'running' then
   track(spec.track)
+  active(true)
 end
 publish(spec.channel, {event = 'committed', step = spec.step, version = version, status = final})
 return {'committed', version, final}

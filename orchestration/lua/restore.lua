@@ -59,7 +59,9 @@ if spec.bump_run then
   run = redis.call('HINCRBY', META, 'run', 1)
 end
 redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
-redis.call('HDEL', META, 'paused_at')
+redis.call('HDEL', META, 'paused_at', 'reaps')
+redis.call('DEL', STEPS, RUNNING)
+active(spec.to == 'running')
 if spec.to == 'paused' then
   redis.call('HSET', META, 'paused_at', 'restored')  -- nothing is in flight: resume sends
 end

@@ -24,7 +24,11 @@ end
 if spec.error then
   redis.call('HSET', META, 'error', spec.error)
 end
+if spec.deadline_at then
+  redis.call('HSET', META, 'deadline_at', spec.deadline_at)
+end
 track(spec.track)
+active(spec.to == 'running' or spec.to == 'compensating')
 local reply = {'ok', status, run, paused_at}
 if spec.to == 'cancelled' then
   redis.call('HSET', META, 'finished_at', spec.now)

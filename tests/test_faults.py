@@ -1,0 +1,346 @@
+"""Faults on purpose: killed workers, a restarted or missing Redis, lost messages.
+
+A private harness per module: its own redis-server (AOF on, restartable on its port)
+and its own `baton worker` processes, with short timeouts so recovery is quick:
+visibility timeout 6 s, step lease 3 s, stall detection 5 s, reaper sweeps every 1 s.
+Side effects are counted in a SQLite ledger outside Redis. Every test ends by checking
+the invariants: terminal state, one commit per step, increasing versions, nothing left
+outstanding.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestration import StateStoreError, WorkflowStatus
+from orchestration.client import WorkflowOrchestrator
+from orchestration.models import WorkflowContext
+from orchestration.settings import BatonSettings
+from tests.conftest import PARALLEL_AGENTS, ROOT
+from tests.helpers import eventually, open_gate, step, wait_gate_started
+from workers.embedded import LocalWorkers, RedisServer
+
+
+@dataclass
+class Harness:
+    server: RedisServer
+    env: dict[str, str]
+    orch: WorkflowOrchestrator
+    ledger: Path
+    pools: list[LocalWorkers] = field(default_factory=list)
+
+    def worker(self, agents: list[str], name: str, **env: str) -> LocalWorkers:
+        pool = LocalWorkers(
+            self.server.url,
+            [agents],
+            concurrency=1,
+            env={**self.env, **env},
+            log_dir=Path(self.env["BATON_HOME"]) / f"logs-{name}",
+        )
+        pool.start(self.orch.app)
+        self.pools.append(pool)
+        return pool
+
+    def executions(self, workflow_id: str, step_id: str) -> int:
+        with sqlite3.connect(self.ledger) as db:
+            (n,) = db.execute(
+                "SELECT count(*) FROM runs WHERE workflow=? AND step=?", (workflow_id, step_id)
+            ).fetchone()
+        return int(n)
+
+    def check_invariants(self, ctx: WorkflowContext) -> None:
+        assert ctx.status.is_terminal
+        commits = [
+            h.step for h in ctx.execution_history if h.event in ("step_completed", "step_failed")
+        ]
+        assert len(commits) == len(set(commits)), commits  # each step committed exactly once
+        versions = [
+            h.version
+            for h in ctx.execution_history
+            if h.event.startswith("step_") and h.version is not None
+        ]
+        assert versions == sorted(set(versions))  # versions only increase
+        # Once drained (a killed worker's message comes back after the visibility timeout
+        # and is dropped as a duplicate), nothing the workflow sent is still outstanding.
+        eventually(
+            lambda: not self.orch.store.outstanding(ctx.workflow_id),
+            30,
+            f"the drain of {ctx.workflow_id}: {self.orch.store.outstanding(ctx.workflow_id)}",
+        )
+
+
+ALL = PARALLEL_AGENTS + ["data_processor", "analyzer", "reporter"]
+CONTROL_ONLY = ["slowapi"]  # an agent queue nothing is sent to here: in effect, control only
+
+
+@pytest.fixture(scope="module")
+def harness(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, worker_env: dict[str, str]
+) -> Iterator[Harness]:
+    home = tmp_path_factory.mktemp("faults")
+    server = RedisServer(home / "redis").start()
+    env = {
+        **worker_env,
+        "BATON_REDIS_URL": server.url,
+        "BATON_HOME": str(home),
+        "BATON_KEY_PREFIX": "faults",
+        "BATON_VISIBILITY_TIMEOUT": "6",
+        "BATON_STEP_LEASE_SECONDS": "3",
+        "BATON_STALL_SECONDS": "5",
+        "BATON_REAPER_INTERVAL": "1",
+        "BATON_TEST_LEDGER": str(home / "ledger.sqlite"),
+        "PYTHONPATH": str(ROOT),
+    }
+    settings = BatonSettings(
+        **{
+            k[6:].lower(): v
+            for k, v in env.items()
+            if k.startswith("BATON_") and not k.startswith("BATON_TEST")
+        }
+    )  # type: ignore[arg-type]
+    orch = WorkflowOrchestrator(server.url, settings=settings, local_workers=False)
+    h = Harness(server, env, orch, home / "ledger.sqlite")
+    yield h
+    for pool in h.pools:
+        pool.stop()
+    orch.close()
+    server.stop()
+
+
+@pytest.fixture
+def two_workers(harness: Harness) -> Iterator[tuple[LocalWorkers, LocalWorkers]]:
+    a, b = harness.worker(ALL, "a"), harness.worker(ALL, "b")
+    yield a, b
+    for pool in (a, b):
+        pool.stop()
+
+
+def gate_pid(r: redis.Redis, name: str, index: int = 0) -> int:
+    return int(r.lindex(f"testlog:gate:{name}:started", index).decode().rsplit(":", 1)[1])
+
+
+def gated(name: str) -> dict[str, object]:
+    return {"steps": [step("echo", "a"), step("gate", "held", name=name), step("echo", "c")]}
+
+
+def test_a_step_whose_pool_process_is_killed_is_redelivered_and_commits_once(
+    harness: Harness, two_workers: object, raw_redis: redis.Redis
+) -> None:
+    g = f"kill-child-{uuid.uuid4().hex[:6]}"
+    wid = harness.orch.run_workflow(gated(g))
+    wait_gate_started(raw_redis, g)
+
+    os.kill(gate_pid(raw_redis, g), signal.SIGKILL)  # the process running the agent
+    wait_gate_started(raw_redis, g, count=2, timeout=60)  # redelivered once its lease lapsed
+    open_gate(raw_redis, g)
+    ctx = harness.orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    lost = [h for h in ctx.execution_history if h.event == "attempt_lost"]
+    assert [h.step for h in lost] == ["step_2"]
+    assert ctx.task_results["step_2"].metadata["attempt"] == 2
+    assert harness.executions(wid, "step_2") == 2  # the lost execution and the one committed
+    harness.check_invariants(ctx)
+
+
+def test_a_worker_killed_outright_loses_nothing(
+    harness: Harness, two_workers: tuple[LocalWorkers, LocalWorkers], raw_redis: redis.Redis
+) -> None:
+    g = f"kill-worker-{uuid.uuid4().hex[:6]}"
+    wid = harness.orch.run_workflow(gated(g))
+    wait_gate_started(raw_redis, g)
+    victim_pid = gate_pid(raw_redis, g)
+    for pool in two_workers:  # SIGKILL the whole worker that runs it: main process and pool
+        for proc in pool.processes:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            if str(victim_pid) in children:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    # Its unacknowledged message comes back after the visibility timeout, to the other worker.
+    wait_gate_started(raw_redis, g, count=2, timeout=60)
+    open_gate(raw_redis, g)
+    ctx = harness.orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert [h.step for h in ctx.execution_history if h.event == "attempt_lost"] == ["step_2"]
+    assert harness.executions(wid, "step_3") == 1
+    harness.check_invariants(ctx)
+
+
+def test_a_worker_told_to_stop_mid_step_finishes_it_first(
+    harness: Harness, two_workers: tuple[LocalWorkers, LocalWorkers], raw_redis: redis.Redis
+) -> None:
+    g = f"term-{uuid.uuid4().hex[:6]}"
+    wid = harness.orch.run_workflow(gated(g))
+    wait_gate_started(raw_redis, g)
+    victim_pid = gate_pid(raw_redis, g)
+    [owner] = [
+        p
+        for pool in two_workers
+        for p in pool.processes
+        if str(victim_pid) in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    ]
+
+    owner.terminate()  # SIGTERM: warm shutdown waits for the running task
+    open_gate(raw_redis, g)
+    owner.wait(timeout=60)
+    ctx = harness.orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert harness.executions(wid, "step_2") == 1  # finished, not redone
+    assert not [h for h in ctx.execution_history if h.event == "attempt_lost"]
+    harness.check_invariants(ctx)
+
+
+def test_the_aggregate_survives_its_worker_dying(harness: Harness, raw_redis: redis.Redis) -> None:
+    g = f"chord-{uuid.uuid4().hex[:6]}"
+    members = harness.worker(ALL, "members", BATON_WORKER_NO_CONTROL="1")
+    holder = harness.worker(CONTROL_ONLY, "control-held", BATON_TEST_AGGREGATE_GATE=g)
+    wid = harness.orch.run_workflow(
+        {
+            "steps": [
+                {
+                    "parallel": [step("echo", "m1"), step("echo", "m2"), step("echo", "m3")],
+                    "output_key": "g",
+                },
+            ]
+        }
+    )
+    wait_gate_started(raw_redis, g)  # the callback is running, held at the gate
+
+    for proc in holder.processes:
+        os.killpg(proc.pid, signal.SIGKILL)
+    spare = harness.worker(CONTROL_ONLY, "control-spare")  # the message comes back to it
+    try:
+        ctx = harness.orch.wait(wid, timeout=60)
+        harness.check_invariants(ctx)
+    finally:
+        members.stop()
+        spare.stop()
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert ctx.shared_data["g"]["successful_tasks"] == 3
+    committed = [h.step for h in ctx.execution_history if h.event == "step_completed"]
+    assert committed.count("step_1") == 1  # the aggregate, exactly once
+    assert [harness.executions(wid, f"step_1.{i}") for i in (1, 2, 3)] == [1, 1, 1]
+
+
+def test_a_lost_chord_callback_is_found_by_the_reaper(
+    harness: Harness, raw_redis: redis.Redis
+) -> None:
+    members = harness.worker(ALL, "members", BATON_WORKER_NO_CONTROL="1")
+    wid = harness.orch.run_workflow(
+        {
+            "steps": [
+                step("echo", "w"),
+                {"parallel": [step("echo", "x"), step("echo", "y")], "output_key": "g"},
+                step("echo", "z"),
+            ]
+        }
+    )
+    store = harness.orch.store
+    # The members commit; their callback waits on baton.control, where nobody consumes...
+    eventually(
+        lambda: len(store.results(wid)) == 3 and store.redis.llen("baton.control"),
+        60,
+        "the members and their callback message",
+    )
+    store.redis.delete("baton.control")  # ...and is lost
+    control = harness.worker(CONTROL_ONLY, "control")
+    try:
+        ctx = harness.orch.wait(wid, timeout=60)
+        harness.check_invariants(ctx)
+    finally:
+        members.stop()
+        control.stop()
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert [h.step for h in ctx.execution_history if h.event == "reaper_redispatched"] == ["step_2"]
+    assert ctx.shared_data["g"]["successful_tasks"] == 2
+    assert [harness.executions(wid, s) for s in ("step_2.1", "step_2.2", "step_3")] == [1, 1, 1]
+
+
+def test_redis_restart_mid_workflow_loses_no_handoff_state(
+    harness: Harness, two_workers: object, raw_redis: redis.Redis
+) -> None:
+    g = f"restart-{uuid.uuid4().hex[:6]}"
+    wid = harness.orch.run_workflow(gated(g))
+    wait_gate_started(raw_redis, g)
+
+    harness.server.stop()  # SIGTERM: the AOF is flushed
+    harness.server.start()  # same port, same directory
+    open_gate(raw_redis, g)
+    ctx = harness.orch.wait(wid, timeout=90)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert sorted(ctx.shared_data) == ["a", "c", "held"]
+    assert harness.executions(wid, "step_2") == 1
+    harness.check_invariants(ctx)
+
+
+def test_redis_down_at_submit_is_a_clear_error_and_leaves_nothing(
+    harness: Harness, two_workers: object
+) -> None:
+    wid = f"submit-{uuid.uuid4().hex[:6]}"
+    harness.server.stop()
+    try:
+        with pytest.raises(StateStoreError, match="cannot reach Redis"):
+            harness.orch.run_workflow(gated("never"), workflow_id=wid)
+    finally:
+        harness.server.start()
+
+    store = harness.orch.store
+    assert not store.redis.exists(*store.keys(wid).all())
+    assert wid not in [i.decode() for i in store.redis.zrange("faults:workflows", 0, -1)]
+    # Workers idle through the outage reconnect and take new work.
+    ctx = harness.orch.wait(harness.orch.run_workflow({"steps": [step("echo", "after")]}), 90)
+    assert ctx.status == WorkflowStatus.COMPLETED
+
+
+def test_a_step_longer_than_the_visibility_timeout_runs_once(
+    harness: Harness, two_workers: object, raw_redis: redis.Redis
+) -> None:
+    g = f"long-{uuid.uuid4().hex[:6]}"
+    wid = harness.orch.run_workflow(gated(g))
+    wait_gate_started(raw_redis, g)
+
+    # Past the 6 s visibility timeout the message is delivered again; the lease holds it off.
+    def deferred() -> bool:
+        history = harness.orch.get_context(wid).execution_history
+        return any(h.event == "redelivery_deferred" and h.step == "step_2" for h in history)
+
+    eventually(deferred, 30, "the redelivered copy to meet the lease")
+    open_gate(raw_redis, g)
+    ctx = harness.orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert raw_redis.llen(f"testlog:gate:{g}:started") == 1  # never executed twice
+    assert harness.executions(wid, "step_2") == 1
+    harness.check_invariants(ctx)
+
+
+def test_a_workflow_past_its_deadline_is_failed_with_the_reason(
+    harness: Harness, two_workers: object
+) -> None:
+    # No worker consumes the solo agent's queue here: the step never runs; the workers'
+    # reapers enforce the deadline.
+    wid = harness.orch.run_workflow(
+        {
+            "deadline_seconds": 2,
+            "steps": [{"agent_id": "solo", "task_type": "note", "output_key": "n"}],
+        }
+    )
+    ctx = harness.orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.FAILED
+    assert ctx.error == "deadline exceeded"
+    assert [h.event for h in ctx.execution_history][-2:] == ["workflow_reaped", "state_restored"]
