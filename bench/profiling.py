@@ -1,11 +1,13 @@
 """Where a Baton step's time goes: timing wrappers installed in a profiling session only.
 
 With ``BENCH_PROFILE=<dir>`` in a worker's environment, ``bench.agents`` calls
-:func:`install_if_requested`, which wraps the engine's phases (plan load, begin_step,
-agent call, commit, hand-on) and hooks Celery's signals (received in the consumer,
-prerun/postrun in the pool child). One JSON line per step goes to ``<dir>/steps-<pid>``.
-Nothing in the engine changes; the wrappers add a few microseconds per phase, and only
-the profiling session (not the timed scenarios) has them.
+:func:`install_if_requested`, which wraps the engine's phases (whichever of the store's
+and engine's methods exist: the engine is being developed, so nothing is assumed) and
+hooks Celery's signals (received in the consumer, prerun/postrun in the pool child).
+Times are *exclusive*: a wrapped call nested in another is charged to itself only, so the
+phases of a step add up to its total. One JSON line per step goes to
+``<dir>/steps-<pid>.jsonl``. The engine's code is not changed; each wrapper costs a few
+microseconds, and only the profiling session (not the timed scenarios) has them.
 """
 
 from __future__ import annotations
@@ -20,24 +22,95 @@ from pathlib import Path
 from typing import Any
 
 _current: dict[str, Any] = {}
-_phases: dict[str, float] = {}
+phases: dict[str, float] = {}
+_stack: list[float] = []  # time spent in wrapped callees, per open wrapped call
+_originals: list[tuple[Any, str, Any]] = []
+
+# (module, class, method, phase name) wrapped when present.
+WORKER_PHASES = (
+    ("orchestration.store", "StateStore", "plan", "plan_load"),
+    ("orchestration.store", "StateStore", "task", "plan_load"),
+    ("orchestration.store", "StateStore", "begin_step", "begin_step"),
+    ("orchestration.store", "StateStore", "commit", "commit"),
+    ("orchestration.store", "StateStore", "track", "track"),
+    ("orchestration.store", "StateStore", "note", "note"),
+    ("agents.base", "TaskType", "validate_params", "validate_params"),
+    ("agents.base", "TaskType", "run", "agent"),
+    ("workers.runner", "Engine", "next_signature", "next_signature"),
+    ("workers.runner", "Engine", "run_step", "engine_other"),
+    ("celery.canvas", "Signature", "apply_async", "publish"),
+)
+CLIENT_PHASES = (
+    ("orchestration.client", None, "load_plan", "client_validate"),
+    ("orchestration.store", "StateStore", "create", "client_create"),
+    ("orchestration.store", "StateStore", "status_of", "client_status"),
+    ("orchestration.store", "StateStore", "plan", "client_plan"),
+    ("orchestration.store", "StateStore", "transition", "client_transition"),
+    ("celery.canvas", "Signature", "apply_async", "client_publish"),
+)
 
 
-def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``fn`` so its exclusive time adds to ``phases[name]``."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if name == "publish" and not _stack and "run_step_total" in phases:
+            _current["published_at"] = time.time()  # the tracer starts the chain's next send
+        _stack.append(0.0)
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            _phases[name] = _phases.get(name, 0.0) + time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            inner = _stack.pop()
+            label = name
+            if name == "publish" and not _stack and "run_step_total" in phases:
+                label = "celery_publish_next"  # Celery's tracer sending the chain's next task
+            phases[label] = phases.get(label, 0.0) + dt - inner
+            if _stack:
+                _stack[-1] += dt
+            if name == "engine_other":
+                phases["run_step_total"] = phases.get("run_step_total", 0.0) + dt
 
+    wrapper.__bench_timed__ = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def install(table: tuple[tuple[str, str | None, str, str], ...]) -> list[str]:
+    """Wrap every listed function that exists; returns what was wrapped."""
+    import importlib
+
+    done = []
+    for module, cls, attr, name in table:
+        mod = importlib.import_module(module)
+        owner: Any = getattr(mod, cls, None) if cls else mod
+        fn = getattr(owner, attr, None) if owner is not None else None
+        if fn is None or getattr(fn, "__bench_timed__", False):
+            continue
+        _originals.append((owner, attr, fn))
+        setattr(owner, attr, timed(name, fn))
+        done.append(f"{cls or module}.{attr}")
+    return done
+
+
+def uninstall() -> None:
+    """Put back everything :func:`install` wrapped in this process."""
+    while _originals:
+        owner, attr, fn = _originals.pop()
+        setattr(owner, attr, fn)
 
 
 def _write(where: Path, record: dict[str, Any]) -> None:
     with open(where / f"steps-{os.getpid()}.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+def _step_args(args: Any) -> tuple[str, str] | None:
+    args = list(args or [])
+    if len(args) >= 2 and str(args[1]).startswith("step_"):
+        return str(args[0]), str(args[1])
+    return None
 
 
 def install_if_requested() -> None:
@@ -47,50 +120,32 @@ def install_if_requested() -> None:
         return
     where = Path(raw)
     where.mkdir(parents=True, exist_ok=True)
-
     from celery.signals import task_postrun, task_prerun, task_received
 
-    from agents.base import TaskType
-    from orchestration.store import StateStore
-    from workers.runner import Engine
-
-    StateStore.plan = _timed("plan_load", StateStore.plan)  # type: ignore[method-assign]
-    StateStore.begin_step = _timed("begin_step", StateStore.begin_step)  # type: ignore[method-assign]
-    StateStore.commit = _timed("commit", StateStore.commit)  # type: ignore[method-assign]
-    TaskType.run = _timed("agent", TaskType.run)  # type: ignore[method-assign]
-    TaskType.validate_params = _timed("validate_params", TaskType.validate_params)  # type: ignore[method-assign]
-    Engine._hand_on = _timed("hand_on", Engine._hand_on)  # type: ignore[method-assign]
-    Engine.run_step = _timed("run_step", Engine.run_step)  # type: ignore[method-assign]
+    install(WORKER_PHASES)
 
     @task_received.connect(weak=False)
     def _received(request: Any = None, **_: Any) -> None:
-        args = list(getattr(request, "args", None) or [])
-        if len(args) == 2 and str(args[1]).startswith("step_"):
-            _write(where, {"wid": args[0], "step": args[1], "received": time.time()})
+        ids = _step_args(getattr(request, "args", None))
+        if ids:
+            _write(where, {"wid": ids[0], "step": ids[1], "received": time.time()})
 
     @task_prerun.connect(weak=False)
-    def _prerun(task_id: str = "", args: Any = None, **_: Any) -> None:
-        _phases.clear()
+    def _prerun(args: Any = None, **_: Any) -> None:
+        phases.clear()
         _current.clear()
-        _current.update(prerun=time.time(), t0=time.perf_counter(), args=list(args or []))
+        _current.update(prerun=time.time(), t0=time.perf_counter(), ids=_step_args(args))
 
     @task_postrun.connect(weak=False)
     def _postrun(**_: Any) -> None:
-        args = _current.get("args") or []
-        if len(args) != 2 or not str(args[1]).startswith("step_"):
+        ids = _current.get("ids")
+        if not ids:
             return
-        total = time.perf_counter() - _current["t0"]
-        _write(
-            where,
-            {
-                "wid": args[0],
-                "step": args[1],
-                "prerun": _current["prerun"],
-                "postrun": time.time(),
-                "in_task": total,
-                **_phases,
-            },
-        )
+        in_task = time.perf_counter() - _current["t0"]
+        rec = {"wid": ids[0], "step": ids[1], "prerun": _current["prerun"], "postrun": time.time()}
+        if "published_at" in _current:
+            rec["published_at"] = _current["published_at"]
+        _write(where, {**rec, "in_task": in_task, **phases})
 
 
 def load_steps(where: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -103,36 +158,47 @@ def load_steps(where: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return merged
 
 
-def breakdown(where: Path, steps_per_workflow: int) -> dict[str, float]:
-    """Median milliseconds per phase of a mid-chain step (steps 2..n of a sequential run).
+WORKER_ORDER = (
+    "hop",
+    "pool",
+    "plan_load",
+    "begin_step",
+    "validate_params",
+    "agent",
+    "engine_other",
+    "commit",
+    "track",
+    "note",
+    "next_signature",
+    "publish",
+    "celery_other",
+    "celery_publish_next",
+    "in_task",
+)
 
-    ``hop`` is the previous step's postrun to this step's receipt (ack, broker, fetch);
-    ``pool`` receipt to prerun (hand-off to the pool child); ``celery_after`` the run_step
-    return to postrun (result handling and publishing the chain's next message).
+
+def breakdown(where: Path) -> dict[str, float]:
+    """Median milliseconds per phase of a step, in the order a step goes through them.
+
+    ``hop``: the previous step starting to publish this message to its receipt (broker, fetch);
+    ``pool``: receipt to prerun (hand-off to the pool child); ``celery_other``: the rest
+    of prerun..postrun outside the engine (Celery's tracer), apart from publishing the
+    chain's next message (``celery_publish_next``).
     """
     merged = load_steps(where)
     rows: dict[str, list[float]] = {}
-
-    def add(name: str, seconds: float) -> None:
-        rows.setdefault(name, []).append(seconds * 1000)
-
     for (wid, step), rec in merged.items():
-        n = int(step.removeprefix("step_"))
-        if "prerun" not in rec or "received" not in rec:
+        if "prerun" not in rec or "received" not in rec or "run_step_total" not in rec:
             continue
-        prev = merged.get((wid, f"step_{n - 1}"))
-        if n > 1 and prev and "postrun" in prev:
-            add("hop", rec["received"] - prev["postrun"])
-        add("pool", rec["prerun"] - rec["received"])
-        for phase in ("plan_load", "begin_step", "validate_params", "commit", "hand_on"):
-            add(phase, rec.get(phase, 0.0))
-        add("agent", rec.get("agent", 0.0))
-        other = rec["run_step"] - sum(
-            rec.get(p, 0.0) for p in ("plan_load", "begin_step", "agent", "commit", "hand_on")
-        ) - rec.get("validate_params", 0.0)
-        add("engine_other", other)
-        add("celery_after", rec["in_task"] - rec["run_step"])
-        add("in_task", rec["in_task"])
-        if n == steps_per_workflow:
-            continue
-    return {k: statistics.median(v) for k, v in rows.items()}
+        head, _, tail = step.rpartition("_")
+        prev = merged.get((wid, f"{head}_{int(tail) - 1}")) if tail.isdigit() else None
+        if prev and "published_at" in prev:
+            rows.setdefault("hop", []).append(rec["received"] - prev["published_at"])
+        rows.setdefault("pool", []).append(rec["prerun"] - rec["received"])
+        outside = rec["in_task"] - rec["run_step_total"] - rec.get("celery_publish_next", 0.0)
+        rows.setdefault("celery_other", []).append(outside)
+        for name in WORKER_ORDER:
+            if name in rec and name not in ("in_task",):
+                rows.setdefault(name, []).append(rec[name])
+        rows.setdefault("in_task", []).append(rec["in_task"])
+    return {k: statistics.median(rows[k]) * 1000 for k in WORKER_ORDER if k in rows}

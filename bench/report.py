@@ -26,6 +26,9 @@ class Summary:
         def f(x: float) -> str:
             return f"{x:,.{digits}f}"
 
+        if self.median != self.median:  # NaN: a ratio against zero or a negative figure
+            return "–"
+
         if len({round(self.lo, digits), round(self.hi, digits)}) == 1:
             return f"{f(self.median)}{unit}"
         return f"{f(self.median)}{unit} ({f(self.lo)}–{f(self.hi)})"
@@ -68,6 +71,10 @@ class Row:
         ]
 
 
+def _ratio(x: float, y: float) -> float:
+    return x / y if y > 0 and x >= 0 else float("nan")
+
+
 def compare(
     results: dict[str, list[dict[str, Any]]],
     label: str,
@@ -81,10 +88,10 @@ def compare(
     """A row from per-repeat results; ``diff`` compares Baton - Celery instead of a ratio."""
     b = [get(x) for x in results["baton"]]
     c = [get(x) for x in results["celery"]]
-    rel = [(x - y) if diff else (x / y if y else float("nan")) for x, y in zip(b, c, strict=True)]
+    rel = [(x - y) if diff else _ratio(x, y) for x, y in zip(b, c, strict=True)]
     row = Row(label, summarise(b), summarise(c), summarise(rel), digits=digits, unit=unit)
     if diff:
-        row.ratio = summarise([x / y if y else float("nan") for x, y in zip(b, c, strict=True)])
+        row.ratio = summarise([_ratio(x, y) for x, y in zip(b, c, strict=True)])
     if target:
         op, bound = target
         value = statistics.median(rel)
@@ -117,8 +124,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
         runs = results[side]
         lat = [summarise([r["handoff"][str(s)]["step_ms"] for r in runs]) for s in sizes]
         msg = [
-            summarise([r["handoff"][str(s)]["max_message_bytes"] / KB for r in runs])
-            for s in sizes
+            summarise([r["handoff"][str(s)]["max_message_bytes"] / KB for r in runs]) for s in sizes
         ]
         fan = [summarise([r["fanout"][str(n)] for r in runs]) for n in fans]
         for ax, xs, ys in ((axes[0], sizes, lat), (axes[1], sizes, msg), (axes[2], fans, fan)):
@@ -141,3 +147,440 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _headline(res: dict[str, list[dict[str, Any]]], sz: dict[str, Any]) -> list[Row]:
+    big = str(max(n for n, _ in sz["fanout"]))
+    return [
+        compare(
+            res,
+            "Sequential 5 steps, median latency (ms)",
+            lambda r: r["sequential"]["median_ms"],
+            target=("≤", 1.25),
+        ),
+        compare(
+            res,
+            f"Payload {human_size(sz['payload_size'])} × 5 steps, median (ms)",
+            lambda r: r["payload"]["median_ms"],
+            target=("≤", 0.7),
+        ),
+        compare(
+            res,
+            f"Fan-out {big} members, wall time (s)",
+            lambda r: r["fanout"][big],
+            target=("≤", 1.0),
+            digits=2,
+        ),
+        compare(
+            res,
+            f"Throughput, {sz['throughput']} × 5 steps (completions/s)",
+            lambda r: r["throughput"]["per_s"],
+            target=("≥", 0.8),
+        ),
+        compare(
+            res,
+            "Redis round trips per step (extra = Baton − Celery)",
+            lambda r: r["cost"]["round_trips"],
+            target=("≤", 3),
+            diff=True,
+        ),
+    ]
+
+
+def markdown(data: dict[str, Any]) -> str:
+    res: dict[str, list[dict[str, Any]]] = data["results"]
+    sz, m = data["sizes"], data["machine"]
+    n_rep = len(res["baton"])
+    rows = _headline(res, sz)
+    out: list[str] = []
+    add = out.append
+    add("# Benchmarks: Baton vs bare Celery\n")
+    add(
+        "Written by `python -m bench` from a real run"
+        f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}). Both sides run the same"
+        " no-op work on the same private `redis-server`, with worker processes started with"
+        " identical Celery settings (`workers.app.celery_config`: JSON, `task_acks_late`,"
+        " `worker_prefetch_multiplier=1`, task events), prefork, concurrency 2; the sides run"
+        " one after the other, never at the same time, alternating which goes first; Redis"
+        " is flushed between them.\n"
+    )
+    add(
+        f"Each figure is the median over {n_rep} repeat(s), with min–max in parentheses;"
+        " each ratio is Baton ÷ Celery within the same repeat, summarised the same way."
+        " Lower is better except throughput.\n"
+    )
+    add(
+        "**Caveat:** this is a shared 2-core machine; other processes (e.g. the project's"
+        " own test suite) may have run during the benchmark; the load averages under"
+        " *Machine* say how busy it was, and wide min–max ranges are the sign of it.\n"
+    )
+    add("## Headline: targets\n")
+    extra = rows[-1]
+    add(table(HEAD, [r.cells() for r in rows[:-1]]))
+    add("")
+    add(
+        table(
+            ["", "Baton", "Celery", "extra (B−C)", "target", "met?"],
+            [
+                [
+                    extra.label,
+                    extra.baton.fmt(1),
+                    extra.celery.fmt(1),
+                    summarise(
+                        [
+                            b["cost"]["round_trips"] - c["cost"]["round_trips"]
+                            for b, c in zip(res["baton"], res["celery"], strict=True)
+                        ]
+                    ).fmt(1),
+                    "≤ +3",
+                    "yes" if extra.met else "**no**",
+                ]
+            ],
+        )
+    )
+    add("\n## Machine\n")
+    add(table(["", ""], [[k, str(v)] for k, v in m.items()]))
+    add("\n## How to run\n")
+    add(
+        "```bash\n.venv/bin/python -m bench            # the full run (< 10 min on 2 cores);"
+        " rewrites docs/benchmarks.{md,png}\n.venv/bin/python -m bench --quick"
+        " --out /tmp/b  # tiny sizes, a minute; used by tests/test_bench_smoke.py\n```\n"
+    )
+    add(
+        "It starts its own `redis-server` (`workers.embedded.RedisServer`, on a free port,"
+        " AOF on as Baton ships it), then per side: Baton workers via"
+        " `workers.embedded.LocalWorkers` (`python -m workers.cli worker --agents bench`,"
+        " agent `bench` from `bench/agents.py`, loaded with `BATON_AGENT_MODULES=bench.agents`)"
+        " or `celery -A bench.bare worker -Q agent.bare -c 2 -P prefork` (tasks in"
+        " `bench/bare.py`). Readiness is a Celery ping.\n"
+    )
+    add("## How each side is timed\n")
+    add(
+        "- **Baton**: from `run_workflow()` (validation, create, start, first publish) to"
+        " `wait()` returning the final `WorkflowContext`.\n"
+        "- **Celery**: from `apply_async()` of the canvas to the final task's result: the"
+        " client subscribes to that task's result channel (`celery-task-meta-<id>`, where the"
+        " Redis backend publishes it), GETs it once in case it is already there, else blocks"
+        " on the subscription -- what Baton's `wait()` does with its events channel."
+        " `AsyncResult.get()` by default follows parents (a GET of each parent's state on"
+        " every wake-up); `get(follow_parents=False)` would be equivalent to what is done"
+        " here. The client app's automatic subscription to every sent task's result, never"
+        " read here, is off (which spares Celery a SUBSCRIBE per run).\n"
+        "- Bare workers get Baton's worker logging setup (`workers.logs`), since"
+        " `celery_config` sets a log format only that setup can fill; without it every"
+        " task logs a formatting error with a traceback (~100 ms a task).\n"
+        "- Chains pass each task's return value to the next (`.s()`), the idiomatic way to"
+        " hand state on in Celery; chord members are immutable (`.si()`); the chord callback"
+        " counts the members' results.\n"
+    )
+
+    add("## 1. Sequential latency (5 steps, one at a time)\n")
+    add(f"{sz['seq_runs']} runs per repeat after one warm-up run.\n")
+    add(
+        table(
+            HEAD,
+            [
+                r.cells()
+                for r in [
+                    compare(
+                        res,
+                        "median (ms)",
+                        lambda r: r["sequential"]["median_ms"],
+                        target=("≤", 1.25),
+                    ),
+                    compare(res, "p95 (ms)", lambda r: r["sequential"]["p95_ms"]),
+                ]
+            ],
+        )
+    )
+
+    add("\n## 2. Fan-out: parallel group vs chord\n")
+    add("Wall time from submit to the aggregate (Baton) / chord callback result (Celery).\n")
+    fan_rows = []
+    for n, runs in sz["fanout"]:
+        tgt = ("≤", 1.0) if n == max(x for x, _ in sz["fanout"]) else None
+        fan_rows.append(
+            compare(
+                res,
+                f"{n} members (s; {runs} run(s) per repeat)",
+                lambda r, n=n: r["fanout"][str(n)],
+                target=tgt,
+                digits=3,
+            )
+        )
+    add(table(HEAD, [r.cells() for r in fan_rows]))
+
+    add("\n## 2b. Payload: 5 steps handing on state\n")
+    add(
+        f"Each step reads the previous step's output and writes {human_size(sz['payload_size'])}"
+        " (Baton: `shared_data` in Redis, messages carry references; Celery: the return value,"
+        " stored in the result backend and sent as the next message's argument)."
+        f" {sz['payload_runs']} runs per repeat.\n"
+    )
+    add(
+        table(
+            HEAD,
+            [
+                r.cells()
+                for r in [
+                    compare(
+                        res, "median (ms)", lambda r: r["payload"]["median_ms"], target=("≤", 0.7)
+                    ),
+                    compare(res, "p95 (ms)", lambda r: r["payload"]["p95_ms"]),
+                ]
+            ],
+        )
+    )
+
+    add("\n## 3. Throughput\n")
+    add(f"{sz['throughput']} five-step workflows / chains submitted at once, then waited for.\n")
+    add(
+        table(
+            HEAD,
+            [
+                r.cells()
+                for r in [
+                    compare(
+                        res,
+                        "completions / s",
+                        lambda r: r["throughput"]["per_s"],
+                        target=("≥", 0.8),
+                    ),
+                    compare(
+                        res, "submit time (s)", lambda r: r["throughput"]["submit_s"], digits=2
+                    ),
+                    compare(res, "wall time (s)", lambda r: r["throughput"]["wall_s"], digits=2),
+                ]
+            ],
+        )
+    )
+
+    add("\n## 4. Cost per step\n")
+    add(
+        f"{sz['cost_runs']} sequential 5-step runs; deltas of `INFO stats` and"
+        " `INFO commandstats`, divided by the number of steps, with the workers' idle"
+        " traffic (BRPOP timeouts, heartbeats, measured over an idle window just before)"
+        " subtracted pro rata. *Round trips* are `total_reads_processed` (one read event per"
+        " request or pipeline); *commands* count every command, including those a Lua"
+        " script runs (`EVALSHA` is one round trip but several commands). Message bytes are"
+        " the serialized task message (JSON body + headers) from `before_task_publish`, in"
+        " every process.\n"
+    )
+    add(
+        table(
+            HEAD[:4],
+            [
+                r.cells()[:4]
+                for r in [
+                    compare(res, "round trips / step", lambda r: r["cost"]["round_trips"]),
+                    compare(res, "commands / step", lambda r: r["cost"]["commands"]),
+                    compare(
+                        res,
+                        "task messages / step",
+                        lambda r: r["cost"]["messages_per_step"],
+                        digits=2,
+                    ),
+                    compare(
+                        res,
+                        "bytes / message (median)",
+                        lambda r: r["cost"]["bytes_per_message"],
+                        digits=0,
+                    ),
+                    compare(
+                        res,
+                        "bytes into Redis / step",
+                        lambda r: r["cost"]["net_in_bytes"],
+                        digits=0,
+                    ),
+                    compare(
+                        res,
+                        "bytes out of Redis / step",
+                        lambda r: r["cost"]["net_out_bytes"],
+                        digits=0,
+                    ),
+                ]
+            ],
+        )
+    )
+
+    def calls(side: str, c: str) -> float:
+        return statistics.median(r["cost"]["per_command"].get(c, 0) for r in res[side])
+
+    cmds = sorted(
+        {c for side in res.values() for r in side for c in r["cost"]["per_command"]},
+        key=lambda c: -calls("baton", c),
+    )
+    add("\nPer command (calls per step, median over repeats):\n")
+    add(
+        table(
+            ["command", "Baton", "Celery"],
+            [[f"`{c}`", f"{calls('baton', c):.2f}", f"{calls('celery', c):.2f}"] for c in cmds],
+        )
+    )
+
+    add("\n## 5. Handoff scaling\n")
+    add(
+        "Step 1 writes S bytes of state; steps 2–5 follow it (Baton: no-op steps, which still"
+        " load the workflow's shared data; Celery: tasks that return the previous result, so"
+        " the state rides in every message and result). Step latency = (last step done −"
+        " first step done) / 4, from the workers' own timestamps. Message bytes = the"
+        " largest task message of the run.\n"
+    )
+    hrows = []
+    for size, _ in sz["handoff"]:
+        s = str(size)
+        hrows.append(
+            compare(
+                res, f"{human_size(size)}: ms / step", lambda r, s=s: r["handoff"][s]["step_ms"]
+            )
+        )
+        hrows.append(
+            compare(
+                res,
+                f"{human_size(size)}: largest message (bytes)",
+                lambda r, s=s: r["handoff"][s]["max_message_bytes"],
+                digits=0,
+            )
+        )
+    add(table(HEAD[:4], [r.cells()[:4] for r in hrows]))
+    add("\n![latency and message bytes by shared-data size; fan-out wall time](benchmarks.png)\n")
+
+    mem = data["memory"]
+    add("## 6. Redis memory\n")
+    add(
+        f"{sz['memory_runs']} finished five-step runs in a session whose workers have"
+        f" `BATON_RETENTION_SECONDS={mem['baton'][0]['retention_s']}` and the same"
+        " `BATON_RESULT_EXPIRES` (Celery's result keys, both sides); `used_memory` delta per"
+        " run right after they finish, and again once the retention has expired.\n"
+    )
+    add(
+        table(
+            HEAD[:4],
+            [
+                r.cells()[:4]
+                for r in [
+                    compare(
+                        mem, "bytes / finished run", lambda r: r["bytes_per_workflow"], digits=0
+                    ),
+                    compare(mem, "keys / finished run", lambda r: r["keys_per_workflow"], digits=1),
+                    compare(
+                        mem,
+                        "bytes / run after expiry",
+                        lambda r: r["after_expiry_bytes_per_workflow"],
+                        digits=0,
+                    ),
+                ]
+            ],
+        )
+    )
+
+    add("\n## 7. Client wait\n")
+    add(
+        "From the last step's commit (Baton: `finished_at` in the state; Celery: the final"
+        " result's `date_done`) to the client's wait returning, over the sequential runs.\n"
+    )
+    add(
+        table(
+            HEAD[:4],
+            [
+                r.cells()[:4]
+                for r in [
+                    compare(
+                        res, "median (ms)", lambda r: r["sequential"]["client_wait_ms"], digits=2
+                    ),
+                    compare(
+                        res, "p95 (ms)", lambda r: r["sequential"]["client_wait_p95_ms"], digits=2
+                    ),
+                ]
+            ],
+        )
+    )
+    add("")
+    add(profile_section(data["profile"], data.get("notes", "")))
+    return "\n".join(out) + "\n"
+
+
+GROUPS = {
+    "Baton engine in the worker (state load, commit, bookkeeping)": (
+        "plan_load",
+        "begin_step",
+        "validate_params",
+        "engine_other",
+        "commit",
+        "track",
+        "note",
+        "next_signature",
+        "publish",
+    ),
+    "the agent itself (no-op)": ("agent",),
+    "Celery in the worker (tracer, publishing the next chain message)": (
+        "celery_other",
+        "celery_publish_next",
+    ),
+    "broker hop and pool hand-off": ("hop", "pool"),
+}
+
+
+def _grouped(ph: dict[str, float]) -> str:
+    """The step's phases summed by who spends them, per step and per 5-step workflow."""
+    rows = []
+    for label, keys in GROUPS.items():
+        ms = sum(max(ph.get(k, 0.0), 0.0) for k in keys)
+        rows.append([label, f"{ms:.2f}", f"{5 * ms:.1f}"])
+    rows.append(
+        ["client `run_workflow()` (once per workflow)", "", f"{ph.get('client_total', 0):.1f}"]
+    )
+    rows.append(
+        ["client: last commit → `wait()` returns (once)", "", f"{ph.get('client_wait', 0):.1f}"]
+    )
+    return "\nBy owner:\n\n" + table(["who", "ms / step", "ms / 5-step workflow"], rows)
+
+
+def profile_section(prof: dict[str, Any], notes: str) -> str:
+    out = ["## Where a Baton step's time goes\n"]
+    out.append(
+        f"A separate session of {prof['runs']} sequential 5-step workflows with timing"
+        " wrappers around the engine's phases (`bench/profiling.py`; the engine is not"
+        " changed) and Celery's `task_received`/`task_prerun`/`task_postrun` signals, and"
+        " then `py-spy` sampling the worker processes over a second batch (not the timed"
+        " one). Medians per step, in milliseconds; the wrappers add a few microseconds each."
+        " Times are exclusive: a wrapped call nested in another is charged to itself only.\n"
+    )
+    names = {
+        "client_validate": "client: `load_plan` (definition validation)",
+        "client_create": "client: `store.create` (create.lua)",
+        "client_status": "client: `status_of` (HGET)",
+        "client_plan": "client: `store.plan` (GET + parse)",
+        "client_transition": "client: `store.transition` (transition.lua)",
+        "client_publish": "client: first publish (`apply_async` of the first segment)",
+        "client_other": "client: rest of `run_workflow` (signature building, ids)",
+        "client_total": "= client `run_workflow()` total",
+        "hop": "broker: previous step starts publishing → consumer receives (LPUSH, BRPOP)",
+        "pool": "worker: received → prerun (hand-off to the pool child)",
+        "plan_load": "worker: `store.plan` / `store.task` (cached per process)",
+        "begin_step": "worker: `begin_step` (begin script + state reads, decode)",
+        "validate_params": "worker: parameter validation",
+        "agent": "worker: the agent function (`TaskType.run`, output validation)",
+        "engine_other": "worker: rest of `run_step` (StepInput, TaskResult, JSON dumps, ...)",
+        "commit": "worker: `store.commit` (commit script)",
+        "track": "worker: `store.track` (task ids of what it publishes)",
+        "note": "worker: `store.note` (history entries)",
+        "next_signature": "worker: `next_signature` (building the next segment)",
+        "publish": "worker: engine publishes (`apply_async` inside `run_step`)",
+        "celery_other": "worker: Celery tracer around the task (result, signals, ...)",
+        "celery_publish_next": "worker: Celery publishing the chain's next message",
+        "in_task": "= worker in-task total (prerun → postrun)",
+        "client_wait": "client: last commit → `wait()` returns",
+    }
+    rows = [[names.get(k, k), f"{v:.2f}"] for k, v in prof["phases"].items()]
+    out.append(table(["phase", "ms"], rows))
+    out.append(_grouped(prof["phases"]))
+    if prof.get("top"):
+        out.append(
+            "\nWhere the worker processes' busy time goes (py-spy, inclusive share of all"
+            " busy samples of the worker's parent and pool children):\n"
+        )
+        out.append(table(["frame", "share"], [[f, f"{s:.1%}"] for f, s in prof["top"]]))
+    if notes:
+        out.append("\n" + notes)
+    return "\n".join(out) + "\n"

@@ -35,6 +35,8 @@ class Sizes:
     retention: int = 10  # longer than the memory batch takes, so nothing expires mid-wait
     profile_runs: int = 60
     repeats: int = 3
+    idle_window: float = 1.5  # seconds of idle traffic measured before the cost scenario
+    single_session: bool = False  # one worker session per side for everything (quick)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -47,7 +49,9 @@ class Sizes:
             cost_runs=3,
             handoff=((KB, 1), (100 * KB, 1)),
             memory_runs=10,
-            retention=4,
+            retention=2,
+            idle_window=0.5,
+            single_session=True,
             profile_runs=5,
             repeats=1,
         )
@@ -136,7 +140,7 @@ def cost(side: Side, sz: Sizes, r: redis.Redis, logdir: Path) -> dict[str, Any]:
     idle window first and subtracted pro rata.
     """
     side.sequential(sz.steps)
-    idle_gen, idle_cmds, idle_s = _window(r, lambda: time.sleep(1.5))
+    idle_gen, idle_cmds, idle_s = _window(r, lambda: time.sleep(sz.idle_window))
     msglog.enable(logdir, True)
     try:
         gen, cmds, busy_s = _window(
@@ -195,8 +199,6 @@ def memory(side: Side, sz: Sizes, r: redis.Redis, retention: int) -> dict[str, A
     Runs in its own session whose workers have ``BATON_RETENTION_SECONDS`` (Baton) and
     ``BATON_RESULT_EXPIRES`` (Celery's result keys, both sides) set to ``retention``.
     """
-    side.sequential(sz.steps)
-    time.sleep(retention + 1)
     _settle(r)
     before = int(r.info("memory")["used_memory"])
     keys_before = int(r.dbsize())
@@ -215,7 +217,7 @@ def memory(side: Side, sz: Sizes, r: redis.Redis, retention: int) -> dict[str, A
     }
 
 
-def _settle(r: redis.Redis, timeout: float = 20.0) -> None:
+def _settle(r: redis.Redis, timeout: float = 20.0, interval: float = 0.25) -> None:
     """Wait until Redis's active expiry has removed what is due (DBSIZE stops falling)."""
     deadline = time.monotonic() + timeout
     last = -1
@@ -224,4 +226,4 @@ def _settle(r: redis.Redis, timeout: float = 20.0) -> None:
         if n == last:
             return
         last = n
-        time.sleep(0.5)
+        time.sleep(interval)

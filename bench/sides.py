@@ -6,6 +6,7 @@ and offers the same operations; the scenarios time them identically.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,8 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import redis
 from celery import Celery, chain, chord, group
 from celery.result import AsyncResult
+from celery.states import READY_STATES as READY
 
 from orchestration.client import WorkflowOrchestrator
 from orchestration.settings import BatonSettings
@@ -150,20 +153,29 @@ class BatonSide:
             if i > 1:
                 params["read"] = f"p{i - 1}"
             defs.append(
-                {"agent_id": "bench", "task_type": "payload", "output_key": f"p{i}",
-                 "parameters": params}
+                {
+                    "agent_id": "bench",
+                    "task_type": "payload",
+                    "output_key": f"p{i}",
+                    "parameters": params,
+                }
             )
         return self._run({"name": "payload", "steps": defs})
 
     def handoff(self, steps: int, size: int) -> Run:
-        first = {"agent_id": "bench", "task_type": "payload", "output_key": "blob",
-                 "parameters": {"size": size}}
+        first = {
+            "agent_id": "bench",
+            "task_type": "payload",
+            "output_key": "blob",
+            "parameters": {"size": size},
+        }
         return self._run({"name": "handoff", "steps": [first, *_noop_steps(steps)[1:]]})
 
     def fanout(self, size: int) -> Run:
         members = [{"agent_id": "bench", "task_type": "noop"} for _ in range(size)]
-        return self._run({"name": f"fan{size}", "steps": [{"parallel": members,
-                                                           "output_key": "agg"}]}, 600)
+        return self._run(
+            {"name": f"fan{size}", "steps": [{"parallel": members, "output_key": "agg"}]}, 600
+        )
 
     def submit_many(self, n: int, steps: int) -> list[Any]:
         assert self.orch
@@ -182,9 +194,12 @@ class BatonSide:
 class BareSide:
     """Bare Celery: a chain/chord ``apply_async()``, then the final task's result.
 
-    The wait is ``AsyncResult.get(follow_parents=False)`` on the final task: one pub/sub
-    subscription plus one GET, as cheap as Baton's ``wait()``. The default
-    ``follow_parents=True`` would also fetch every parent's state on each wake-up.
+    The wait mirrors Baton's ``wait()``: subscribe to the final task's result channel
+    (``celery-task-meta-<id>``, where the Redis backend publishes the result), GET it once
+    in case it is already there, else block on the subscription. ``AsyncResult.get()``
+    does the same in principle, but by default follows parents, fetching each parent's
+    state on every wake-up; waiting on the channel directly keeps the two clients' waits
+    identical.
     """
 
     work: Workdir
@@ -192,24 +207,54 @@ class BareSide:
     name: str = "celery"
     app: Celery | None = None
     workers: LocalWorkers | None = None
+    client: redis.Redis | None = None
+    pubsub: Any = None
 
     def start(self) -> None:
         from bench.bare import QUEUE, make_app
 
+        self.client = redis.Redis.from_url(self.work.redis_url)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         settings = BatonSide(self.work, self.extra_env).settings()
         self.app = make_app(self.work.redis_url, settings)
+        # The client's automatic subscription to each sent task's result is never read
+        # here (``result()`` waits instead); off, it neither buffers nor costs round trips.
+        self.app.backend.on_task_call = lambda *args, **kwargs: None
         env = {**os.environ, **self.work.env(self.extra_env)}
         log_dir = self.work.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         name = f"bare.{os.getpid()}@{socket.gethostname()}"
-        cmd = [sys.executable, "-m", "celery", "-A", "bench.bare", "worker", "-Q", QUEUE,
-               "-c", str(CONCURRENCY), "-P", "prefork", "-n", name, "-l", "INFO", "-E"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.bare",
+            "worker",
+            "-Q",
+            QUEUE,
+            "-c",
+            str(CONCURRENCY),
+            "-P",
+            "prefork",
+            "-n",
+            name,
+            "-l",
+            "INFO",
+            "-E",
+        ]
         # LocalWorkers supplies the ping-based readiness wait and the process-group stop.
         self.workers = LocalWorkers(self.work.redis_url, [], log_dir=log_dir)
         logfile = open(log_dir / "worker-bare.log", "ab")  # noqa: SIM115
         self.workers.processes.append(
-            subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         )
         self.workers.names.append(name)
         self.workers.wait_ready(self.app, 90)
@@ -219,7 +264,32 @@ class BareSide:
             self.workers.stop()
         if self.app:
             self.app.close()
-        self.workers = self.app = None
+        if self.pubsub is not None:
+            self.pubsub.close()
+        if self.client is not None:
+            self.client.close()
+        self.workers = self.app = self.client = self.pubsub = None
+
+    def result(self, task_id: str, timeout: float = 300) -> dict[str, Any]:
+        """The final task's result meta, woken by the backend's pub/sub message."""
+        assert self.client is not None and self.pubsub is not None
+        key = f"celery-task-meta-{task_id}"
+        self.pubsub.subscribe(key)
+        try:
+            raw = self.client.get(key)
+            deadline = time.monotonic() + timeout
+            while raw is None or json.loads(raw)["status"] not in READY:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no result for {task_id} after {timeout}s")
+                msg = self.pubsub.get_message(timeout=1.0)
+                if msg is not None and msg["channel"].decode() == key:
+                    raw = msg["data"]
+        finally:
+            self.pubsub.unsubscribe(key)
+        meta: dict[str, Any] = json.loads(raw)
+        if meta["status"] != "SUCCESS":
+            raise RuntimeError(f"celery task {task_id} ended {meta['status']}")
+        return meta
 
     def _task(self, name: str) -> Any:
         assert self.app
@@ -228,16 +298,18 @@ class BareSide:
     def _run(self, canvas: Any, first: AsyncResult | None = None, timeout: float = 300) -> Run:
         t0 = time.perf_counter()
         res = canvas.apply_async()
-        res.get(timeout=timeout, follow_parents=False)
+        meta = self.result(res.id, timeout)
         latency = time.perf_counter() - t0
         returned = time.time()
-        meta = res._get_task_meta()
         done = ts(meta["date_done"])
         node, first_done = res, done
         while isinstance(node.parent, AsyncResult):  # the chain's first task, after timing
             node = node.parent
         if node is not res and not hasattr(node, "results"):
-            first_done = ts(node._get_task_meta()["date_done"])
+            assert self.client is not None
+            first_done = ts(
+                json.loads(self.client.get(f"celery-task-meta-{node.id}") or "{}")["date_done"]
+            )
         return Run(latency, done, returned, first_done)
 
     def sequential(self, steps: int) -> Run:
@@ -256,10 +328,9 @@ class BareSide:
 
     def submit_many(self, n: int, steps: int) -> list[Any]:
         return [
-            chain(*[self._task("noop").s() for _ in range(steps)]).apply_async()
-            for _ in range(n)
+            chain(*[self._task("noop").s() for _ in range(steps)]).apply_async() for _ in range(n)
         ]
 
     def wait_all(self, handles: list[Any]) -> None:
         for res in handles:
-            res.get(timeout=600, follow_parents=False)
+            self.result(res.id, timeout=600)
