@@ -14,9 +14,10 @@ import redis
 
 from agents.registry import AgentRegistry, load_agents
 from orchestration.compiler import frozen_ids, start_signature
-from orchestration.errors import StateStoreError, WorkflowTimeout
+from orchestration.errors import DefinitionError, StateStoreError, WorkflowTimeout
 from orchestration.loader import DefinitionSource, load_plan
 from orchestration.models import Checkpoint, WorkflowContext, WorkflowStatus, WorkflowStatusReport
+from orchestration.plan import Plan
 from orchestration.settings import BatonSettings, get_settings, redact
 from orchestration.store import StateStore, connect
 
@@ -81,11 +82,11 @@ class WorkflowOrchestrator:
         An invalid definition raises ``DefinitionError`` before anything is written.
         Given a ``workflow_id`` that already exists, returns it unchanged (safe retries).
         """
-        plan = load_plan(definition, self.registry)
+        return self._create(load_plan(definition, self.registry), workflow_id)[0]
+
+    def _create(self, plan: Plan, workflow_id: str | None) -> tuple[str, bool]:
         wid = workflow_id or str(uuid.uuid4())
         if not _ID.match(wid):
-            from orchestration.errors import DefinitionError
-
             raise DefinitionError([("workflow_id", "use 1-128 of A-Z a-z 0-9 _ - . :")])
         try:
             created = self.store.create(wid, plan)
@@ -98,11 +99,11 @@ class WorkflowOrchestrator:
             plan.name,
             plan.total_steps,
         )
-        return wid
+        return wid, created
 
-    def start_workflow(self, workflow_id: str) -> None:
+    def start_workflow(self, workflow_id: str, plan: Plan | None = None) -> None:
         """Enqueue the first segment of a ``created`` workflow."""
-        plan = self.store.plan(workflow_id)
+        plan = plan or self.store.plan(workflow_id)
         sig = start_signature(self.app, plan, workflow_id, run=1)
         ids = frozen_ids(sig)
         deadline = time.time() + plan.deadline_seconds if plan.deadline_seconds else None
@@ -173,9 +174,10 @@ class WorkflowOrchestrator:
         return Engine(self.app, self.store, self.registry)
 
     def run_workflow(self, definition: DefinitionSource, workflow_id: str | None = None) -> str:
-        wid = self.create_workflow(definition, workflow_id)
-        if self.store.status_of(wid) == WorkflowStatus.CREATED:
-            self.start_workflow(wid)
+        plan = load_plan(definition, self.registry)
+        wid, created = self._create(plan, workflow_id)
+        if created or self.store.status_of(wid) == WorkflowStatus.CREATED:
+            self.start_workflow(wid, plan)
         return wid
 
     # ------------------------------------------------------------------ reading
@@ -208,10 +210,21 @@ class WorkflowOrchestrator:
                 raise WorkflowTimeout(f"workflows still running after {timeout}s: {workflow_ids}")
 
     def wait(self, workflow_id: str, timeout: float | None = None) -> WorkflowContext:
-        """Block until the workflow completes or fails; woken by Redis pub/sub, not polling."""
-        for _ in self.watch([workflow_id], timeout):
-            pass
-        return self.get_context(workflow_id)
+        """Block until the workflow completes, fails or is cancelled.
+
+        Woken by the commit's pub/sub event, not by polling: the status is read again
+        only when an event says it changed to a terminal one (and once a quiet second).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        terminal = {s.value for s in WorkflowStatus if s.is_terminal}
+        for events in self.store.subscribe([workflow_id]):
+            if events and not any(e.get("status") in terminal for e in events):
+                continue
+            if self.store.status_of(workflow_id).is_terminal:
+                return self.get_context(workflow_id)
+            if deadline is not None and time.monotonic() > deadline:
+                raise WorkflowTimeout(f"workflow {workflow_id} still not finished after {timeout}s")
+        raise AssertionError("unreachable: the subscription never ends")
 
     # ------------------------------------------------------------------ resources
 

@@ -79,6 +79,19 @@ class Plan(_Frozen):
                 return node
         raise KeyError(step_id)
 
+    def visible_results(self, task: PlannedTask) -> tuple[list[str], int]:
+        """The results a step is shown as ``previous_results``: every earlier top-level step
+        (a group by its aggregate), its own branch predecessors, and (second item: steps
+        inserted by handoffs from top-level numbers below it) the inserted ones before it."""
+        ids = [n.step_id for n in self.nodes[: task.index]]
+        if task.dynamic:
+            ids.append(self.nodes[task.index].step_id)
+        after = task.after
+        while after:
+            ids.append(after)
+            after = self.tasks[after].after
+        return ids, task.index + (2 if task.dynamic else 1)
+
     def top_level_ids(self) -> list[str]:
         return [n.step_id for n in self.nodes]
 

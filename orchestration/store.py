@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -256,13 +256,17 @@ class StateStore:
         run: int,
         context_keys: list[str] | None = None,
         *,
+        results: Sequence[str] = (),
+        inserted_before: int | None = None,
         owner: str = "",
         lease_seconds: float = 30.0,
         task_id: str | None = None,
     ) -> StepState:
-        """Take the step's lease and load the state it may see, in one round trip."""
-        k = self.keys(workflow_id)
-        pipe = self.redis.pipeline(transaction=False)
+        """Take the step's lease and load what it may see, in one script call.
+
+        ``results``: the step ids whose results to load; ``inserted_before``: also those
+        of steps inserted by handoffs from top-level step numbers below it.
+        """
         spec = {
             "step": running.step_id,
             "running_json": running.model_dump_json(),
@@ -271,24 +275,17 @@ class StateStore:
             "worker": running.worker or "",
             "lease_ms": int(lease_seconds * 1000),
             "task_id": task_id,
+            "data_keys": context_keys,
+            "fields": list(results),
+            "inserted_before": inserted_before,
         }
-        self._call("begin", workflow_id, spec, client=pipe)
-        if context_keys is None:
-            pipe.hgetall(k.data)
-        elif context_keys:
-            pipe.hmget(k.data, context_keys)
-        pipe.hgetall(k.results)
-        replies = pipe.execute()
-        if context_keys is None:
-            data = _decode_data(replies[1])
-        elif context_keys:
-            data = {
-                key: json.loads(v) for key, v in zip(context_keys, replies[1], strict=True) if v
-            }
-        else:
-            data = {}
-        status, attempt = replies[0]
-        return StepState(_s(status), data, _decode_results(replies[-1], data), int(attempt))
+        reply = self._call("begin", workflow_id, spec)
+        status, attempt = _s(reply[0]), int(reply[1])
+        if len(reply) < 4:
+            return StepState(status, {}, {}, attempt)
+        data = {_s(k): json.loads(v) for k, v in zip(reply[2][::2], reply[2][1::2], strict=True)}
+        raw = dict(zip(reply[3][::2], reply[3][1::2], strict=True))
+        return StepState(status, data, _decode_results(raw, data), attempt)
 
     def read_state(self, workflow_id: str, context_keys: list[str] | None = None) -> StepState:
         """The status and state as they are, without taking part in a step."""
@@ -567,8 +564,8 @@ class StateStore:
             self.redis.zrem(index_key(self.prefix), *gone)
         return [wid for wid, ok in zip(ids, alive, strict=True) if ok]
 
-    def subscribe(self, workflow_ids: list[str]) -> Iterator[None]:
-        """Yield once at start and once per change to any of the workflows.
+    def subscribe(self, workflow_ids: list[str]) -> Generator[list[dict[str, Any]], None, None]:
+        """Yield at start (no events), after changes (their events), and after a quiet second.
 
         A pub/sub subscription, not polling: a caller re-reads state after each yield.
         The subscription is made before the first yield, so no change can slip between
@@ -577,12 +574,14 @@ class StateStore:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(*[self.keys(w).events for w in workflow_ids])
         try:
-            yield None
+            yield []
             while True:
-                if pubsub.get_message(timeout=1.0) is not None:
-                    while pubsub.get_message(timeout=0) is not None:
-                        pass  # drain what else arrived; the caller reads once
-                yield None
+                events: list[dict[str, Any]] = []
+                message = pubsub.get_message(timeout=1.0)
+                while message is not None:  # drain what else arrived; the caller reads once
+                    events.append(json.loads(message["data"]))
+                    message = pubsub.get_message(timeout=0)
+                yield events
         finally:
             pubsub.close()
 

@@ -16,25 +16,21 @@ from agents.registry import BUILTIN_MODULES
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def baton_processes() -> set[int]:
-    """Pids of running redis-server and ``workers.cli worker`` processes."""
+def processes_in(directory: Path) -> set[int]:
+    """Pids of processes running in ``directory`` (the demo's, and all it started)."""
     found = set()
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            if proc.name.isdigit() and (proc / "cwd").resolve() == directory.resolve():
+                found.add(int(proc.name))
         except OSError:
             continue
-        if b"workers.cli worker" in cmd or b"redis-server" in cmd:
-            found.add(int(proc.name))
     return found
 
 
 def test_demo_runs_with_no_configuration_and_cleans_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env["PYTHONPATH"] = str(ROOT)
-    before = baton_processes()
 
     demo = subprocess.run(
         [sys.executable, "-m", "workers.cli", "demo"],
@@ -58,7 +54,7 @@ def test_demo_runs_with_no_configuration_and_cleans_up(tmp_path: Path) -> None:
         assert Path(report).is_absolute() and Path(report).read_text().startswith("# ")
     assert "total_revenue: 1595784.98" in out
     # Everything the demo started (embedded redis-server, workers) is gone.
-    assert baton_processes() <= before
+    assert processes_in(tmp_path) == set()
 
 
 def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:

@@ -23,11 +23,11 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import redis
@@ -499,7 +499,7 @@ class EventsHandler(_Base):
             raise tornado.web.HTTPError(404, reason=f"no workflow {wid}") from None
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Accel-Buffering", "no")
-        changes = cast(Generator[None, None, None], self.reader.store.subscribe([wid]))
+        changes = self.reader.store.subscribe([wid])
         last, quiet = "", 0
         try:
             self.write("retry: 2000\n\n")

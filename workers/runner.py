@@ -162,11 +162,14 @@ class Engine:
             started_at=started_at,
             worker=worker,
         )
+        visible, inserted_before = plan.visible_results(task)
         state = self.store.begin_step(
             workflow_id,
             running,
             run,
             task.context_keys,
+            results=visible,
+            inserted_before=inserted_before,
             owner=owner,
             lease_seconds=self.lease_seconds,
             task_id=ctask.request.id,
@@ -389,6 +392,8 @@ class Engine:
                 worker=ctask.request.hostname,
             ),
             run,
+            [k for m in node.member_ids if (k := plan.tasks[m].output_key)],
+            results=node.member_ids,
             owner=(owner := f"aggregate:{uuid.uuid4().hex[:8]}"),
             lease_seconds=self.lease_seconds,
             task_id=ctask.request.id,

@@ -4,7 +4,8 @@
 -- left by an execution that died is recorded as a lost attempt and taken over.
 -- When the workflow is paused, the step records that it stopped here.
 -- Returns {status | 'missing' | 'stale' | 'committed' | 'leased', attempt}.
--- ARGV: spec {step, running_json, run, channel, owner, worker, lease_ms, now, task_id}
+-- ARGV: spec {step, running_json, run, channel, owner, worker, lease_ms, now, task_id,
+--             data_keys (absent: all), fields, inserted_before}
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
 if not status then
@@ -48,4 +49,39 @@ redis.call('HSET', STEPS, 'lease:' .. spec.step,
 local attempt = redis.call('HINCRBY', STEPS, 'attempts:' .. spec.step, 1)
 redis.call('HSET', RUNNING, spec.step, spec.running_json)
 publish(spec.channel, {event = 'step_started', step = spec.step})
-return {status, attempt}
+
+-- The state the step may see, in the same round trip: shared_data (all of it, or its
+-- context_keys), and the results it is shown (earlier top-level and inserted steps and
+-- its branch predecessors: never a sibling's, never the whole history of a big group).
+local data = {}
+if spec.data_keys == nil then
+  data = redis.call('HGETALL', DATA)
+elseif #spec.data_keys > 0 then
+  local values = redis.call('HMGET', DATA, unpack(spec.data_keys))
+  for i, key in ipairs(spec.data_keys) do
+    if values[i] then
+      table.insert(data, key)
+      table.insert(data, values[i])
+    end
+  end
+end
+local fields = spec.fields or {}
+if spec.inserted_before then
+  for _, id in ipairs(redis.call('HKEYS', DYNAMIC)) do
+    local node = tonumber(string.match(id, '^step_(%d+)%.h'))
+    if node and node < spec.inserted_before then
+      table.insert(fields, id)
+    end
+  end
+end
+local results = {}
+if #fields > 0 then
+  local values = redis.call('HMGET', RESULTS, unpack(fields))
+  for i, id in ipairs(fields) do
+    if values[i] then
+      table.insert(results, id)
+      table.insert(results, values[i])
+    end
+  end
+end
+return {status, attempt, data, results}
