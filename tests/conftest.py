@@ -20,6 +20,7 @@ import redis
 
 from orchestration.client import WorkflowOrchestrator
 from orchestration.settings import BatonSettings
+from tests.browser import chromium  # noqa: F401  (a fixture, shared by browser tests)
 from workers.embedded import LocalWorkers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import eventually, step
 from workers.embedded import LocalWorkers, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 AUTH = "ops:s3cret-pass"
 
@@ -118,3 +121,45 @@ def test_flower_shows_every_step_task_with_its_workflow_and_worker(
     assert "active_queues" in lengths
     with pytest.raises(urllib.error.HTTPError, match="401"):
         get(f"{flower}/api/workers", auth=None)
+
+
+def test_flowers_own_pages_show_the_agents_in_headless_chromium(
+    flower: str, orch: WorkflowOrchestrator, chromium: str
+) -> None:
+    """Drives Flower's dashboard in Chromium and keeps a screenshot in docs/."""
+    import asyncio
+
+    from tests.browser import DevTools, shoot
+
+    ctx = orch.wait(orch.run_workflow({"steps": [
+        step("echo", "a"), {"parallel": [step("echo", "m1"), step("echo", "m2")]},
+    ]}), timeout=60)  # fmt: skip
+    assert ctx.status == WorkflowStatus.COMPLETED
+
+    async def drive() -> tuple[list[str], list[str]]:
+        page = await DevTools.connect(chromium)
+        await page.send("Network.enable")
+        token = base64.b64encode(AUTH.encode()).decode()
+        await page.send("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {token}"})
+        await page.goto(f"{flower}/tasks")
+        names = await page.until(
+            "Array.from(document.querySelectorAll('#tasks-table tbody tr td:first-child'))"
+            ".map(td => td.innerText).filter(t => t.includes('.')).length >= 3 &&"
+            "Array.from(document.querySelectorAll('#tasks-table tbody tr')).map(r => r.innerText)",
+            30, "Flower's task list",
+        )  # fmt: skip
+        await shoot(page, ROOT / "docs" / "flower-tasks.png")
+        await page.goto(f"{flower}/")
+        rows = (
+            "Array.from(document.querySelectorAll('#workers-table tbody tr')).map(r => r.innerText)"
+        )
+        workers = await page.until(
+            f"{rows}.filter(t => t.includes('@')).length > 0 && {rows}", 30, "Flower's worker list"
+        )
+        await shoot(page, ROOT / "docs" / "flower-workers.png")
+        return names, workers
+
+    names, workers = asyncio.run(drive())
+    assert any("testkit.echo" in row for row in names)
+    assert any("baton.aggregate" in row for row in names)
+    assert any("testkit" in row for row in workers)  # the workers listed by their agents
