@@ -37,8 +37,13 @@ def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
         "unacked_restore_interval": sweep,
         "unacked_restore_throttle": 1,
     }
+    broker = settings.broker_url or redis_url
+    safe_redis = (
+        {"broker_transport": "workers.transport:Transport"} if broker.startswith("redis") else {}
+    )
     return {
-        "broker_url": settings.broker_url or redis_url,
+        **safe_redis,
+        "broker_url": broker,
         "result_backend": redis_url,
         # Security: JSON only, both ways; a pickle message is refused by the worker.
         "task_serializer": "json",
@@ -80,7 +85,7 @@ def create_app(
     app.conf.baton_retention = settings.retention_seconds
 
     def step(
-        task: Task, workflow_id: str, step_id: str, run: int = 1, compensate: bool = False
+        task: Task, workflow_id: str, step_id: str, run: int = 1, *, compensate: bool = False
     ) -> dict[str, Any] | None:
         engine = engine_for(task.app, reg)
         if compensate:

@@ -1,0 +1,38 @@
+"""kombu's Redis transport, made to survive garbage on a queue.
+
+Stock kombu decodes each message envelope popped from a queue with ``json.loads`` and
+lets a ``ValueError`` escape into Celery's consumer, which treats it as unrecoverable
+and stops the worker: one malformed entry (anything pushed onto ``agent.<id>`` that is not
+a kombu envelope) would take an agent's workers down. Here such an entry is logged with
+the reason and dropped, and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger("baton.transport")
+
+
+class Channel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: not an envelope
+            log.error("dropped a queue entry that is not a message envelope: %s", exc)
+            raise Empty() from None
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        try:
+            return super()._get(queue)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            log.error("dropped an entry of %s that is not a message envelope: %s", queue, exc)
+            raise Empty() from None
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
