@@ -57,3 +57,22 @@ def payload(step: StepInput[PayloadParams]) -> dict[str, Any]:
 
 
 profiling.install_if_requested()
+
+
+class RemoteParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    ms: int = 100
+
+
+remote = Agent("bench_remote", description="Waits on a slow remote call, as an LLM agent would")
+
+
+@remote.task(params=RemoteParams)
+def remote_call(step: StepInput[RemoteParams]) -> dict[str, Any]:
+    """Calls a slow HTTP endpoint: the time goes waiting on the network, not on CPU."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{step.parameters.url}?ms={step.parameters.ms}", timeout=60) as r:
+        return {"answer": json.loads(r.read())}

@@ -42,7 +42,7 @@ def test_worker_log_lines_carry_the_workflow_step_and_agent(
     finally:
         pool.stop()
 
-    [logfile] = log_dir.glob("worker-solo-*.log")
+    [logfile] = log_dir.glob("worker-solo.*.log")
     lines = [line for line in logfile.read_text().splitlines() if wid in line]
     if log_format == "json":
         records = [json.loads(line) for line in lines if line.startswith("{")]

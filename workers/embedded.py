@@ -205,7 +205,7 @@ class LocalWorkers:
             ]
             if agents:
                 cmd += ["--agents", ",".join(agents)]
-            logfile = open(self.log_dir / f"worker-{label}-{i}.log", "wb")  # noqa: SIM115
+            logfile = open(self.log_dir / f"worker-{name.split('@')[0]}.log", "wb")  # noqa: SIM115
             self.processes.append(
                 subprocess.Popen(
                     cmd,

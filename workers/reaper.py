@@ -76,6 +76,9 @@ class Reaper:
             return "finished a lost compensation"
         if state != S.RUNNING:
             return None
+        step = self.engine.next_step(wid)
+        if step is not None and self._backlogged(wid, step):
+            return None  # its next message is most likely still queued behind others
         if int(reaps or 0) >= self.max_reaps:
             return self._fail(
                 wid,
@@ -92,6 +95,17 @@ class Reaper:
             ),
         )
         return f"re-dispatched from {step}"
+
+    def _backlogged(self, wid: str, step: str) -> bool:
+        """Whether the queues the step's messages go to hold messages: a workflow waiting
+        its turn behind a backlog is slow, not stalled. Only the Redis broker can say."""
+        conf = self.engine.app.conf
+        if conf.broker_url != conf.baton_redis_url:  # a broker of its own: queues not visible
+            return False
+        pipe = self.store.redis.pipeline(transaction=False)
+        for queue in self.engine.queues_for(wid, step):
+            pipe.llen(queue)
+        return any(pipe.execute())
 
     def _fail(self, wid: str, run: int, reason: str) -> str:
         self.store.transition(

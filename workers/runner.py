@@ -28,7 +28,7 @@ from celery.canvas import Signature
 from celery.exceptions import Ignore
 from pydantic import ValidationError
 
-from agents.base import Handoff, StepInput, StepOutput
+from agents.base import Handoff, StepInput, StepOutput, agent_queue
 from agents.registry import AgentRegistry
 from orchestration.aggregate import aggregators
 from orchestration.compiler import (
@@ -105,12 +105,26 @@ class Engine:
             return segment_signature(self.app, plan, workflow_id, nxt, run)
         return None
 
-    def go_on(self, workflow_id: str, run: int) -> str | None:
-        """Send the canvas from the first step that has not completed (resume, retry)."""
+    def next_step(self, workflow_id: str) -> str | None:
+        """The first step (top-level or inserted) that has not completed."""
         plan = self.store.plan(workflow_id)
         results = self.store.results(workflow_id)
         done = {s for s, r in results.items() if r.status == TaskStatus.COMPLETED}
-        nxt = frontier(plan, done, self.store.inserted(workflow_id))
+        return frontier(plan, done, self.store.inserted(workflow_id))
+
+    def queues_for(self, workflow_id: str, step_id: str) -> list[str]:
+        """The queues the messages for ``step_id`` go to (a group's members and callback)."""
+        plan = self.store.plan(workflow_id)
+        node = next((n for n in plan.nodes if n.step_id == step_id), None)
+        if isinstance(node, PlannedGroup):
+            agents = {plan.tasks[m].agent_id for m in node.member_ids}
+            return [*(agent_queue(a) for a in sorted(agents)), CONTROL_QUEUE]
+        return [agent_queue(self.store.task(workflow_id, step_id).agent_id)]
+
+    def go_on(self, workflow_id: str, run: int) -> str | None:
+        """Send the canvas from the first step that has not completed (resume, retry)."""
+        plan = self.store.plan(workflow_id)
+        nxt = self.next_step(workflow_id)
         if nxt is None:
             return None
         node = next((n for n in plan.nodes if n.step_id == nxt), None)
