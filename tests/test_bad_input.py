@@ -44,11 +44,17 @@ def secured(
 ) -> Iterator[Secured]:
     home = tmp_path_factory.mktemp("secured")
     server = RedisServer(home / "redis", password=PASSWORD).start()
-    env = {**worker_env, "BATON_REDIS_URL": server.url, "BATON_HOME": str(home),
-           "BATON_KEY_PREFIX": "secured", "BATON_MAX_OUTPUT_BYTES": str(2**20),
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
-    settings_ = BatonSettings(redis_url=server.url, key_prefix="secured", home=home,
-                              agent_modules=["tests.agents"])  # fmt: skip
+    env = {
+        **worker_env,
+        "BATON_REDIS_URL": server.url,
+        "BATON_HOME": str(home),
+        "BATON_KEY_PREFIX": "secured",
+        "BATON_MAX_OUTPUT_BYTES": str(2**20),
+        "PYTHONPATH": str(ROOT),
+    }
+    settings_ = BatonSettings(
+        redis_url=server.url, key_prefix="secured", home=home, agent_modules=["tests.agents"]
+    )
     orch = WorkflowOrchestrator(server.url, settings=settings_, local_workers=False)
     every = [a.agent_id for a in orch.registry if a.agent_id not in ("slowapi", "solo")]
     workers = LocalWorkers(server.url, [every], concurrency=2, env=env, log_dir=home / "logs")
@@ -64,9 +70,17 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_is_never_l
 ) -> None:
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=secured.server.port).ping()  # the server really wants a password
-    ctx = secured.orch.wait(secured.orch.run_workflow({"steps": [
-        step("echo", "a", value=1), {"parallel": [step("echo", "m1"), step("echo", "m2")]},
-    ]}), timeout=60)  # fmt: skip
+    ctx = secured.orch.wait(
+        secured.orch.run_workflow(
+            {
+                "steps": [
+                    step("echo", "a", value=1),
+                    {"parallel": [step("echo", "m1"), step("echo", "m2")]},
+                ]
+            }
+        ),
+        timeout=60,
+    )
 
     assert ctx.status == WorkflowStatus.COMPLETED
     assert PASSWORD not in secured.log.read_text()
@@ -93,19 +107,27 @@ def test_malformed_messages_are_refused_and_the_worker_stays_up(
     publish(secured, b"{not json", content_type="application/json", content_encoding="utf-8")
     publish(secured, [["only-one-arg"], {}, {}], serializer="json")  # wrong schema
     publish(secured, [["w", "s", 1], {}, {}], task="nobody.nothing", serializer="json")
-    publish(secured, pickle.dumps([["w", "step_1", 1], {}, {}]),
-            content_type="application/x-python-serialize", content_encoding="binary")  # fmt: skip
+    publish(
+        secured,
+        pickle.dumps([["w", "step_1", 1], {}, {}]),
+        content_type="application/x-python-serialize",
+        content_encoding="binary",
+    )
     publish(secured, [["w", "step_1", 1, "x" * 50 * 2**20], {}, {}], serializer="json")  # 50 MB
     client = redis.Redis.from_url(secured.server.url)
     client.lpush("agent.testkit", b"\x00\xff not even an envelope")
 
     # Then: each is logged with its reason, nothing took the worker down...
     log = secured.log
-    reasons = ["Refusing to deserialize untrusted content of type pickle",
-               "Received unregistered task of type 'nobody.nothing'",
-               "missing 1 required positional argument", "positional arguments but 5 were given"]  # fmt: skip
-    eventually(lambda: all(r in log.read_text() for r in reasons), 60,
-               f"the refusals in {log}: {reasons}")  # fmt: skip
+    reasons = [
+        "Refusing to deserialize untrusted content of type pickle",
+        "Received unregistered task of type 'nobody.nothing'",
+        "missing 1 required positional argument",
+        "positional arguments but 5 were given",
+    ]
+    eventually(
+        lambda: all(r in log.read_text() for r in reasons), 60, f"the refusals in {log}: {reasons}"
+    )
     assert all(p.poll() is None for p in secured.workers.processes)
     # ...and other workflows are unaffected.
     ctx = secured.orch.wait(
@@ -116,8 +138,12 @@ def test_malformed_messages_are_refused_and_the_worker_stays_up(
 
 
 def test_an_oversized_output_fails_its_step_with_a_clear_limit(secured: Secured) -> None:
-    ctx = secured.orch.wait(secured.orch.run_workflow({"steps": [
-        step("payload", "blob", size=3 * 2**20), step("echo", "next")]}), timeout=60)  # fmt: skip
+    ctx = secured.orch.wait(
+        secured.orch.run_workflow(
+            {"steps": [step("payload", "blob", size=3 * 2**20), step("echo", "next")]}
+        ),
+        timeout=60,
+    )
 
     assert ctx.status == WorkflowStatus.FAILED
     assert ctx.error is not None
@@ -131,24 +157,33 @@ def test_an_oversized_output_fails_its_step_with_a_clear_limit(secured: Secured)
 AGENTS = st.sampled_from(["testkit", "analyzer", "nobody", "data_processor", ""])
 TASKS = st.sampled_from(["echo", "payload", "fail", "trend_analysis", "extract_data", "fly", ""])
 PARAMS = st.one_of(
-    st.just({}), st.fixed_dictionaries({"value": st.integers()}),
+    st.just({}),
+    st.fixed_dictionaries({"value": st.integers()}),
     st.fixed_dictionaries({"size": st.one_of(st.integers(0, 64), st.text(max_size=3))}),
     st.lists(st.integers(), max_size=2),
-)  # fmt: skip
+)
 TASK_STEP = st.fixed_dictionaries(
     {"agent_id": AGENTS, "task_type": TASKS},
-    optional={"output_key": st.sampled_from(["a", "b", "c", ""]), "parameters": PARAMS,
-              "retries": st.integers(-1, 2), "bogus": st.just(1)},
-)  # fmt: skip
+    optional={
+        "output_key": st.sampled_from(["a", "b", "c", ""]),
+        "parameters": PARAMS,
+        "retries": st.integers(-1, 2),
+        "bogus": st.just(1),
+    },
+)
 STEP = st.one_of(
     TASK_STEP,
-    st.fixed_dictionaries({"parallel": st.lists(st.one_of(TASK_STEP, st.lists(TASK_STEP, max_size=2)),
-                                                max_size=3)},
-                          optional={"aggregate": st.sampled_from(["summary", "merge", "median"]),
-                                    "min_success_rate": st.floats(-1, 2)}),
-)  # fmt: skip
-DEFINITION = st.fixed_dictionaries({"steps": st.lists(STEP, max_size=4)},
-                                   optional={"name": st.text(max_size=5)})  # fmt: skip
+    st.fixed_dictionaries(
+        {"parallel": st.lists(st.one_of(TASK_STEP, st.lists(TASK_STEP, max_size=2)), max_size=3)},
+        optional={
+            "aggregate": st.sampled_from(["summary", "merge", "median"]),
+            "min_success_rate": st.floats(-1, 2),
+        },
+    ),
+)
+DEFINITION = st.fixed_dictionaries(
+    {"steps": st.lists(STEP, max_size=4)}, optional={"name": st.text(max_size=5)}
+)
 
 
 @settings(

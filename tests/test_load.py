@@ -37,35 +37,56 @@ def task(agent: str, task_type: str, key: str, **parameters: Any) -> dict[str, A
 
 
 def definition(i: int) -> dict[str, Any]:
-    head = [task("data_processor", "extract_data", "raw", limit=40 + i % 20),
-            task("data_processor", "clean_data", "cleaned_records", input_key="raw")]  # fmt: skip
+    head = [
+        task("data_processor", "extract_data", "raw", limit=40 + i % 20),
+        task("data_processor", "clean_data", "cleaned_records", input_key="raw"),
+    ]
     if i % 2:
-        return {"name": f"seq-{i}", "steps": [*head,
-                task("analyzer", "statistical_analysis", "stats", analysis_type="basic")]}  # fmt: skip
-    group = {"parallel": [task("validator", "validate_records", "v"),
-                          task("classifier", "classify_records", "c"),
-                          task("scorer", "score_records", "s")], "output_key": "g"}  # fmt: skip
+        stats = task("analyzer", "statistical_analysis", "stats", analysis_type="basic")
+        return {"name": f"seq-{i}", "steps": [*head, stats]}
+    group = {
+        "parallel": [
+            task("validator", "validate_records", "v"),
+            task("classifier", "classify_records", "c"),
+            task("scorer", "score_records", "s"),
+        ],
+        "output_key": "g",
+    }
     return {"name": f"par-{i}", "steps": [*head, group]}
 
 
 class Stack:
     def __init__(self, home: Path, env: dict[str, str]) -> None:
         self.server = RedisServer(home / "redis").start()
-        self.env = {**env, "BATON_REDIS_URL": self.server.url, "BATON_HOME": str(home),
-                    "BATON_KEY_PREFIX": "load", "BATON_RETENTION_SECONDS": str(RETENTION),
-                    "BATON_RESULT_EXPIRES": str(RETENTION), "BATON_VISIBILITY_TIMEOUT": "10",
-                    "BATON_STEP_LEASE_SECONDS": "4", "BATON_STALL_SECONDS": "15",
-                    "BATON_REAPER_INTERVAL": "2", "BATON_LOG_FORMAT": "text",
-                    "PYTHONPATH": str(ROOT)}  # fmt: skip
-        settings = BatonSettings(redis_url=self.server.url, key_prefix="load", home=home,
-                                 retention_seconds=RETENTION, result_expires=RETENTION)  # fmt: skip
+        self.env = {
+            **env,
+            "BATON_REDIS_URL": self.server.url,
+            "BATON_HOME": str(home),
+            "BATON_KEY_PREFIX": "load",
+            "BATON_RETENTION_SECONDS": str(RETENTION),
+            "BATON_RESULT_EXPIRES": str(RETENTION),
+            "BATON_VISIBILITY_TIMEOUT": "10",
+            "BATON_STEP_LEASE_SECONDS": "4",
+            "BATON_STALL_SECONDS": "15",
+            "BATON_REAPER_INTERVAL": "2",
+            "BATON_LOG_FORMAT": "text",
+            "PYTHONPATH": str(ROOT),
+        }
+        settings = BatonSettings(
+            redis_url=self.server.url,
+            key_prefix="load",
+            home=home,
+            retention_seconds=RETENTION,
+            result_expires=RETENTION,
+        )
         self.orch = WorkflowOrchestrator(self.server.url, settings=settings, local_workers=False)
         self.workers: list[LocalWorkers] = []
         self.home = home
 
     def worker(self) -> LocalWorkers:
-        pool = LocalWorkers(self.server.url, [AGENTS], concurrency=1, env=self.env,
-                            log_dir=self.home / "logs")  # fmt: skip
+        pool = LocalWorkers(
+            self.server.url, [AGENTS], concurrency=1, env=self.env, log_dir=self.home / "logs"
+        )
         pool.start(self.orch.app)
         self.workers.append(pool)
         return pool
@@ -90,8 +111,10 @@ def run_load(stack: Stack, chaos: bool) -> None:
     r.memory_purge() if hasattr(r, "memory_purge") else None
     start_memory = int(r.info("memory")["used_memory"])
     t0 = time.monotonic()
-    ids = [stack.orch.run_workflow(definition(i), workflow_id=f"load-{uuid.uuid4().hex[:10]}")
-           for i in range(N)]  # fmt: skip
+    ids = [
+        stack.orch.run_workflow(definition(i), workflow_id=f"load-{uuid.uuid4().hex[:10]}")
+        for i in range(N)
+    ]
     kills = 0
     next_kill = time.monotonic() + 20
     done: dict[str, WorkflowContext] = {}  # read as each one ends (its state then expires)
@@ -117,10 +140,16 @@ def run_load(stack: Stack, chaos: bool) -> None:
 
     eventually(settled, 900, f"{N} workflows to finish")
     wall = time.monotonic() - t0
-    duplicates = sum(h.event in ("duplicate_dropped", "commit_refused") for c in done.values()
-                     for h in c.execution_history)  # fmt: skip
-    print(f"\n{N} workflows{' under chaos' if chaos else ''}: {wall:.1f}s, {N / wall:.1f} workflows/s,"
-          f" {kills} worker kills, {duplicates} duplicate deliveries dropped")  # fmt: skip
+    duplicates = sum(
+        h.event in ("duplicate_dropped", "commit_refused")
+        for c in done.values()
+        for h in c.execution_history
+    )
+    label = f"{N} workflows{' under chaos' if chaos else ''}"
+    print(
+        f"\n{label}: {wall:.1f}s, {N / wall:.1f} workflows/s, {kills} worker kills,"
+        f" {duplicates} duplicate deliveries dropped"
+    )
 
     for wid, ctx in done.items():
         assert ctx.status == WorkflowStatus.COMPLETED, (wid, ctx.error)
@@ -135,10 +164,9 @@ def run_load(stack: Stack, chaos: bool) -> None:
     def memory_back() -> bool:
         return int(r.info("memory")["used_memory"]) < start_memory + 3 * 2**20
 
-    eventually(lambda: r.exists(stack.orch.store.keys(ids[-1]).meta) == 0, RETENTION + 30, "expiry")
+    # (the last to finish, under chaos, may have finished well after the last submitted)
+    eventually(lambda: not any(r.scan_iter("load:wf:*", count=1000)), RETENTION + 60, "expiry")
     eventually(memory_back, 60, "Redis memory to return near its start")
-    left = [k for k in r.scan_iter("load:wf:*", count=1000)]
-    assert left == []
 
 
 @pytest.mark.load

@@ -13,6 +13,7 @@ import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from tests.helpers import step
 
 pytestmark = pytest.mark.workflow_suite
 
@@ -22,14 +23,7 @@ def message_sizes(r: redis.Redis, workflow_id: str) -> list[dict[str, object]]:
 
 
 def echo(value: object, output_key: str | None = None) -> dict[str, object]:
-    s: dict[str, object] = {
-        "agent_id": "testkit",
-        "task_type": "echo",
-        "parameters": {"value": value},
-    }
-    if output_key:
-        s["output_key"] = output_key
-    return s
+    return step("echo", output_key, value=value)
 
 
 def test_message_bytes_do_not_depend_on_shared_data_size(
@@ -64,10 +58,10 @@ def test_message_bytes_do_not_depend_on_shared_data_size(
 
     small, large = by_size[1024], by_size[1024 * 1024]
     assert small.keys() == large.keys() == {"step_1", "step_2", "step_3"}
-    for step in small:
+    for step_id in small:
         # Equal up to the publishing process's pid digits in the 'origin' header.
-        assert abs(small[step] - large[step]) <= 16, (step, small[step], large[step])
-        assert large[step] < 4096
+        assert abs(small[step_id] - large[step_id]) <= 16, (step_id, small[step_id], large[step_id])
+        assert large[step_id] < 4096
 
 
 def test_chained_groups_keep_every_message_small(

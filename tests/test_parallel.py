@@ -6,19 +6,13 @@ import pytest
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from tests.helpers import step
 
 pytestmark = pytest.mark.workflow_suite
 
 
 def echo(value: object, output_key: str | None = None) -> dict[str, object]:
-    s: dict[str, object] = {
-        "agent_id": "testkit",
-        "task_type": "echo",
-        "parameters": {"value": value},
-    }
-    if output_key:
-        s["output_key"] = output_key
-    return s
+    return step("echo", output_key, value=value)
 
 
 FAIL = {"agent_id": "testkit", "task_type": "fail", "parameters": {"message": "member down"}}

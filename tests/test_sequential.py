@@ -6,15 +6,9 @@ import pytest
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from tests.helpers import step
 
 pytestmark = pytest.mark.workflow_suite
-
-
-def step(task_type: str, output_key: str | None = None, **parameters: object) -> dict[str, object]:
-    s: dict[str, object] = {"agent_id": "testkit", "task_type": task_type, "parameters": parameters}
-    if output_key:
-        s["output_key"] = output_key
-    return s
 
 
 def test_each_step_sees_what_earlier_steps_committed(orch: WorkflowOrchestrator) -> None:
