@@ -15,11 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import redis
 from celery import Celery
@@ -51,17 +53,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: object, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Retry ``check()`` until it is truthy; a bounded readiness wait, not a sleep for work."""
+def wait_until(check: object, timeout: float, what: str) -> None:
+    """Repeat a blocking ``check()`` (a ping with its own timeout) until it is truthy."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():  # type: ignore[operator]
                 return
+        except BatonError:
+            raise
         except Exception as exc:
             last = exc
-        time.sleep(interval)
     raise BatonError(
         f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else "")
     )
@@ -83,38 +86,43 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> RedisServer:
+        """Start the server and return once it says it accepts connections.
+
+        The configuration goes in on stdin (a password never shows in ``ps``); the
+        server's log comes back on stdout, is copied to ``redis.log``, and its "Ready to
+        accept connections" line is the readiness signal: no polling.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        args = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.directory.resolve()),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--logfile",
-            "redis.log",
-            *self.extra_args,
+        config = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f'dir "{self.directory.resolve()}"',
+            "appendonly yes",
+            'save ""',
+            "daemonize no",
+            'logfile ""',
         ]
         if self.password:
-            args += ["--requirepass", self.password]
+            config.append(f"requirepass {self.password}")
         self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [redis_server_binary(), "-", *self.extra_args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        client = redis.Redis.from_url(self.url)
-        wait_until(client.ping, timeout, f"redis-server on port {self.port}")
-        client.close()
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("\n".join(config).encode() + b"\n")
+        self.process.stdin.close()
+        ready = threading.Event()
+        threading.Thread(
+            target=_copy_log,
+            args=(self.process.stdout, self.directory / "redis.log", ready),
+            daemon=True,
+        ).start()
+        if not ready.wait(timeout) or self.process.poll() is not None:
+            raise BatonError(f"redis-server did not start; see {self.directory / 'redis.log'}")
         log.info("started redis-server pid %s at %s", self.process.pid, redact(self.url))
         return self
 
@@ -127,6 +135,15 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def _copy_log(stream: IO[bytes], path: Path, ready: threading.Event) -> None:
+    with path.open("ab") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
+            if b"Ready to accept connections" in line:
+                ready.set()
 
 
 class EmbeddedRedis:
@@ -234,7 +251,7 @@ class LocalWorkers:
                 pending.difference_update(reply)
             return not pending
 
-        wait_until(all_answer, timeout, f"workers {sorted(pending)} to answer a ping", interval=0.2)
+        wait_until(all_answer, timeout, f"workers {sorted(pending)} to answer a ping")
 
     def stop(self, timeout: float = 20.0) -> None:
         """Warm shutdown: SIGTERM to each main process only, so running tasks finish and
