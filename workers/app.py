@@ -24,6 +24,7 @@ from orchestration.store import StateStore, connect
 from workers.logs import configure as configure_logging
 from workers.routing import route_task
 from workers.runner import Engine
+from workers.transport import install as install_safe_redis_transport
 
 _engines: dict[int, Engine] = {}
 
@@ -38,11 +39,8 @@ def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
     }
     broker = settings.broker_url or redis_url
-    safe_redis = (
-        {"broker_transport": "workers.transport:Transport"} if broker.startswith("redis") else {}
-    )
+    install_safe_redis_transport()
     return {
-        **safe_redis,
         "broker_url": broker,
         "result_backend": redis_url,
         # Security: JSON only, both ways; a pickle message is refused by the worker.

@@ -13,6 +13,7 @@ import logging
 from queue import Empty
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger("baton.transport")
@@ -36,3 +37,13 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    """Make ``redis://`` mean this transport in this process.
+
+    Registered under kombu's own ``redis`` alias rather than set as Celery's
+    ``broker_transport``, so connection URIs keep their ``redis://`` scheme (Flower, for
+    one, picks its broker client by that scheme).
+    """
+    TRANSPORT_ALIASES["redis"] = "workers.transport:Transport"
