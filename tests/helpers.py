@@ -21,6 +21,12 @@ def step(task_type: str, output_key: str | None = None, **parameters: Any) -> di
     return s
 
 
+def gated(gate: str, *after: dict[str, Any]) -> dict[str, Any]:
+    """echo, then a step held at ``gate`` (see ``tests/agents.gate``), then ``after`` (or echo)."""
+    rest = list(after) or [step("echo", "c")]
+    return {"steps": [step("echo", "a"), step("gate", "held", name=gate), *rest]}
+
+
 def eventually(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
     """Re-check real state until it holds: a bounded wait for other processes, not a sleep.
 

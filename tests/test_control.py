@@ -9,7 +9,7 @@ import redis
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from tests.helpers import eventually, open_gate, redeliver, step, wait_gate_started
+from tests.helpers import eventually, gated, open_gate, redeliver, step, wait_gate_started
 
 pytestmark = pytest.mark.workflow_suite
 
@@ -28,8 +28,7 @@ def test_a_step_delivered_twice_commits_once(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
     g = gate_name()
-    wid = orch.run_workflow({"steps": [step("echo", "a"), step("gate", "held", name=g),
-                                       step("echo", "c")]})  # fmt: skip
+    wid = orch.run_workflow(gated(g))
     wait_gate_started(raw_redis, g)
 
     # Given step_2 running and step_1 committed, both messages are delivered again.
@@ -54,8 +53,7 @@ def test_cancel_mid_run_revokes_what_is_queued_and_refuses_the_running_commit(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
     g = gate_name()
-    wid = orch.run_workflow({"steps": [step("echo", "a"), step("gate", "held", name=g),
-                                       step("echo", "c")]})  # fmt: skip
+    wid = orch.run_workflow(gated(g))
     wait_gate_started(raw_redis, g)
 
     orch.cancel_workflow(wid)
@@ -74,8 +72,7 @@ def test_pause_stops_before_the_next_step_and_resume_continues_from_there(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
     g = gate_name()
-    wid = orch.run_workflow({"steps": [step("echo", "a"), step("gate", "held", name=g),
-                                       step("echo", "c"), step("echo", "d")]})  # fmt: skip
+    wid = orch.run_workflow(gated(g, step("echo", "c"), step("echo", "d")))
     wait_gate_started(raw_redis, g)
 
     orch.pause_workflow(wid)

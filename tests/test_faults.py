@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from orchestration.client import WorkflowOrchestrator
 from orchestration.models import WorkflowContext
 from orchestration.settings import BatonSettings
 from tests.conftest import PARALLEL_AGENTS, ROOT
-from tests.helpers import eventually, open_gate, step, wait_gate_started
+from tests.helpers import eventually, gated, open_gate, step, wait_gate_started
 from workers.embedded import LocalWorkers, RedisServer
 
 
@@ -128,8 +129,13 @@ def gate_pid(r: redis.Redis, name: str, index: int = 0) -> int:
     return int(r.lindex(f"testlog:gate:{name}:started", index).decode().rsplit(":", 1)[1])
 
 
-def gated(name: str) -> dict[str, object]:
-    return {"steps": [step("echo", "a"), step("gate", "held", name=name), step("echo", "c")]}
+def worker_running(pid: int, pools: tuple[LocalWorkers, ...]) -> subprocess.Popen[bytes]:
+    """The worker main process whose pool process ``pid`` is."""
+    [owner] = [
+        p for pool in pools for p in pool.processes
+        if str(pid) in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    ]  # fmt: skip
+    return owner
 
 
 def test_a_step_whose_pool_process_is_killed_is_redelivered_and_commits_once(
@@ -158,12 +164,8 @@ def test_a_worker_killed_outright_loses_nothing(
     g = f"kill-worker-{uuid.uuid4().hex[:6]}"
     wid = harness.orch.run_workflow(gated(g))
     wait_gate_started(raw_redis, g)
-    victim_pid = gate_pid(raw_redis, g)
-    for pool in two_workers:  # SIGKILL the whole worker that runs it: main process and pool
-        for proc in pool.processes:
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            if str(victim_pid) in children:
-                os.killpg(proc.pid, signal.SIGKILL)
+    # SIGKILL the whole worker that runs it: main process and pool.
+    os.killpg(worker_running(gate_pid(raw_redis, g), two_workers).pid, signal.SIGKILL)
 
     # Its unacknowledged message comes back after the visibility timeout, to the other worker.
     wait_gate_started(raw_redis, g, count=2, timeout=60)
@@ -182,13 +184,7 @@ def test_a_worker_told_to_stop_mid_step_finishes_it_first(
     g = f"term-{uuid.uuid4().hex[:6]}"
     wid = harness.orch.run_workflow(gated(g))
     wait_gate_started(raw_redis, g)
-    victim_pid = gate_pid(raw_redis, g)
-    [owner] = [
-        p
-        for pool in two_workers
-        for p in pool.processes
-        if str(victim_pid) in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
-    ]
+    owner = worker_running(gate_pid(raw_redis, g), two_workers)
 
     owner.terminate()  # SIGTERM: warm shutdown waits for the running task
     open_gate(raw_redis, g)

@@ -46,6 +46,19 @@ local function contains(list, value)
   return false
 end
 
+-- The workflow's status, and the reply to give instead when it is missing or not one
+-- of ``allowed``: {'missing', ''} or {'refused', status}.
+local function status_among(allowed)
+  local status = redis.call('HGET', META, 'status')
+  if not status then
+    return nil, {'missing', ''}
+  end
+  if not contains(allowed, status) then
+    return status, {'refused', status}
+  end
+  return status, nil
+end
+
 local function track(ids)
   if ids and #ids > 0 then
     redis.call('SADD', TASKS, unpack(ids))

@@ -4,12 +4,9 @@
 -- ARGV: spec {from, to, target, now, event, channel, bump_run, keep_failed,
 --             archive_failed, compensation, retention}
 local spec = cjson.decode(ARGV[1])
-local status = redis.call('HGET', META, 'status')
-if not status then
-  return {'missing', ''}
-end
-if not contains(spec.from, status) then
-  return {'refused', status}
+local status, refusal = status_among(spec.from)
+if refusal then
+  return refusal
 end
 local target = tonumber(spec.target)
 local version = redis.call('HINCRBY', META, 'version', 1)

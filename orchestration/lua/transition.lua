@@ -2,12 +2,9 @@
 -- {state, old status, run, paused_at, outstanding task ids...}.
 -- ARGV: spec {from, to, now, event, channel, track, bump_run, clear_paused, error, retention}
 local spec = cjson.decode(ARGV[1])
-local status = redis.call('HGET', META, 'status')
-if not status then
-  return {'missing', ''}
-end
-if not contains(spec.from, status) then
-  return {'refused', status}
+local status, refusal = status_among(spec.from)
+if refusal then
+  return refusal
 end
 local run = tonumber(redis.call('HGET', META, 'run'))
 if spec.bump_run then
