@@ -1,7 +1,7 @@
 """Message-size log shared by both sides, so bytes per message are measured identically.
 
 Every process (bench client, Baton workers, bare workers) imports this module. A
-``before_task_publish`` handler appends one JSON line per published task message to a
+``after_task_publish`` handler appends one JSON line per published task message to a
 per-process file under ``$BENCH_MSG_LOG`` -- but only while the flag file ``enabled``
 exists there, so timing scenarios pay one ``stat`` per message and write nothing to Redis
 (a Redis log would pollute the ``INFO commandstats`` counts).
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from celery.signals import before_task_publish
+from celery.signals import after_task_publish
 
 FLAG = "enabled"
 
@@ -29,7 +29,7 @@ def message_bytes(body: Any, headers: Any) -> int:
     return len(json.dumps(body)) + len(json.dumps(headers or {}, default=str))
 
 
-@before_task_publish.connect
+@after_task_publish.connect
 def _record(body: Any = None, headers: Any = None, **_: Any) -> None:
     where = _log_dir()
     if where is None or not (where / FLAG).exists():

@@ -362,7 +362,7 @@ def markdown(data: dict[str, Any]) -> str:
         " subtracted pro rata. *Round trips* are `total_reads_processed` (one read event per"
         " request or pipeline); *commands* count every command, including those a Lua"
         " script runs (`EVALSHA` is one round trip but several commands). Message bytes are"
-        " the serialized task message (JSON body + headers) from `before_task_publish`, in"
+        " the serialized task message (JSON body + headers) from `after_task_publish`, in"
         " every process.\n"
     )
     add(

@@ -7,13 +7,14 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from functools import cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from agents.registry import AgentRegistry, load_agents
-from orchestration.compiler import frozen_ids, start_signature
+from orchestration.compiler import entry
 from orchestration.errors import DefinitionError, StateStoreError, WorkflowTimeout
 from orchestration.loader import DefinitionSource, load_plan
 from orchestration.models import Checkpoint, WorkflowContext, WorkflowStatus, WorkflowStatusReport
@@ -84,12 +85,20 @@ class WorkflowOrchestrator:
         """
         return self._create(load_plan(definition, self.registry), workflow_id)[0]
 
-    def _create(self, plan: Plan, workflow_id: str | None) -> tuple[str, bool]:
+    def _create(
+        self, plan: Plan, workflow_id: str | None, *, start: bool = False
+    ) -> tuple[str, bool]:
         wid = workflow_id or str(uuid.uuid4())
         if not _ID.match(wid):
             raise DefinitionError([("workflow_id", "use 1-128 of A-Z a-z 0-9 _ - . :")])
+        first = entry(self.app, plan, wid, plan.nodes[0], run=1) if start else None
         try:
-            created = self.store.create(wid, plan)
+            created = self.store.create(
+                wid,
+                plan,
+                start=self._engine.outgoing(first)[0] if first else None,
+                deadline_at=self._deadline(plan),
+            )
         except redis.RedisError as exc:
             raise StateStoreError(f"cannot reach Redis at {redact(self.redis_url)}: {exc}") from exc
         log.info(
@@ -99,24 +108,28 @@ class WorkflowOrchestrator:
             plan.name,
             plan.total_steps,
         )
+        if created and first is not None:
+            self._engine.sent(first, joined=False)
         return wid, created
+
+    @staticmethod
+    def _deadline(plan: Plan) -> float | None:
+        return time.time() + plan.deadline_seconds if plan.deadline_seconds else None
 
     def start_workflow(self, workflow_id: str, plan: Plan | None = None) -> None:
         """Enqueue the first segment of a ``created`` workflow."""
         plan = plan or self.store.plan(workflow_id)
-        sig = start_signature(self.app, plan, workflow_id, run=1)
-        ids = frozen_ids(sig)
-        deadline = time.time() + plan.deadline_seconds if plan.deadline_seconds else None
+        first = entry(self.app, plan, workflow_id, plan.nodes[0], run=1)
         self.store.transition(
             workflow_id,
             [S.CREATED],
             S.RUNNING,
             event="workflow_started",
-            track=ids,
-            deadline_at=deadline,
+            send=self._engine.outgoing(first)[0],
+            deadline_at=self._deadline(plan),
         )
         try:
-            sig.apply_async()
+            self._engine.sent(first, joined=False)
         except Exception:
             # Nothing was enqueued: put the workflow back so it can be started again.
             self.store.transition(workflow_id, [S.RUNNING], S.CREATED, event="start_failed")
@@ -138,7 +151,7 @@ class WorkflowOrchestrator:
             workflow_id, [S.PAUSED], S.RUNNING, event="workflow_resumed", clear_paused=True
         )
         if t.paused_at:  # something stopped at the pause; else the in-flight step goes on
-            self._engine().go_on(workflow_id, t.run)
+            self._engine.go_on(workflow_id, t.run)
 
     def retry_workflow(self, workflow_id: str) -> None:
         """Restart a failed workflow from its last good checkpoint; committed steps stay."""
@@ -151,7 +164,7 @@ class WorkflowOrchestrator:
             bump_run=True,
             archive_failed=True,
         )
-        self._engine().go_on(workflow_id, run)
+        self._engine.go_on(workflow_id, run)
 
     def rollback(self, workflow_id: str, to_version: int) -> None:
         """Restore checkpoint ``to_version`` of a stopped workflow; it is then ``paused``.
@@ -168,15 +181,18 @@ class WorkflowOrchestrator:
             bump_run=True,
         )
 
+    @cached_property
     def _engine(self) -> Engine:
         from workers.runner import Engine
 
         return Engine(self.app, self.store, self.registry)
 
     def run_workflow(self, definition: DefinitionSource, workflow_id: str | None = None) -> str:
+        """Validate, create and start a workflow: one script stores it and sends its first
+        messages. Given an existing ``workflow_id``, starts it only if it is ``created``."""
         plan = load_plan(definition, self.registry)
-        wid, created = self._create(plan, workflow_id)
-        if created or self.store.status_of(wid) == WorkflowStatus.CREATED:
+        wid, created = self._create(plan, workflow_id, start=True)
+        if not created and self.store.status_of(wid) == WorkflowStatus.CREATED:
             self.start_workflow(wid, plan)
         return wid
 

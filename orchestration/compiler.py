@@ -1,81 +1,106 @@
-"""A plan segment in, a Celery canvas of references out.
+"""A plan in, Celery signatures of references out: what each state change sends next.
 
-Consecutive task steps become one ``chain``; a parallel group becomes
-``chord(group(...), baton.aggregate)``, a branch sequence inside it a nested chain.
-Every signature is immutable and carries ``(workflow_id, step_id, run)`` only.
+Every signature is immutable and carries ``(workflow_id, step_id, run)`` only, so no
+message grows with the workflow's state or with the rest of the workflow.
 
-Why segments instead of one canvas for the whole workflow: when chords are chained,
-Celery embeds the whole remaining canvas in every header message, so messages grow
-with the workflow. Here the step that ends a segment dispatches the next one after it
-commits, and no message ever holds more than its own segment's references.
-
-Canvases are frozen before they are sent so that their task ids are known first: the
-committing step records them (for ``cancel_workflow`` to revoke) in the same script.
+A sequential run is a chain of step tasks; a group is a chord: its members' tasks (a
+branch sequence being a chain inside it), then ``baton.aggregate`` once every branch has
+ended. The links are made by the commits rather than by Celery's chain callback and
+chord counter: each step's commit sends its successor in the same atomic script
+(``workers/outbox.py``), and counts its group's ended branches in the state store, where
+the results already are, so the last one sends the aggregate. Celery's own chord would
+write every member's result a second time and count them in a key of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Celery, chain, chord, group
-from celery.canvas import Signature, _chain, _chord
+from celery import Celery, chain
+from celery.canvas import Signature
 
 from agents.base import agent_queue
 from orchestration.plan import Plan, PlannedGroup, PlannedTask
 
 CONTROL_QUEUE = "baton.control"
 AGGREGATE_TASK = "baton.aggregate"
-DISPATCH_TASK = "baton.dispatch"
 FINISH_FAILURE_TASK = "baton.finish_failure"
 
 
-def _task_sig(app: Celery, workflow_id: str, task: PlannedTask, run: int, **kw: Any) -> Signature:
-    options: dict[str, Any] = {"queue": agent_queue(task.agent_id)}
+@dataclass(frozen=True)
+class Next:
+    """What goes next: step messages now, and a group's aggregate once it joins."""
+
+    sigs: list[Signature] = field(default_factory=list)
+    group: str | None = None  # the group this starts, or (``joins``) whose branch this ends
+    ends: list[str] = field(default_factory=list)  # the group's branches' last steps
+    aggregate: Signature | None = None
+    joins: bool = False  # a branch ended: its group's aggregate goes when it is the last
+
+
+def step_signature(app: Celery, workflow_id: str, task: PlannedTask, run: int) -> Signature:
+    # No Celery result is written: the state store holds the step's result.
+    options: dict[str, Any] = {"queue": agent_queue(task.agent_id), "ignore_result": True}
     if task.timeout:
         options["soft_time_limit"] = task.timeout
-    # Outside a chord nothing reads a step's Celery result (the state store holds it),
-    # so none is written; a chord's members keep theirs, Celery counts the chord by them.
-    options["ignore_result"] = task.group is None
     return app.signature(
-        task.celery_name, args=(workflow_id, task.step_id, run), immutable=True, **options, **kw
+        task.celery_name, args=(workflow_id, task.step_id, run), immutable=True, **options
     )
 
 
-def group_signature(
-    app: Celery, plan: Plan, workflow_id: str, node: PlannedGroup, run: int
-) -> Signature:
-    branches = []
-    for branch in node.branches:
-        sigs = [_task_sig(app, workflow_id, plan.tasks[sid], run) for sid in branch]
-        branches.append(sigs[0] if len(sigs) == 1 else chain(*sigs))
-    body = app.signature(
-        AGGREGATE_TASK, args=(workflow_id, node.step_id, run), immutable=True, queue=CONTROL_QUEUE
+def aggregate_signature(app: Celery, workflow_id: str, group_id: str, run: int) -> Signature:
+    return app.signature(
+        AGGREGATE_TASK,
+        args=(workflow_id, group_id, run),
+        immutable=True,
+        queue=CONTROL_QUEUE,
+        ignore_result=True,
     )
-    return chord(group(branches), body)
 
 
-def segment_signature(app: Celery, plan: Plan, workflow_id: str, start: int, run: int) -> Signature:
-    seg = plan.segment(start)
-    if isinstance(seg, PlannedGroup):
-        return group_signature(app, plan, workflow_id, seg, run)
-    sigs = [_task_sig(app, workflow_id, t, run) for t in seg]
-    return sigs[0] if len(sigs) == 1 else chain(*sigs)
-
-
-def signature_from(
+def entry(
     app: Celery,
     plan: Plan,
     workflow_id: str,
-    step_id: str,
+    node: PlannedTask | PlannedGroup,
     run: int,
-    inserted: Callable[[str], PlannedTask],
-) -> Signature:
-    """The canvas that goes on from ``step_id``: a static segment, or an inserted step."""
-    node = next((n for n in plan.nodes if n.step_id == step_id), None)
-    if node is not None:
-        return segment_signature(app, plan, workflow_id, node.index, run)
-    return _task_sig(app, workflow_id, inserted(step_id), run)
+    committed: Collection[str] = (),
+) -> Next:
+    """The messages that start ``node``: a step, or a group's branches (each from its first
+    step without a result: a group sent again resumes where its branches stand)."""
+    if isinstance(node, PlannedTask):
+        return Next([step_signature(app, workflow_id, node, run)])
+    heads = [next((s for s in b if s not in committed), None) for b in node.branches]
+    return Next(
+        [step_signature(app, workflow_id, plan.tasks[h], run) for h in heads if h],
+        group=node.step_id,
+        ends=[b[-1] for b in node.branches],
+        aggregate=aggregate_signature(app, workflow_id, node.step_id, run),
+    )
+
+
+def after(
+    app: Celery, plan: Plan, workflow_id: str, done: PlannedTask | PlannedGroup, run: int
+) -> Next:
+    """What the commit of ``done`` (a step, or a group's aggregate) sends."""
+    if isinstance(done, PlannedTask) and done.group is not None:
+        node = plan.group(done.group)
+        branch = next(b for b in node.branches if done.step_id in b)
+        pos = branch.index(done.step_id)
+        if pos + 1 < len(branch):
+            return Next([step_signature(app, workflow_id, plan.tasks[branch[pos + 1]], run)])
+        return Next(
+            group=node.step_id,
+            ends=[b[-1] for b in node.branches],
+            aggregate=aggregate_signature(app, workflow_id, node.step_id, run),
+            joins=True,
+        )
+    nxt = done.index + 1
+    if nxt >= plan.total_steps:
+        return Next()
+    return entry(app, plan, workflow_id, plan.nodes[nxt], run)
 
 
 def compensation_signature(
@@ -101,35 +126,3 @@ def compensation_signature(
         ignore_result=True,
     )
     return chain(*sigs, finish)
-
-
-def frozen_ids(sig: Signature) -> list[str]:
-    """Freeze ``sig`` (assigning its task ids now) and list every id it will send."""
-    sig.freeze()
-    return _ids(sig)
-
-
-def _ids(sig: Signature) -> list[str]:
-    if isinstance(sig, _chord):
-        return [*_ids(sig.tasks), str(sig.body.id)]
-    if isinstance(sig, group | _chain):
-        return [i for t in sig.tasks for i in _ids(t)]
-    return [str(sig.id)]
-
-
-def start_signature(app: Celery, plan: Plan, workflow_id: str, run: int) -> Signature:
-    """A workflow's first message.
-
-    A chain is published by the client. A group is handed to a worker (``baton.dispatch``):
-    publishing a chord's header is the expensive part of fan-out, and a client that
-    published it would also subscribe to every member's result.
-    """
-    if isinstance(plan.segment(0), PlannedGroup):
-        return app.signature(
-            DISPATCH_TASK,
-            args=(workflow_id, plan.nodes[0].step_id, run),
-            queue=CONTROL_QUEUE,
-            ignore_result=True,
-            immutable=True,
-        )
-    return segment_signature(app, plan, workflow_id, 0, run)

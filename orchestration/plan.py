@@ -98,28 +98,6 @@ class Plan(_Frozen):
     def is_last(self, index: int) -> bool:
         return index == len(self.nodes) - 1
 
-    def starts_segment(self, index: int) -> bool:
-        """Whether node ``index`` is dispatched on its own rather than by a running chain.
-
-        Consecutive task steps share one Celery chain; a group is its own chord. Only
-        the first node and whatever follows a group, or a group itself, start a segment.
-        """
-        if index == 0 or isinstance(self.nodes[index], PlannedGroup):
-            return True
-        return isinstance(self.nodes[index - 1], PlannedGroup)
-
-    def segment(self, start: int) -> list[PlannedTask] | PlannedGroup:
-        """The nodes dispatched together from ``start``: a run of tasks, or one group."""
-        first = self.nodes[start]
-        if isinstance(first, PlannedGroup):
-            return first
-        run: list[PlannedTask] = []
-        for node in self.nodes[start:]:
-            if isinstance(node, PlannedGroup):
-                break
-            run.append(node)
-        return run
-
 
 def handoff_id(step: PlannedTask) -> str:
     """The id of a step inserted by ``step``'s handoff: ``step_3.h1``, then ``step_3.h2``."""

@@ -79,10 +79,27 @@ class StepState:
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """Task messages a state change sends (built by ``workers/outbox.py``).
+
+    ``ids`` are tracked as outstanding in the same script. When the broker is this Redis,
+    the script sends ``pushes`` too: ("l", queue key, kombu envelope) to LPUSH, or ("p",
+    channel, envelope) to PUBLISH (a task-sent event); else it is empty.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    pushes: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+NOTHING = Outgoing()
+
+
+@dataclass(frozen=True)
 class CommitOutcome:
     state: Literal["committed", "duplicate", "not_running", "stale", "missing"]
     version: int = 0
     status: str = ""
+    joined: bool = False  # this commit ended its group's last branch: the aggregate was sent
 
     @property
     def committed(self) -> bool:
@@ -106,7 +123,7 @@ class StateStore:
         self.retention = retention
         self._scripts = {
             name: client.register_script(_script(name))
-            for name in ("create", "transition", "begin", "commit", "restore", "lease")
+            for name in ("create", "transition", "begin", "commit", "restore", "lease", "send")
         }
         self._plans: dict[str, Plan] = {}
 
@@ -114,26 +131,51 @@ class StateStore:
         return WorkflowKeys(self.prefix, workflow_id)
 
     def _call(
-        self, name: str, workflow_id: str, spec: dict[str, Any], *args: str, client: Any = None
+        self,
+        name: str,
+        workflow_id: str,
+        spec: dict[str, Any],
+        *args: str,
+        send: Outgoing = NOTHING,
+        join: Outgoing = NOTHING,
     ) -> Any:
         k = self.keys(workflow_id)
-        spec = {"channel": k.events, "now": utcnow(), "retention": self.retention, **spec}
+        spec = {
+            "channel": k.events,
+            "now": utcnow(),
+            "retention": self.retention,
+            "track": send.ids,
+            "sends": len(send.pushes),
+            "join_track": join.ids,
+            "joins": len(join.pushes),
+            "ops": "".join(op for op, _, _ in [*send.pushes, *join.pushes]),
+            **spec,
+        }
         spec = {key: v for key, v in spec.items() if v is not None}  # cjson.null is truthy in Lua
+        pushes = [*send.pushes, *join.pushes]
         return self._scripts[name](
             keys=[
                 *k.all(),
                 index_key(self.prefix),
                 metrics_key(self.prefix),
                 active_key(self.prefix),
+                *(key for _, key, _ in pushes),
             ],
-            args=[dumps(spec), *args],
-            client=client,
+            args=[dumps(spec), *args, *(payload for _, _, payload in pushes)],
         )
 
     # ------------------------------------------------------------------ lifecycle
 
-    def create(self, workflow_id: str, plan: Plan) -> bool:
-        """Store a new workflow as ``created``; False if the id already exists."""
+    def create(
+        self,
+        workflow_id: str,
+        plan: Plan,
+        *,
+        start: Outgoing | None = None,
+        deadline_at: float | None = None,
+    ) -> bool:
+        """Store a new workflow as ``created`` (or, given ``start``, as running with its first
+        messages sent, in the same script); False if the id already exists."""
         entry = HistoryEntry(event="workflow_created", status="created")
         spec = {
             "workflow_id": workflow_id,
@@ -141,6 +183,8 @@ class StateStore:
             "total_steps": plan.total_steps,
             "score": time.time(),
             "now": entry.timestamp,
+            "start": start is not None,
+            "deadline_at": deadline_at,
         }
         created = self._call(
             "create",
@@ -148,6 +192,7 @@ class StateStore:
             spec,
             plan.model_dump_json(),
             entry.model_dump_json(exclude_none=True),
+            send=start or NOTHING,
         )
         return bool(created)
 
@@ -158,7 +203,7 @@ class StateStore:
         new: WorkflowStatus,
         *,
         event: str | None = None,
-        track: Sequence[str] = (),
+        send: Outgoing = NOTHING,
         bump_run: bool = False,
         clear_paused: bool = False,
         error: str | None = None,
@@ -168,13 +213,12 @@ class StateStore:
             "from": [s.value for s in old],
             "to": new.value,
             "event": event or f"workflow_{new.value}",
-            "track": list(track),
             "bump_run": bump_run,
             "clear_paused": clear_paused,
             "error": error,
             "deadline_at": deadline_at,
         }
-        reply = self._call("transition", workflow_id, spec)
+        reply = self._call("transition", workflow_id, spec, send=send)
         self._check(workflow_id, reply, old, new)
         return Transition(
             _s(reply[1]), int(reply[2]), _s(reply[3]) or None, [_s(i) for i in reply[4:]]
@@ -352,10 +396,18 @@ class StateStore:
         run: int,
         task_id: str | None = None,
         owner: str = "",
-        track: Sequence[str] = (),
+        send: Outgoing = NOTHING,
+        join: tuple[str, int] | None = None,
+        join_send: Outgoing = NOTHING,
+        enter: str | None = None,
         handoff: PlannedTask | None = None,
         max_handoffs: int = 0,
     ) -> CommitOutcome:
+        """Commit a step's result and send what follows it (see ``commit.lua``).
+
+        ``join``: (group, branches) when the step ends a branch; ``join_send`` then goes
+        only if this commit ends the last of them. ``enter``: the group ``send`` starts
+        (its count of ended branches starts again from zero)."""
         entry = HistoryEntry(
             event="step_completed" if result.status == TaskStatus.COMPLETED else "step_failed",
             step=result.step_id,
@@ -376,7 +428,8 @@ class StateStore:
             "run": run,
             "task_id": task_id or "",
             "owner": owner,
-            "track": list(track),
+            "join": {"group": join[0], "total": join[1]} if join else None,
+            "enter": enter,
             "now": entry.timestamp,
             "handoff_id": handoff.step_id if handoff else "",
             "max_handoffs": max_handoffs,
@@ -389,8 +442,33 @@ class StateStore:
             _stored(result),
             entry.model_dump_json(exclude_none=True),
             handoff.model_dump_json() if handoff else "",
+            send=send,
+            join=join_send,
         )
-        return CommitOutcome(_s(reply[0]), int(reply[1] or 0), _s(reply[2]))  # type: ignore[arg-type]
+        joined = len(reply) > 3 and bool(int(reply[3]))
+        return CommitOutcome(_s(reply[0]), int(reply[1] or 0), _s(reply[2]), joined)  # type: ignore[arg-type]
+
+    def send(
+        self,
+        workflow_id: str,
+        run: int,
+        send: Outgoing,
+        *,
+        replace: bool = False,
+        join: tuple[str, list[str]] | None = None,
+        join_send: Outgoing = NOTHING,
+    ) -> tuple[str, bool]:
+        """Send messages for a running workflow (resume, retry, re-dispatch); see send.lua.
+
+        ``join``: (group, its branches' end steps), to recount which have ended.
+        Returns ('ok' or the status that refused it, whether the aggregate was sent)."""
+        spec = {
+            "run": run,
+            "replace": replace,
+            "join": {"group": join[0], "ends": join[1]} if join else None,
+        }
+        reply = self._call("send", workflow_id, spec, send=send, join=join_send)
+        return _s(reply[0]), bool(int(reply[1]))
 
     def note(self, workflow_id: str, entry: HistoryEntry) -> None:
         """Append a history line that changes no state (an attempt, a compensation)."""
@@ -399,19 +477,6 @@ class StateStore:
         pipe.rpush(k.history, entry.model_dump_json(exclude_none=True))
         pipe.publish(k.events, dumps({"event": entry.event, "step": entry.step}))
         pipe.execute()
-
-    def track(self, workflow_id: str, task_ids: Sequence[str], *, replace: bool = False) -> None:
-        key = self.keys(workflow_id).tasks
-        pipe = self.redis.pipeline(transaction=True)
-        if replace:
-            pipe.delete(key)
-        if task_ids:
-            pipe.sadd(key, *task_ids)
-        pipe.execute()
-
-    def untrack(self, workflow_id: str, task_ids: Sequence[str]) -> None:
-        if task_ids:
-            self.redis.srem(self.keys(workflow_id).tasks, *task_ids)
 
     # ------------------------------------------------------------------ reads
 

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 import redis
-from celery.signals import before_task_publish, task_prerun
+from celery.signals import after_task_publish, task_prerun
 from pydantic import BaseModel, ConfigDict
 
 from agents.base import Agent, Handoff, StepInput
@@ -200,7 +200,7 @@ def hand(step: StepInput[HandParams]) -> Handoff:
     )
 
 
-@before_task_publish.connect
+@after_task_publish.connect
 def _record_message_size(
     body: Any = None, headers: Any = None, routing_key: str = "", **_: Any
 ) -> None:

@@ -16,7 +16,6 @@ from agents.registry import AgentRegistry, load_agents
 from orchestration.compiler import (
     AGGREGATE_TASK,
     CONTROL_QUEUE,
-    DISPATCH_TASK,
     FINISH_FAILURE_TASK,
 )
 from orchestration.settings import BatonSettings, get_settings
@@ -94,16 +93,12 @@ def create_app(
     def aggregate(task: Task, workflow_id: str, group_id: str, run: int = 1) -> dict[str, Any]:
         return engine_for(task.app, reg).run_aggregate(task, workflow_id, group_id, run)
 
-    def dispatch(task: Task, workflow_id: str, step_id: str, run: int = 1) -> None:
-        engine_for(task.app, reg).run_dispatch(task, workflow_id, step_id, run)
-
     def finish_failure(task: Task, workflow_id: str, run: int) -> None:
         engine_for(task.app, reg).finish_failure(workflow_id, run)
 
     for tt in reg.task_types():
         app.task(name=tt.celery_name, bind=True, shared=False)(step)
-    app.task(name=AGGREGATE_TASK, bind=True, shared=False)(aggregate)
-    app.task(name=DISPATCH_TASK, bind=True, shared=False, ignore_result=True)(dispatch)
+    app.task(name=AGGREGATE_TASK, bind=True, shared=False, ignore_result=True)(aggregate)
     app.task(name=FINISH_FAILURE_TASK, bind=True, shared=False, ignore_result=True)(finish_failure)
     return app
 

@@ -2,10 +2,10 @@
 
 A message holds ``(workflow_id, step_id, run)``. The runner loads the plan (cached) and
 the state (one round trip), runs the agent function, validates and commits the result
-with one compare-and-set script, and — when the step ends a segment or hands off —
-sends what comes next. Agent failures never escape as worker crashes: they are retried
-as the step allows, then become a FAILED ``TaskResult``; a failure that fails the
-workflow runs the saga (compensations in reverse order, then a state restore).
+with one compare-and-set script, which also sends what comes next (``workers/outbox.py``).
+Agent failures never escape as worker crashes: they are retried as the step allows,
+then become a FAILED ``TaskResult``; a failure that fails the workflow runs the saga
+(compensations in reverse order, then a state restore).
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
-from celery.canvas import Signature
-from celery.exceptions import Ignore
 from pydantic import ValidationError
 
 from agents.base import Handoff, StepInput, StepOutput, agent_queue
@@ -33,12 +31,11 @@ from agents.registry import AgentRegistry
 from orchestration.aggregate import aggregators
 from orchestration.compiler import (
     CONTROL_QUEUE,
-    DISPATCH_TASK,
-    _task_sig,
+    Next,
+    after,
     compensation_signature,
-    frozen_ids,
-    segment_signature,
-    signature_from,
+    entry,
+    step_signature,
 )
 from orchestration.errors import BatonError, StepFailed
 from orchestration.models import (
@@ -51,8 +48,9 @@ from orchestration.models import (
     WorkflowStatus,
     utcnow,
 )
-from orchestration.plan import Plan, PlannedGroup, PlannedTask, frontier, handoff_id
-from orchestration.store import Outcome, StateStore, StepState, dumps
+from orchestration.plan import PlannedGroup, PlannedTask, frontier, handoff_id
+from orchestration.store import Outcome, Outgoing, StateStore, StepState, dumps
+from workers.outbox import Sender
 
 log = logging.getLogger("baton.runner")
 
@@ -87,23 +85,21 @@ class Engine:
     registry: AgentRegistry
     lease_seconds: float = 30.0
     max_output_bytes: int = 64 * 2**20
+    sender: Sender = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sender = Sender(self.app)
 
     # ------------------------------------------------------------------ going on
 
-    def next_signature(
-        self, plan: Plan, workflow_id: str, step: PlannedTask | PlannedGroup, run: int
-    ) -> Signature | None:
-        """What a committed top-level (or inserted) step must send itself, if anything.
+    def outgoing(self, nxt: Next, parent_id: str | None = None) -> tuple[Outgoing, Outgoing]:
+        """``nxt``'s messages, and its aggregate's, ready for a script to send."""
+        join = [nxt.aggregate] if nxt.aggregate is not None else []
+        return self.sender.outgoing(nxt.sigs, parent_id), self.sender.outgoing(join, parent_id)
 
-        Steps inside one static chain need nothing: Celery sends their successor.
-        """
-        nxt = step.index + 1
-        if nxt >= plan.total_steps:
-            return None
-        dynamic = isinstance(step, PlannedTask) and step.dynamic
-        if dynamic or plan.starts_segment(nxt):
-            return segment_signature(self.app, plan, workflow_id, nxt, run)
-        return None
+    def sent(self, nxt: Next, joined: bool) -> None:
+        """After a script sent ``nxt``: publish it through Celery if the broker is not Redis."""
+        self.sender.publish([*nxt.sigs, *([nxt.aggregate] if joined and nxt.aggregate else [])])
 
     def next_step(self, workflow_id: str) -> str | None:
         """The first step (top-level or inserted) that has not completed."""
@@ -122,44 +118,31 @@ class Engine:
         return [agent_queue(self.store.task(workflow_id, step_id).agent_id)]
 
     def go_on(self, workflow_id: str, run: int) -> str | None:
-        """Send the canvas from the first step that has not completed (resume, retry)."""
+        """Send the workflow on from the first step that has not completed (resume, retry,
+        the reaper); what was outstanding before is superseded (lost, or dropped on arrival).
+        """
         plan = self.store.plan(workflow_id)
-        nxt = self.next_step(workflow_id)
+        results = self.store.results(workflow_id)
+        done = {s for s, r in results.items() if r.status == TaskStatus.COMPLETED}
+        nxt = frontier(plan, done, self.store.inserted(workflow_id))
         if nxt is None:
             return None
         node = next((n for n in plan.nodes if n.step_id == nxt), None)
-        if isinstance(node, PlannedGroup):
-            sig = self.app.signature(
-                DISPATCH_TASK,
-                args=(workflow_id, nxt, run),
-                immutable=True,
-                queue=CONTROL_QUEUE,
-                ignore_result=True,
-            )
-        else:
-            sig = signature_from(
-                self.app, plan, workflow_id, nxt, run, lambda sid: self.store.task(workflow_id, sid)
-            )
-        # What was outstanding before is superseded (lost, or dropped on arrival).
-        self.store.track(workflow_id, frozen_ids(sig), replace=True)
-        sig.apply_async()
+        what = entry(
+            self.app, plan, workflow_id, node or self.store.task(workflow_id, nxt), run, results
+        )
+        send, join_send = self.outgoing(what)
+        state, joined = self.store.send(
+            workflow_id,
+            run,
+            send,
+            replace=True,
+            join=(what.group, what.ends) if what.group else None,
+            join_send=join_send,
+        )
+        if state == "ok":
+            self.sent(what, joined)
         return nxt
-
-    def run_dispatch(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> None:
-        """Publish a segment on a client's behalf (a chord's header is published here)."""
-        if self.store.status_of(workflow_id) == S.RUNNING:
-            plan = self.store.plan(workflow_id)
-            sig = signature_from(
-                self.app,
-                plan,
-                workflow_id,
-                step_id,
-                run,
-                lambda sid: self.store.task(workflow_id, sid),
-            )
-            self.store.track(workflow_id, frozen_ids(sig))
-            sig.apply_async()
-        self.store.untrack(workflow_id, [ctask.request.id])
 
     # ------------------------------------------------------------------ steps
 
@@ -188,15 +171,9 @@ class Engine:
             lease_seconds=self.lease_seconds,
             task_id=ctask.request.id,
         )
-        in_chain = task.group is None and not task.dynamic
 
         def stop(status: str) -> dict[str, Any]:
             log.info("step %s of %s not run: %s", step_id, workflow_id, status)
-            if in_chain:
-                # The chain's later steps are not sent either: they are not outstanding.
-                rest = [s.get("options", {}).get("task_id") for s in ctask.request.chain or []]
-                self.store.untrack(workflow_id, [i for i in rest if i])
-                raise Ignore()
             return _envelope(workflow_id, step_id, status)
 
         if state.status == "committed":
@@ -281,13 +258,12 @@ class Engine:
             worker=worker,
         )
         top = task.group is None
-        nxt: Signature | None = None
-        if ok and top:
-            nxt = (
-                _task_sig(self.app, workflow_id, handoff, run)
-                if handoff
-                else self.next_signature(plan, workflow_id, task, run)
-            )
+        nxt = Next()
+        if handoff:
+            nxt = Next([step_signature(self.app, workflow_id, handoff, run)])
+        elif ok or not top:  # a failed member still ends its branch (the aggregate counts it)
+            nxt = after(self.app, plan, workflow_id, task, run)
+        send, join_send = self.outgoing(nxt, ctask.request.id)
         last = top and plan.is_last(task.index) and handoff is None
         outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
         commit = self.store.commit(
@@ -300,7 +276,10 @@ class Engine:
             run=run,
             task_id=ctask.request.id,
             owner=owner,
-            track=frozen_ids(nxt) if nxt else (),
+            send=send,
+            join=(nxt.group, len(nxt.ends)) if nxt.group and nxt.joins else None,
+            enter=nxt.group if nxt.group and not nxt.joins else None,
+            join_send=join_send,
             handoff=handoff,
             max_handoffs=plan.max_handoffs,
         )
@@ -312,10 +291,8 @@ class Engine:
                 raise StepFailed(
                     f"workflow {workflow_id} failed at {step_id}: {error or 'see history'}"
                 )
-        elif commit.status == S.RUNNING and nxt is not None:
-            nxt.apply_async()
-        if handoff is not None and in_chain:
-            raise Ignore()  # the inserted step goes next; it sends the rest of the chain
+        elif commit.status == S.RUNNING:
+            self.sent(nxt, commit.joined)
         return _envelope(workflow_id, step_id, "completed" if ok else "failed", error)
 
     @contextmanager
@@ -452,7 +429,8 @@ class Engine:
             finished_at=utcnow(),
             worker=ctask.request.hostname,
         )
-        nxt = self.next_signature(plan, workflow_id, node, run) if ok else None
+        nxt = after(self.app, plan, workflow_id, node, run) if ok else Next()
+        send, join_send = self.outgoing(nxt, ctask.request.id)
         outcome: Outcome = (
             "fail" if not ok else "complete" if plan.is_last(node.index) else "continue"
         )
@@ -465,12 +443,13 @@ class Engine:
             outcome=outcome,
             run=run,
             task_id=ctask.request.id,
-            track=frozen_ids(nxt) if nxt else (),
+            send=send,
+            enter=nxt.group,
         )
         if commit.committed and commit.status == S.COMPENSATING:
             self.fail_workflow(workflow_id, run)
-        elif commit.committed and commit.status == S.RUNNING and nxt is not None:
-            nxt.apply_async()
+        elif commit.committed and commit.status == S.RUNNING:
+            self.sent(nxt, False)
         return _envelope(workflow_id, group_id, "completed" if ok else "failed", error)
 
     # ------------------------------------------------------------------ the saga

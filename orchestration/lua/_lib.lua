@@ -5,6 +5,7 @@ local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KE
 local STEPS = KEYS[11]
 local N_WORKFLOW_KEYS = 11
 local INDEX, METRICS, ACTIVE = KEYS[12], KEYS[13], KEYS[14]
+local N_FIXED_KEYS = 14
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -63,6 +64,30 @@ local function track(ids)
   if ids and #ids > 0 then
     redis.call('SADD', TASKS, unpack(ids))
   end
+end
+
+-- Task messages that go with this change (workers/outbox.py). Their ids are tracked
+-- (for cancel to revoke); when the broker is this Redis, the messages themselves are
+-- sent here too: their queue keys (or event channels) follow the fixed KEYS and their
+-- payloads follow the script's own ARGV; spec.ops has one letter for each, 'l' (LPUSH
+-- onto a queue) or 'p' (PUBLISH an event). The first spec.sends always go, the next
+-- spec.joins when a group joins.
+local function push(ops, first, count)
+  local base = #ARGV - (#KEYS - N_FIXED_KEYS)
+  for i = first, first + count - 1 do
+    local cmd = string.sub(ops, i, i) == 'p' and 'PUBLISH' or 'LPUSH'
+    redis.call(cmd, KEYS[N_FIXED_KEYS + i], ARGV[base + i])
+  end
+end
+
+local function send(spec)
+  track(spec.track)
+  push(spec.ops or '', 1, spec.sends or 0)
+end
+
+local function send_join(spec)
+  track(spec.join_track)
+  push(spec.ops or '', (spec.sends or 0) + 1, spec.joins or 0)
 end
 
 -- Counters for Prometheus (the dashboard's /metrics): one hash for the whole prefix.

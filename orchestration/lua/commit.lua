@@ -3,9 +3,13 @@
 -- workflow, its final status. Compare-and-set: nothing is written unless the workflow
 -- is running (or paused) in the same run and the step has not been committed already;
 -- a refused commit is itself recorded in the history.
+-- What goes next is sent with it (see send() in _lib.lua) while the workflow runs: the
+-- next step, or, when spec.join names this step's group, the group's aggregate once
+-- this was the last of its branches to end.
 -- ARGV: spec {step, node, output_key, advance, outcome, now, error, retention, run,
---             task_id, track, handoff_id, max_handoffs, channel},
---       output_json, result_json, history_json, handoff_json
+--             task_id, track, sends, join, join_track, joins, enter, handoff_id,
+--             max_handoffs, channel},
+--       output_json, result_json, history_json, handoff_json, outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
 if not status then
@@ -29,7 +33,7 @@ end
 if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
   if spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner then
     -- This execution's own commit, replayed after a lost reply: report it as done.
-    return {'committed', tonumber(redis.call('HGET', META, 'version')), status}
+    return {'committed', tonumber(redis.call('HGET', META, 'version')), status, 0}
   end
   return refuse('duplicate')
 end
@@ -102,12 +106,25 @@ elseif outcome == 'complete' then
   redis.call('DEL', RUNNING)
   active(false)
   expire_all(spec.retention)
-elseif status == 'paused' and spec.advance then
-  redis.call('HSETNX', META, 'paused_at', spec.step)
+end
+local joined = 0
+if spec.join and outcome ~= 'fail' then
+  if redis.call('HINCRBY', STEPS, 'joined:' .. spec.join.group, 1) == spec.join.total then
+    joined = 1
+  end
 end
 if final == 'running' then
-  track(spec.track)
+  if spec.enter then
+    redis.call('HSET', STEPS, 'joined:' .. spec.enter, 0)
+  end
+  send(spec)
+  if joined == 1 then
+    send_join(spec)
+  end
   active(true)
+elseif final == 'paused' and (#(spec.track or {}) > 0 or joined == 1) then
+  -- What would go next is held back: resume sends it.
+  redis.call('HSETNX', META, 'paused_at', spec.step)
 end
 publish(spec.channel, {event = 'committed', step = spec.step, version = version, status = final})
-return {'committed', version, final}
+return {'committed', version, final, joined}

@@ -1,5 +1,7 @@
 -- Create a workflow once; an existing id is left untouched (safe client retries).
--- ARGV: spec {workflow_id, name, now, total_steps, score}, plan_json, history_json
+-- With spec.start it is started in the same step: running, its first messages sent.
+-- ARGV: spec {workflow_id, name, now, total_steps, score, start, deadline_at, track,
+--             sends, channel}, plan_json, history_json, outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 if redis.call('EXISTS', META) == 1 then
   return 0
@@ -10,4 +12,15 @@ redis.call('HSET', META, 'workflow_id', spec.workflow_id, 'name', spec.name, 'st
 redis.call('SET', PLAN, ARGV[2])
 redis.call('ZADD', INDEX, spec.score, spec.workflow_id)
 redis.call('RPUSH', HISTORY, ARGV[3])
+if spec.start then
+  redis.call('HSET', META, 'status', 'running')
+  if spec.deadline_at then
+    redis.call('HSET', META, 'deadline_at', spec.deadline_at)
+  end
+  count_workflow('started')
+  history({event = 'workflow_started', status = 'running', timestamp = spec.now})
+  send(spec)
+  active(true)
+  publish(spec.channel, {event = 'status', status = 'running'})
+end
 return 1

@@ -1,6 +1,7 @@
 -- Change a workflow's status if it is one of spec.from. Returns
 -- {state, old status, run, paused_at, outstanding task ids...}.
--- ARGV: spec {from, to, now, event, channel, track, bump_run, clear_paused, error, retention}
+-- ARGV: spec {from, to, now, event, channel, track, sends, bump_run, clear_paused, error,
+--             retention}, outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 local status, refusal = status_among(spec.from)
 if refusal then
@@ -24,7 +25,7 @@ end
 if spec.deadline_at then
   redis.call('HSET', META, 'deadline_at', spec.deadline_at)
 end
-track(spec.track)
+send(spec)
 active(spec.to == 'running' or spec.to == 'compensating')
 local reply = {'ok', status, run, paused_at}
 if spec.to == 'cancelled' then
