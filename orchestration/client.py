@@ -236,8 +236,10 @@ class WorkflowOrchestrator:
         for events in self.store.subscribe([workflow_id]):
             if events and not any(e.get("status") in terminal for e in events):
                 continue
-            if self.store.status_of(workflow_id).is_terminal:
-                return self.get_context(workflow_id)
+            if events or self.store.status_of(workflow_id).is_terminal:
+                ctx = self.get_context(workflow_id)
+                if ctx.status.is_terminal:  # (else it was retried meanwhile: wait on)
+                    return ctx
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkflowTimeout(f"workflow {workflow_id} still not finished after {timeout}s")
         raise AssertionError("unreachable: the subscription never ends")
@@ -252,6 +254,7 @@ class WorkflowOrchestrator:
         if self._embedded:
             self._embedded.stop()
             self._embedded = None
+        self.store.close()
         self.redis.close()
 
     def __enter__(self) -> WorkflowOrchestrator:

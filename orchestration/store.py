@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,7 @@ class StateStore:
             for name in ("create", "transition", "begin", "commit", "restore", "lease", "send")
         }
         self._plans: dict[str, Plan] = {}
+        self._local = threading.local()
 
     def keys(self, workflow_id: str) -> WorkflowKeys:
         return WorkflowKeys(self.prefix, workflow_id)
@@ -506,10 +508,13 @@ class StateStore:
         """The workflow's state now, or as it was at checkpoint ``version``."""
         k = self.keys(workflow_id)
         pipe = self.redis.pipeline(transaction=False)
-        for key in (k.meta, k.data, k.results, k.versions, k.archive):
+        past = (k.versions, k.archive) if version is not None else ()  # only for the past
+        for key in (k.meta, k.data, k.results, *past):
             pipe.hgetall(key)
         pipe.lrange(k.history, 0, -1)
-        meta_raw, data, results, versions_raw, archive, history_raw = pipe.execute()
+        meta_raw, data, results, *rest = pipe.execute()
+        versions_raw, archive = rest[:-1] if past else ({}, {})
+        history_raw = rest[-1]
         if not meta_raw:
             raise WorkflowNotFound(workflow_id)
         meta = {_s(key): _s(v) for key, v in meta_raw.items()}
@@ -635,20 +640,46 @@ class StateStore:
         A pub/sub subscription, not polling: a caller re-reads state after each yield.
         The subscription is made before the first yield, so no change can slip between
         a caller's read and its wait. A quiet second also yields, for deadlines.
+        Each thread keeps its pub/sub connection between calls (a new one costs a connect
+        and a handshake, more than the whole wait when the workflow is done already).
         """
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(*[self.keys(w).events for w in workflow_ids])
+        channels = {self.keys(w).events for w in workflow_ids}
+        local = self._local
+        pubsub = getattr(local, "pubsub", None)
+        if pubsub is None:
+            pubsub = local.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        kept = pubsub is local.pubsub and not getattr(local, "busy", False)
+        if not kept:  # this thread's is in use by another subscription: one of its own
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        local.busy = True
+        pubsub.subscribe(*channels)
         try:
             yield []
             while True:
                 events: list[dict[str, Any]] = []
                 message = pubsub.get_message(timeout=1.0)
                 while message is not None:  # drain what else arrived; the caller reads once
-                    events.append(json.loads(message["data"]))
+                    if _s(message["channel"]) in channels:  # not a late one of a past call
+                        events.append(json.loads(message["data"]))
                     message = pubsub.get_message(timeout=0)
                 yield events
         finally:
+            if kept:
+                local.busy = False
+                try:
+                    pubsub.unsubscribe(*channels)
+                except redis.RedisError:
+                    pubsub.close()
+                    local.pubsub = None
+            else:
+                pubsub.close()
+
+    def close(self) -> None:
+        """Close this thread's kept pub/sub connection."""
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is not None:
             pubsub.close()
+            self._local.pubsub = None
 
 
 def step_sort_key(step_id: str) -> tuple[int, ...]:

@@ -76,6 +76,44 @@ def _envelope(
     ).model_dump()
 
 
+class LeaseKeeper:
+    """Renews the leases of the steps this process is running, so that a redelivered copy
+    waits for them; one thread for the process, not one per step."""
+
+    def __init__(self, store: StateStore, seconds: float) -> None:
+        self.store, self.seconds = store, seconds
+        self._held: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def holding(self, workflow_id: str, step_id: str, owner: str) -> Iterator[None]:
+        with self._lock:
+            self._held[(workflow_id, step_id)] = owner
+            if self._thread is None or not self._thread.is_alive():  # a fork has none
+                self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop((workflow_id, step_id), None)
+
+    def _run(self) -> None:
+        tick = threading.Event()
+        while not tick.wait(self.seconds / 3):
+            with self._lock:
+                held = list(self._held.items())
+            for (workflow_id, step_id), owner in held:
+                try:
+                    if not self.store.lease(workflow_id, step_id, owner, self.seconds):
+                        with self._lock:  # lost (its commit came, or another took it over)
+                            if self._held.get((workflow_id, step_id)) == owner:
+                                del self._held[(workflow_id, step_id)]
+                except Exception as exc:  # Redis away for a moment: the next beat retries
+                    log.warning("lease renewal for %s %s failed: %s", workflow_id, step_id, exc)
+
+
 @dataclass
 class Engine:
     """Per-process engine: one Celery app, one state store, the agent registry."""
@@ -86,9 +124,11 @@ class Engine:
     lease_seconds: float = 30.0
     max_output_bytes: int = 64 * 2**20
     sender: Sender = field(init=False)
+    leases: LeaseKeeper = field(init=False)
 
     def __post_init__(self) -> None:
         self.sender = Sender(self.app)
+        self.leases = LeaseKeeper(self.store, self.lease_seconds)
 
     # ------------------------------------------------------------------ going on
 
@@ -198,7 +238,7 @@ class Engine:
             error = f"skipped: upstream step {task.after} did not complete"
         else:
             try:
-                with self._heartbeat(workflow_id, step_id, owner):
+                with self.leases.holding(workflow_id, step_id, owner):
                     output, output_json = self._call_agent(workflow_id, task, state)
             except SoftTimeLimitExceeded:
                 error = f"TimeoutError: step exceeded its timeout of {task.timeout}s"
@@ -294,27 +334,6 @@ class Engine:
         elif commit.status == S.RUNNING:
             self.sent(nxt, commit.joined)
         return _envelope(workflow_id, step_id, "completed" if ok else "failed", error)
-
-    @contextmanager
-    def _heartbeat(self, workflow_id: str, step_id: str, owner: str) -> Iterator[None]:
-        """Renew the step's lease while the agent works, so a redelivery waits for it."""
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(self.lease_seconds / 3):
-                try:
-                    if not self.store.lease(workflow_id, step_id, owner, self.lease_seconds):
-                        return
-                except Exception as exc:  # Redis away for a moment: the next beat retries
-                    log.warning("lease renewal for %s %s failed: %s", workflow_id, step_id, exc)
-
-        thread = threading.Thread(target=beat, name=f"lease-{step_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join(timeout=5)
 
     def _call_agent(
         self, workflow_id: str, task: PlannedTask, state: StepState
