@@ -96,7 +96,7 @@ class WorkflowOrchestrator:
             created = self.store.create(
                 wid,
                 plan,
-                start=self._engine.outgoing(first)[0] if first else None,
+                start=self._engine.outgoing(first) if first else None,
                 deadline_at=self._deadline(plan),
             )
         except redis.RedisError as exc:
@@ -109,7 +109,7 @@ class WorkflowOrchestrator:
             plan.total_steps,
         )
         if created and first is not None:
-            self._engine.sent(first, joined=False)
+            self._engine.sent(first)
         return wid, created
 
     @staticmethod
@@ -125,11 +125,11 @@ class WorkflowOrchestrator:
             [S.CREATED],
             S.RUNNING,
             event="workflow_started",
-            send=self._engine.outgoing(first)[0],
+            send=self._engine.outgoing(first),
             deadline_at=self._deadline(plan),
         )
         try:
-            self._engine.sent(first, joined=False)
+            self._engine.sent(first)
         except Exception:
             # Nothing was enqueued: put the workflow back so it can be started again.
             self.store.transition(workflow_id, [S.RUNNING], S.CREATED, event="start_failed")

@@ -90,6 +90,8 @@ class Outgoing:
 
     ids: list[str] = field(default_factory=list)
     pushes: list[tuple[str, str, str]] = field(default_factory=list)
+    group: str | None = None  # the group these messages start; then ``aggregate`` is its
+    aggregate: Outgoing | None = None  # aggregate's, kept until the last branch ends
 
 
 NOTHING = Outgoing()
@@ -100,7 +102,8 @@ class CommitOutcome:
     state: Literal["committed", "duplicate", "not_running", "stale", "missing"]
     version: int = 0
     status: str = ""
-    joined: bool = False  # this commit ended its group's last branch: the aggregate was sent
+    aggregate_id: str = ""  # this commit ended its group's last branch: the aggregate sent
+    aggregate_message: str = ""  # (its message, on the Redis broker)
 
     @property
     def committed(self) -> bool:
@@ -139,9 +142,9 @@ class StateStore:
         spec: dict[str, Any],
         *args: str,
         send: Outgoing = NOTHING,
-        join: Outgoing = NOTHING,
     ) -> Any:
         k = self.keys(workflow_id)
+        join = send.aggregate or NOTHING
         spec = {
             "channel": k.events,
             "now": utcnow(),
@@ -151,6 +154,7 @@ class StateStore:
             "join_track": join.ids,
             "joins": len(join.pushes),
             "ops": "".join(op for op, _, _ in [*send.pushes, *join.pushes]),
+            "arm": send.group,
             **spec,
         }
         spec = {key: v for key, v in spec.items() if v is not None}  # cjson.null is truthy in Lua
@@ -400,16 +404,13 @@ class StateStore:
         owner: str = "",
         send: Outgoing = NOTHING,
         join: tuple[str, int] | None = None,
-        join_send: Outgoing = NOTHING,
-        enter: str | None = None,
         handoff: PlannedTask | None = None,
         max_handoffs: int = 0,
     ) -> CommitOutcome:
         """Commit a step's result and send what follows it (see ``commit.lua``).
 
-        ``join``: (group, branches) when the step ends a branch; ``join_send`` then goes
-        only if this commit ends the last of them. ``enter``: the group ``send`` starts
-        (its count of ended branches starts again from zero)."""
+        ``join``: (group, branches) when the step ends a branch of a group: the last of
+        them sends the group's aggregate."""
         entry = HistoryEntry(
             event="step_completed" if result.status == TaskStatus.COMPLETED else "step_failed",
             step=result.step_id,
@@ -431,7 +432,6 @@ class StateStore:
             "task_id": task_id or "",
             "owner": owner,
             "join": {"group": join[0], "total": join[1]} if join else None,
-            "enter": enter,
             "now": entry.timestamp,
             "handoff_id": handoff.step_id if handoff else "",
             "max_handoffs": max_handoffs,
@@ -445,10 +445,9 @@ class StateStore:
             entry.model_dump_json(exclude_none=True),
             handoff.model_dump_json() if handoff else "",
             send=send,
-            join=join_send,
         )
-        joined = len(reply) > 3 and bool(int(reply[3]))
-        return CommitOutcome(_s(reply[0]), int(reply[1] or 0), _s(reply[2]), joined)  # type: ignore[arg-type]
+        aggregate = (_s(reply[3]), _s(reply[4])) if len(reply) > 4 else ("", "")
+        return CommitOutcome(_s(reply[0]), int(reply[1] or 0), _s(reply[2]), *aggregate)  # type: ignore[arg-type]
 
     def send(
         self,
@@ -457,20 +456,16 @@ class StateStore:
         send: Outgoing,
         *,
         replace: bool = False,
-        join: tuple[str, list[str]] | None = None,
-        join_send: Outgoing = NOTHING,
-    ) -> tuple[str, bool]:
+        ends: Sequence[str] = (),
+    ) -> tuple[str, str, str]:
         """Send messages for a running workflow (resume, retry, re-dispatch); see send.lua.
 
-        ``join``: (group, its branches' end steps), to recount which have ended.
-        Returns ('ok' or the status that refused it, whether the aggregate was sent)."""
-        spec = {
-            "run": run,
-            "replace": replace,
-            "join": {"group": join[0], "ends": join[1]} if join else None,
-        }
-        reply = self._call("send", workflow_id, spec, send=send, join=join_send)
-        return _s(reply[0]), bool(int(reply[1]))
+        ``ends``: when ``send`` starts a group, its branches' last steps, to count which
+        have ended. Returns ('ok' or the status that refused it, and the aggregate's id and
+        message if it was sent too)."""
+        spec = {"run": run, "replace": replace, "ends": list(ends)}
+        reply = self._call("send", workflow_id, spec, send=send)
+        return _s(reply[0]), _s(reply[1]), _s(reply[2])
 
     def note(self, workflow_id: str, entry: HistoryEntry) -> None:
         """Append a history line that changes no state (an attempt, a compensation)."""

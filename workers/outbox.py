@@ -19,6 +19,7 @@ message-size logs) see every message: ``before_task_publish`` as the message is 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import uuid
 from collections.abc import Sequence
@@ -92,6 +93,17 @@ class Sender:
                 after_task_publish.send(
                     sender=name, body=body, headers=headers, exchange="", routing_key=queue
                 )
+
+    def announce(self, payload: str) -> None:
+        """Fire ``after_task_publish`` for a message built elsewhere and sent by a script."""
+        if after_task_publish.receivers:
+            envelope = json.loads(payload)
+            body = json.loads(base64.b64decode(envelope["body"]))
+            headers = envelope["headers"]
+            queue = envelope["properties"]["delivery_info"]["routing_key"]
+            after_task_publish.send(
+                sender=headers["task"], body=body, headers=headers, exchange="", routing_key=queue
+            )
 
     def _encode(self, sig: Signature, parent_id: str | None) -> list[tuple[str, str, str]]:
         """The kombu envelope of ``sig`` as the Redis transport stores it, with its list key,

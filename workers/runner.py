@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -132,14 +132,25 @@ class Engine:
 
     # ------------------------------------------------------------------ going on
 
-    def outgoing(self, nxt: Next, parent_id: str | None = None) -> tuple[Outgoing, Outgoing]:
-        """``nxt``'s messages, and its aggregate's, ready for a script to send."""
-        join = [nxt.aggregate] if nxt.aggregate is not None else []
-        return self.sender.outgoing(nxt.sigs, parent_id), self.sender.outgoing(join, parent_id)
+    def outgoing(self, nxt: Next, parent_id: str | None = None) -> Outgoing:
+        """``nxt``'s messages ready for a script to send (a group's aggregate with them)."""
+        out = self.sender.outgoing(nxt.sigs, parent_id)
+        if nxt.group and nxt.aggregate is not None and not nxt.joins:
+            aggregate = self.sender.outgoing([nxt.aggregate], parent_id)
+            out = replace(out, group=nxt.group, aggregate=aggregate)
+        return out
 
-    def sent(self, nxt: Next, joined: bool) -> None:
-        """After a script sent ``nxt``: publish it through Celery if the broker is not Redis."""
-        self.sender.publish([*nxt.sigs, *([nxt.aggregate] if joined and nxt.aggregate else [])])
+    def sent(self, nxt: Next, aggregate_id: str = "", aggregate_message: str = "") -> None:
+        """After a script sent ``nxt``: publish it through Celery if the broker is not Redis.
+
+        ``aggregate_id``: the script sent the group's aggregate too (armed when the group
+        started, so this process did not build it: on Redis, ``aggregate_message`` is it)."""
+        sigs = list(nxt.sigs)
+        if aggregate_id and nxt.aggregate is not None and not self.sender.inline:
+            sigs.append(nxt.aggregate.set(task_id=aggregate_id))
+        self.sender.publish(sigs)
+        if aggregate_message:
+            self.sender.announce(aggregate_message)
 
     def next_step(self, workflow_id: str) -> str | None:
         """The first step (top-level or inserted) that has not completed."""
@@ -171,17 +182,11 @@ class Engine:
         what = entry(
             self.app, plan, workflow_id, node or self.store.task(workflow_id, nxt), run, results
         )
-        send, join_send = self.outgoing(what)
-        state, joined = self.store.send(
-            workflow_id,
-            run,
-            send,
-            replace=True,
-            join=(what.group, what.ends) if what.group else None,
-            join_send=join_send,
+        state, *aggregate = self.store.send(
+            workflow_id, run, self.outgoing(what), replace=True, ends=what.ends
         )
         if state == "ok":
-            self.sent(what, joined)
+            self.sent(what, *aggregate)
         return nxt
 
     # ------------------------------------------------------------------ steps
@@ -303,7 +308,7 @@ class Engine:
             nxt = Next([step_signature(self.app, workflow_id, handoff, run)])
         elif ok or not top:  # a failed member still ends its branch (the aggregate counts it)
             nxt = after(self.app, plan, workflow_id, task, run)
-        send, join_send = self.outgoing(nxt, ctask.request.id)
+        send = self.outgoing(nxt, ctask.request.id)
         last = top and plan.is_last(task.index) and handoff is None
         outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
         commit = self.store.commit(
@@ -318,8 +323,6 @@ class Engine:
             owner=owner,
             send=send,
             join=(nxt.group, len(nxt.ends)) if nxt.group and nxt.joins else None,
-            enter=nxt.group if nxt.group and not nxt.joins else None,
-            join_send=join_send,
             handoff=handoff,
             max_handoffs=plan.max_handoffs,
         )
@@ -332,7 +335,7 @@ class Engine:
                     f"workflow {workflow_id} failed at {step_id}: {error or 'see history'}"
                 )
         elif commit.status == S.RUNNING:
-            self.sent(nxt, commit.joined)
+            self.sent(nxt, commit.aggregate_id, commit.aggregate_message)
         return _envelope(workflow_id, step_id, "completed" if ok else "failed", error)
 
     def _call_agent(
@@ -449,7 +452,7 @@ class Engine:
             worker=ctask.request.hostname,
         )
         nxt = after(self.app, plan, workflow_id, node, run) if ok else Next()
-        send, join_send = self.outgoing(nxt, ctask.request.id)
+        send = self.outgoing(nxt, ctask.request.id)
         outcome: Outcome = (
             "fail" if not ok else "complete" if plan.is_last(node.index) else "continue"
         )
@@ -463,12 +466,11 @@ class Engine:
             run=run,
             task_id=ctask.request.id,
             send=send,
-            enter=nxt.group,
         )
         if commit.committed and commit.status == S.COMPENSATING:
             self.fail_workflow(workflow_id, run)
         elif commit.committed and commit.status == S.RUNNING:
-            self.sent(nxt, False)
+            self.sent(nxt)
         return _envelope(workflow_id, group_id, "completed" if ok else "failed", error)
 
     # ------------------------------------------------------------------ the saga

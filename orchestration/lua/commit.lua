@@ -4,11 +4,12 @@
 -- is running (or paused) in the same run and the step has not been committed already;
 -- a refused commit is itself recorded in the history.
 -- What goes next is sent with it (see send() in _lib.lua) while the workflow runs: the
--- next step, or, when spec.join names this step's group, the group's aggregate once
--- this was the last of its branches to end.
+-- next step or group, or, when spec.join names this step's group, the group's aggregate
+-- once this was the last of its branches to end. Returns {state, version, status,
+-- the id and message of the aggregate it sent, or '', ''}.
 -- ARGV: spec {step, node, output_key, advance, outcome, now, error, retention, run,
---             task_id, track, sends, join, join_track, joins, enter, handoff_id,
---             max_handoffs, channel},
+--             task_id, track, sends, ops, join {group, total}, arm, join_track, joins,
+--             handoff_id, max_handoffs, channel},
 --       output_json, result_json, history_json, handoff_json, outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
@@ -33,7 +34,7 @@ end
 if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
   if spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner then
     -- This execution's own commit, replayed after a lost reply: report it as done.
-    return {'committed', tonumber(redis.call('HGET', META, 'version')), status, 0}
+    return {'committed', tonumber(redis.call('HGET', META, 'version')), status, ''}
   end
   return refuse('duplicate')
 end
@@ -107,24 +108,20 @@ elseif outcome == 'complete' then
   active(false)
   expire_all(spec.retention)
 end
-local joined = 0
+local joined = false
 if spec.join and outcome ~= 'fail' then
-  if redis.call('HINCRBY', STEPS, 'joined:' .. spec.join.group, 1) == spec.join.total then
-    joined = 1
-  end
+  joined = redis.call('HINCRBY', STEPS, 'joined:' .. spec.join.group, 1) == spec.join.total
 end
+local aggregate, message = '', ''
 if final == 'running' then
-  if spec.enter then
-    redis.call('HSET', STEPS, 'joined:' .. spec.enter, 0)
-  end
   send(spec)
-  if joined == 1 then
-    send_join(spec)
+  if joined then
+    aggregate, message = fire(spec.join.group)
   end
   active(true)
-elseif final == 'paused' and (#(spec.track or {}) > 0 or joined == 1) then
+elseif final == 'paused' and (#(spec.track or {}) > 0 or joined) then
   -- What would go next is held back: resume sends it.
   redis.call('HSETNX', META, 'paused_at', spec.step)
 end
 publish(spec.channel, {event = 'committed', step = spec.step, version = version, status = final})
-return {'committed', version, final, joined}
+return {'committed', version, final, aggregate, message}

@@ -1,38 +1,37 @@
 -- Send a workflow's next messages from where it stands (resume, retry, the reaper's
 -- re-dispatch), if it is running in spec.run; with spec.replace, what was tracked as
--- outstanding before is superseded. With spec.join (a group), the group's join counter
--- is first set to how many of its branches have already ended (spec.join.ends), and the
--- aggregate goes too when all of them have. Returns {'ok' | status | 'missing', joined}.
--- ARGV: spec {run, replace, track, sends, join {group, ends}, join_track, joins},
+-- outstanding before is superseded. Sending a group (spec.arm), its count of ended
+-- branches is set to how many have already ended (spec.ends), and its aggregate goes
+-- too when all of them have. Returns {'ok' | status | 'missing', aggregate id or '',
+-- its message or ''}.
+-- ARGV: spec {run, replace, track, sends, ops, arm, ends, join_track, joins},
 --       outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
 if not status then
-  return {'missing', 0}
+  return {'missing', ''}
 end
 if status ~= 'running' or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
-  return {status, 0}
+  return {status, ''}
 end
 if spec.replace then
   redis.call('DEL', TASKS)
 end
 send(spec)
-local joined = 0
-if spec.join then
+local aggregate, message = '', ''
+if spec.arm then
   local ended = 0
-  local ends = spec.join.ends
-  if #ends > 0 then
-    for _, v in ipairs(redis.call('HMGET', RESULTS, unpack(ends))) do
+  if #spec.ends > 0 then
+    for _, v in ipairs(redis.call('HMGET', RESULTS, unpack(spec.ends))) do
       if v then
         ended = ended + 1
       end
     end
   end
-  redis.call('HSET', STEPS, 'joined:' .. spec.join.group, ended)
-  if ended == #ends then
-    send_join(spec)
-    joined = 1
+  redis.call('HSET', STEPS, 'joined:' .. spec.arm, ended)
+  if ended == #spec.ends then
+    aggregate, message = fire(spec.arm)
   end
 end
 active(true)
-return {'ok', joined}
+return {'ok', aggregate, message}
