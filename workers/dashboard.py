@@ -331,17 +331,19 @@ def _le(raw: str) -> float:
         return math.inf
 
 
+STEP_BUCKETS = ("0.05", "0.25", "1", "5", "30", "120", "600")  # as BUCKETS in lua/_lib.lua
+
+
 def render_metrics(counters: dict[str, float]) -> str:
     """The metrics hash in Prometheus' text exposition format (version 0.0.4).
 
-    Buckets are stored cumulatively already (an observation increments every bucket whose
-    ``le`` is at least its duration), so a bucket no observation reached is simply absent:
-    it is written as 0, and ``+Inf`` is the count.
+    Each observation is stored in one bucket only (the first whose ``le`` holds it, or
+    ``+Inf``: one increment per step instead of one per bucket); Prometheus' cumulative
+    buckets and the count are their running sums, made here.
     """
     workflows: dict[str, float] = {}
     steps: dict[tuple[str, str, str], float] = {}
     sums: dict[tuple[str, str], float] = {}
-    counts: dict[tuple[str, str], float] = {}
     buckets: dict[tuple[str, str], dict[str, float]] = {}
     bounds: set[str] = set()
     for name, value in counters.items():
@@ -352,11 +354,10 @@ def render_metrics(counters: dict[str, float]) -> str:
             steps[(parts[0], parts[1], parts[2])] = value
         elif kind == "step_seconds_sum" and len(parts) == 2:
             sums[(parts[0], parts[1])] = value
-        elif kind == "step_seconds_count" and len(parts) == 2:
-            counts[(parts[0], parts[1])] = value
-        elif kind == "step_seconds_bucket" and len(parts) == 3:
+        elif kind == "step_seconds_in" and len(parts) == 3:
             buckets.setdefault((parts[0], parts[1]), {})[parts[2]] = value
             bounds.add(parts[2])
+    bounds |= set(STEP_BUCKETS)
     les = sorted((b for b in bounds if math.isfinite(_le(b))), key=_le)
 
     out: list[str] = []
@@ -375,12 +376,14 @@ def render_metrics(counters: dict[str, float]) -> str:
         out.append(f"baton_steps_total{labels} {_num(value)}")
     head("baton_step_duration_seconds")
     metric = "baton_step_duration_seconds"
-    for agent, task in sorted(set(counts) | set(sums)):
+    for agent, task in sorted(set(buckets) | set(sums)):
         got = buckets.get((agent, task), {})
-        count = counts.get((agent, task), 0.0)
+        count = sum(got.values())
+        below = 0.0
         for le in les:
+            below += got.get(le, 0.0)
             labels = _labels(agent=agent, task_type=task, le=_num(_le(le)))
-            out.append(f"{metric}_bucket{labels} {_num(got.get(le, 0.0))}")
+            out.append(f"{metric}_bucket{labels} {_num(below)}")
         labels = _labels(agent=agent, task_type=task, le="+Inf")
         out.append(f"{metric}_bucket{labels} {_num(count)}")
         labels = _labels(agent=agent, task_type=task)

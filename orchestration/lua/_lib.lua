@@ -125,13 +125,17 @@ local function observe_step(agent, task_type, status, seconds)
   if not METRICS then
     return
   end
+  -- One bucket per observation (the first whose bound holds it; '+Inf' past the last):
+  -- /metrics sums them into Prometheus' cumulative buckets and count when it renders.
   local label = agent .. '|' .. task_type
-  redis.call('HINCRBY', METRICS, 'steps_total|' .. label .. '|' .. status, 1)
-  redis.call('HINCRBYFLOAT', METRICS, 'step_seconds_sum|' .. label, seconds)
-  redis.call('HINCRBY', METRICS, 'step_seconds_count|' .. label, 1)
+  local bucket = '+Inf'
   for _, le in ipairs(BUCKETS) do
     if seconds <= le then
-      redis.call('HINCRBY', METRICS, 'step_seconds_bucket|' .. label .. '|' .. le, 1)
+      bucket = le
+      break
     end
   end
+  redis.call('HINCRBY', METRICS, 'steps_total|' .. label .. '|' .. status, 1)
+  redis.call('HINCRBYFLOAT', METRICS, 'step_seconds_sum|' .. label, seconds)
+  redis.call('HINCRBY', METRICS, 'step_seconds_in|' .. label .. '|' .. bucket, 1)
 end

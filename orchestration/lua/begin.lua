@@ -7,11 +7,12 @@
 -- ARGV: spec {step, running_json, run, channel, owner, worker, lease_ms, now, task_id,
 --             data_keys (absent: all), fields, inserted_before}
 local spec = cjson.decode(ARGV[1])
-local status = redis.call('HGET', META, 'status')
+local meta = redis.call('HMGET', META, 'status', 'run')
+local status = meta[1]
 if not status then
   return {'missing', 0}
 end
-if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
+if tonumber(meta[2]) ~= spec.run then
   return {'stale', 0}
 end
 if redis.call('HEXISTS', RESULTS, spec.step) == 1 then

@@ -61,27 +61,31 @@ if outcome == 'fail' and err ~= spec.error then
   result = cjson.encode(r)
 end
 redis.call('HSET', RESULTS, spec.step, result)
-redis.call('HSET', VERSIONS, 'r:' .. spec.step, version)
+local written = {'r:' .. spec.step, version}  -- the version that wrote each item
 if spec.output_key ~= '' and outcome ~= 'fail' then
   redis.call('HSET', DATA, spec.output_key, ARGV[2])
-  redis.call('HSET', VERSIONS, 'd:' .. spec.output_key, version)
+  table.insert(written, 'd:' .. spec.output_key)
+  table.insert(written, version)
   table.insert(changed, 'data:' .. spec.output_key)
 end
 if spec.handoff_id ~= '' and outcome ~= 'fail' then
   redis.call('HSET', DYNAMIC, spec.handoff_id, ARGV[5])
-  redis.call('HSET', VERSIONS, 'h:' .. spec.handoff_id, version)
+  table.insert(written, 'h:' .. spec.handoff_id)
+  table.insert(written, version)
   redis.call('HINCRBY', META, 'total_steps', 1)
   table.insert(changed, 'step:' .. spec.handoff_id)
 end
 if spec.advance and outcome ~= 'fail' then
   redis.call('HINCRBY', META, 'current_step', 1)
-  redis.call('HSET', VERSIONS, 'b:' .. spec.node, version)
+  table.insert(written, 'b:' .. spec.node)
+  table.insert(written, version)
 end
+redis.call('HSET', VERSIONS, unpack(written))
 redis.call('HDEL', RUNNING, spec.step)
-redis.call('HDEL', STEPS, 'lease:' .. spec.step)
 if spec.owner ~= '' then
   redis.call('HSET', STEPS, 'owner:' .. spec.step, spec.owner)
 end
+redis.call('HDEL', STEPS, 'lease:' .. spec.step)
 if spec.task_id ~= '' then
   redis.call('SREM', TASKS, spec.task_id)
 end
