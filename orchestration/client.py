@@ -228,12 +228,13 @@ class WorkflowOrchestrator:
     def wait(self, workflow_id: str, timeout: float | None = None) -> WorkflowContext:
         """Block until the workflow completes, fails or is cancelled.
 
-        Woken by the commit's pub/sub event, not by polling: the status is read again
-        only when an event says it changed to a terminal one (and once a quiet second).
+        Woken by pub/sub, not by polling: it listens to the workflow's status channel only
+        (not every step's events), and reads the state again when an event says the status
+        became a terminal one (and once a quiet second).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         terminal = {s.value for s in WorkflowStatus if s.is_terminal}
-        for events in self.store.subscribe([workflow_id]):
+        for events in self.store.subscribe([workflow_id], statuses_only=True):
             if events and not any(e.get("status") in terminal for e in events):
                 continue
             if events or self.store.status_of(workflow_id).is_terminal:

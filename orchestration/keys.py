@@ -78,8 +78,15 @@ class WorkflowKeys:
 
     @property
     def events(self) -> str:
-        """Pub/sub channel: one message per committed change (wakes ``wait``)."""
+        """Pub/sub channel: one message per change, a step starting included (for ``watch``
+        and the dashboard)."""
         return f"{self._base}:events"
+
+    @property
+    def statuses(self) -> str:
+        """Pub/sub channel: one message per change of the workflow's status (wakes ``wait``,
+        which has no use for the rest)."""
+        return f"{self._base}:status"
 
     def all(self) -> list[str]:
         """Every key of the workflow, in the order the Lua scripts expect (``_lib.lua``)."""

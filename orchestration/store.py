@@ -147,6 +147,7 @@ class StateStore:
         join = send.aggregate or NOTHING
         spec = {
             "channel": k.events,
+            "status_channel": k.statuses,
             "now": utcnow(),
             "retention": self.retention,
             "track": send.ids,
@@ -629,8 +630,12 @@ class StateStore:
             self.redis.zrem(index_key(self.prefix), *gone)
         return [wid for wid, ok in zip(ids, alive, strict=True) if ok]
 
-    def subscribe(self, workflow_ids: list[str]) -> Generator[list[dict[str, Any]], None, None]:
+    def subscribe(
+        self, workflow_ids: list[str], *, statuses_only: bool = False
+    ) -> Generator[list[dict[str, Any]], None, None]:
         """Yield at start (no events), after changes (their events), and after a quiet second.
+
+        ``statuses_only``: only changes of the workflows' status wake the caller.
 
         A pub/sub subscription, not polling: a caller re-reads state after each yield.
         The subscription is made before the first yield, so no change can slip between
@@ -638,7 +643,9 @@ class StateStore:
         Each thread keeps its pub/sub connection between calls (a new one costs a connect
         and a handshake, more than the whole wait when the workflow is done already).
         """
-        channels = {self.keys(w).events for w in workflow_ids}
+        channels = {
+            self.keys(w).statuses if statuses_only else self.keys(w).events for w in workflow_ids
+        }
         local = self._local
         pubsub = getattr(local, "pubsub", None)
         if pubsub is None:

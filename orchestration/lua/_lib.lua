@@ -38,6 +38,13 @@ local function publish(channel, message)
   redis.call('PUBLISH', channel, cjson.encode(message))
 end
 
+-- A change of the workflow's status goes to its status channel as well as its events.
+local function publish_status(spec, message)
+  local encoded = cjson.encode(message)
+  redis.call('PUBLISH', spec.channel, encoded)
+  redis.call('PUBLISH', spec.status_channel, encoded)
+end
+
 local function contains(list, value)
   for _, v in ipairs(list) do
     if v == value then

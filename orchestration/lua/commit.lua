@@ -127,5 +127,10 @@ elseif final == 'paused' and (#(spec.track or {}) > 0 or joined) then
   -- What would go next is held back: resume sends it.
   redis.call('HSETNX', META, 'paused_at', spec.step)
 end
-publish(spec.channel, {event = 'committed', step = spec.step, version = version, status = final})
+local committed = {event = 'committed', step = spec.step, version = version, status = final}
+if final ~= status then
+  publish_status(spec, committed)
+else
+  publish(spec.channel, committed)
+end
 return {'committed', version, final, aggregate, message}

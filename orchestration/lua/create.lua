@@ -21,6 +21,6 @@ if spec.start then
   history({event = 'workflow_started', status = 'running', timestamp = spec.now})
   send(spec)
   active(true)
-  publish(spec.channel, {event = 'status', status = 'running'})
+  publish_status(spec, {event = 'status', status = 'running'})
 end
 return 1

@@ -78,5 +78,5 @@ elseif spec.to == 'failed' then
 end
 history({event = spec.event, status = spec.to, version = version, restored_to = target,
   changed = changed, timestamp = spec.now})
-publish(spec.channel, {event = 'status', status = spec.to, version = version})
+publish_status(spec, {event = 'status', status = spec.to, version = version})
 return {'ok', status, version, run}
