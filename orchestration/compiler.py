@@ -38,6 +38,8 @@ class Next:
     ends: list[str] = field(default_factory=list)  # the group's branches' last steps
     aggregate: Signature | None = None
     joins: bool = False  # a branch ended: its group's aggregate goes when it is the last
+    workflow_id: str = ""  # (of a group's start: its members are sent in batches)
+    run: int = 0
 
 
 def step_signature(app: Celery, workflow_id: str, task: PlannedTask, run: int) -> Signature:
@@ -78,6 +80,8 @@ def entry(
         group=node.step_id,
         ends=[b[-1] for b in node.branches],
         aggregate=aggregate_signature(app, workflow_id, node.step_id, run),
+        workflow_id=workflow_id,
+        run=run,
     )
 
 

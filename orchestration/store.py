@@ -433,6 +433,10 @@ class StateStore:
             "task_id": task_id or "",
             "owner": owner,
             "join": {"group": join[0], "total": join[1]} if join else None,
+            "agent_id": result.agent_id,
+            "task_type": result.task_type,
+            "status": result.status.value,
+            "seconds": result.execution_time,
             "now": entry.timestamp,
             "handoff_id": handoff.step_id if handoff else "",
             "max_handoffs": max_handoffs,
@@ -458,13 +462,15 @@ class StateStore:
         *,
         replace: bool = False,
         ends: Sequence[str] = (),
+        hold_at: str | None = None,
     ) -> tuple[str, str, str]:
         """Send messages for a running workflow (resume, retry, re-dispatch); see send.lua.
 
         ``ends``: when ``send`` starts a group, its branches' last steps, to count which
-        have ended. Returns ('ok' or the status that refused it, and the aggregate's id and
-        message if it was sent too)."""
-        spec = {"run": run, "replace": replace, "ends": list(ends)}
+        have ended. ``hold_at``: if the workflow is paused, where resume is to go on from.
+        Returns ('ok' or the status that refused it, and the aggregate's id and message if
+        it was sent too)."""
+        spec = {"run": run, "replace": replace, "ends": list(ends), "hold_at": hold_at}
         reply = self._call("send", workflow_id, spec, send=send)
         return _s(reply[0]), _s(reply[1]), _s(reply[2])
 

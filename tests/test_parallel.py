@@ -77,3 +77,27 @@ def test_a_branch_stops_at_its_failed_step(orch: WorkflowOrchestrator) -> None:
     assert skipped.error == "skipped: upstream step step_1.1.1 did not complete"
     assert ctx.shared_data["g"]["successful_tasks"] == 1
     assert ctx.shared_data["g"]["failed_tasks"] == 2
+
+
+@pytest.mark.parametrize("pause", [False, True], ids=["straight", "paused-while-sending"])
+def test_a_group_bigger_than_a_batch_runs_every_member_once(
+    orch: WorkflowOrchestrator, pause: bool
+) -> None:
+    """Members go out a batch per script (workers start on the first ones at once); a pause
+    while they are being sent holds the rest, and resume sends them."""
+    members = [echo(i) for i in range(250)]
+    wid = orch.run_workflow(
+        {"name": "wide", "steps": [echo("a", "a"), {"parallel": members, "output_key": "g"}]}
+    )
+    if pause:
+        orch.pause_workflow(wid)
+        orch.resume_workflow(wid)
+    ctx = orch.wait(wid, timeout=120)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    summary = ctx.shared_data["g"]
+    assert (summary["total_tasks"], summary["successful_tasks"]) == (250, 250)
+    members_done = [h.step for h in ctx.execution_history if h.event == "step_completed"]
+    assert sorted(members_done) == sorted({*members_done})  # each committed once
+    assert len([s for s in members_done if s.startswith("step_2.")]) == 250
+    assert orch.store.outstanding(wid) == set()

@@ -55,6 +55,7 @@ from workers.outbox import Sender
 log = logging.getLogger("baton.runner")
 
 AGGREGATOR_AGENT = "baton"
+BATCH = 100  # a big group's members are sent this many per script
 S = WorkflowStatus
 
 
@@ -133,24 +134,36 @@ class Engine:
     # ------------------------------------------------------------------ going on
 
     def outgoing(self, nxt: Next, parent_id: str | None = None) -> Outgoing:
-        """``nxt``'s messages ready for a script to send (a group's aggregate with them)."""
-        out = self.sender.outgoing(nxt.sigs, parent_id)
+        """``nxt``'s messages ready for a script to send (a group's aggregate with them).
+
+        Of a big group only the first batch goes with the commit; ``sent`` sends the rest,
+        so that workers start on the first members while the others are being encoded.
+        """
+        out = self.sender.outgoing(nxt.sigs[:BATCH], parent_id)
         if nxt.group and nxt.aggregate is not None and not nxt.joins:
             aggregate = self.sender.outgoing([nxt.aggregate], parent_id)
             out = replace(out, group=nxt.group, aggregate=aggregate)
         return out
 
     def sent(self, nxt: Next, aggregate_id: str = "", aggregate_message: str = "") -> None:
-        """After a script sent ``nxt``: publish it through Celery if the broker is not Redis.
+        """After a script sent ``nxt``'s first batch: publish it through Celery if the broker is
+        not Redis, then send the group's other members, a batch per script.
 
         ``aggregate_id``: the script sent the group's aggregate too (armed when the group
         started, so this process did not build it: on Redis, ``aggregate_message`` is it)."""
-        sigs = list(nxt.sigs)
+        sigs = list(nxt.sigs[:BATCH])
         if aggregate_id and nxt.aggregate is not None and not self.sender.inline:
             sigs.append(nxt.aggregate.set(task_id=aggregate_id))
         self.sender.publish(sigs)
         if aggregate_message:
             self.sender.announce(aggregate_message)
+        for start in range(BATCH, len(nxt.sigs), BATCH):
+            batch = nxt.sigs[start : start + BATCH]
+            out = self.sender.outgoing(batch)
+            state, *_ = self.store.send(nxt.workflow_id, nxt.run, out, hold_at=nxt.group)
+            if state != "ok":  # stopped meanwhile (paused, cancelled): resume sends the rest
+                return
+            self.sender.publish(batch)
 
     def next_step(self, workflow_id: str) -> str | None:
         """The first step (top-level or inserted) that has not completed."""

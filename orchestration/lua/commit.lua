@@ -8,6 +8,7 @@
 -- once this was the last of its branches to end. Returns {state, version, status,
 -- the id and message of the aggregate it sent, or '', ''}.
 -- ARGV: spec {step, node, output_key, advance, outcome, now, error, retention, run,
+--             agent_id, task_type, status, seconds (for the metrics),
 --             task_id, track, sends, ops, join {group, total}, arm, join_track, joins,
 --             handoff_id, max_handoffs, channel},
 --       output_json, result_json, history_json, handoff_json, outgoing payloads...
@@ -50,9 +51,8 @@ if spec.handoff_id ~= '' then
 end
 
 local version = redis.call('HINCRBY', META, 'version', 1)
-local committed = cjson.decode(ARGV[3])
-observe_step(committed.agent_id, committed.task_type, outcome == 'fail' and 'failed' or committed.status,
-  tonumber(committed.execution_time) or 0)
+observe_step(spec.agent_id, spec.task_type, outcome == 'fail' and 'failed' or spec.status,
+  spec.seconds)
 local changed = {'result:' .. spec.step}
 local result = ARGV[3]
 if outcome == 'fail' and err ~= spec.error then

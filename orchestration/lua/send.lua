@@ -4,7 +4,7 @@
 -- branches is set to how many have already ended (spec.ends), and its aggregate goes
 -- too when all of them have. Returns {'ok' | status | 'missing', aggregate id or '',
 -- its message or ''}.
--- ARGV: spec {run, replace, track, sends, ops, arm, ends, join_track, joins},
+-- ARGV: spec {run, replace, hold_at, track, sends, ops, arm, ends, join_track, joins},
 --       outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
@@ -12,6 +12,9 @@ if not status then
   return {'missing', ''}
 end
 if status ~= 'running' or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
+  if status == 'paused' and spec.hold_at then
+    redis.call('HSETNX', META, 'paused_at', spec.hold_at)  -- resume sends what was held
+  end
   return {status, ''}
 end
 if spec.replace then
