@@ -42,6 +42,7 @@ def run_session(side: Side, sz: Sizes, r: redis.Redis, work: Workdir) -> dict[st
     for name, fn in (
         ("sequential", lambda: scenarios.sequential(side, sz)),
         ("fanout", lambda: scenarios.fanout(side, sz)),
+        ("fanout_cpu", lambda: scenarios.fanout_cpu(side, sz, r)),
         ("payload", lambda: scenarios.payload(side, sz)),
         ("throughput", lambda: scenarios.throughput(side, sz)),
         ("cost", lambda: scenarios.cost(side, sz, r, work.msglog)),

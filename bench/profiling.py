@@ -37,12 +37,14 @@ WORKER_PHASES = (
     ("agents.base", "TaskType", "validate_params", "validate_params"),
     ("agents.base", "TaskType", "run", "agent"),
     ("workers.runner", "Engine", "next_signature", "next_signature"),
+    ("workers.runner", "Engine", "outgoing", "outbox"),
     ("workers.runner", "Engine", "run_step", "engine_other"),
     ("celery.canvas", "Signature", "apply_async", "publish"),
 )
 CLIENT_PHASES = (
     ("orchestration.client", None, "load_plan", "client_validate"),
     ("orchestration.store", "StateStore", "create", "client_create"),
+    ("workers.runner", "Engine", "outgoing", "client_outbox"),
     ("orchestration.store", "StateStore", "status_of", "client_status"),
     ("orchestration.store", "StateStore", "plan", "client_plan"),
     ("orchestration.store", "StateStore", "transition", "client_transition"),

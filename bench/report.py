@@ -238,6 +238,7 @@ def markdown(data: dict[str, Any]) -> str:
             ],
         )
     )
+    add(HOW_BATON_GETS_THERE)
     add("\n## Machine\n")
     add(table(["", ""], [[k, str(v)] for k, v in m.items()]))
     add("\n## How to run\n")
@@ -261,7 +262,7 @@ def markdown(data: dict[str, Any]) -> str:
         "- **Celery**: from `apply_async()` of the canvas to the final task's result: the"
         " client subscribes to that task's result channel (`celery-task-meta-<id>`, where the"
         " Redis backend publishes it), GETs it once in case it is already there, else blocks"
-        " on the subscription -- what Baton's `wait()` does with its events channel."
+        " on the subscription -- what Baton's `wait()` does with its status channel."
         " `AsyncResult.get()` by default follows parents (a GET of each parent's state on"
         " every wake-up); `get(follow_parents=False)` would be equivalent to what is done"
         " here. The client app's automatic subscription to every sent task's result, never"
@@ -308,6 +309,24 @@ def markdown(data: dict[str, Any]) -> str:
             )
         )
     add(table(HEAD, [r.cells() for r in fan_rows]))
+    if all(r.get("fanout_cpu") for side in res.values() for r in side):
+        big = max(x for x, _ in sz["fanout"])
+        add(
+            f"\nCPU per member in one more {big}-member run (ms; from `/proc` and Redis'"
+            " `INFO cpu`): the worker's consumer process receives each message, sends its"
+            " three task events and acks it, on either side, and is the bottleneck.\n"
+        )
+        labels = {
+            "worker_parent": "worker consumer (parent) process",
+            "pool_children": "pool children (the tasks)",
+            "redis": "redis-server",
+            "client": "client (submitting, waiting)",
+        }
+        cpu_rows = [
+            compare(res, label, lambda r, k=k: r["fanout_cpu"][k], digits=3)
+            for k, label in labels.items()
+        ]
+        add(table(HEAD[:4], [r.cells()[:4] for r in cpu_rows]))
 
     add("\n## 2b. Payload: 5 steps handing on state\n")
     add(
@@ -499,6 +518,38 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+HOW_BATON_GETS_THERE = """
+## How Baton gets there
+
+A Baton step does more than a bare Celery task (it loads the state, takes a lease, and
+commits a versioned handoff with its history), so it can only match Celery by not doing
+what Celery does twice:
+
+- **The commit sends the next message.** The committing step encodes the next task's
+  message itself, exactly as Celery and kombu's Redis transport would (`workers/outbox.py`:
+  about 45 µs, against about 600 µs for `apply_async`, which looks up the routing table,
+  takes a producer and publishes a `task-sent` event in round trips of its own), and the
+  commit script pushes it with the `task-sent` event in the same atomic step. Celery's
+  chain callback does not run: there is no chain in the message.
+- **No Celery result.** Every task is `ignore_result`; the state store already holds the
+  step's result. A group's completion is counted in the commit script beside the results
+  (Celery's chord would store each member's result again and count them in a key of its
+  own); its callback is encoded once when the group starts.
+- **One script to start a workflow.** `run_workflow()` validates, stores, starts and sends
+  the first messages in one `create.lua` call; a big group's members follow a batch per
+  script, so workers start on the first ones at once.
+- **Less in the worker's Python.** One lease-renewing thread per process (a thread per
+  step cost about 0.1 ms), cheap argument reprs, hiredis for replies.
+- **A quiet client.** `wait()` listens on the workflow's status channel only, on a pub/sub
+  connection each thread keeps, so it is woken once, not at every step.
+
+What is left is Celery's own per-message work in the worker (receiving, three task
+events, the late ack), which both sides pay alike: in a fan-out of 1,000 on 2 cores the
+worker's consumer process is the bottleneck on both sides (about 1 ms of its CPU per
+member), which is why fan-out comes out near parity rather than well below it.
+"""
+
+
 GROUPS = {
     "Baton engine in the worker (state load, commit, bookkeeping)": (
         "plan_load",
@@ -509,10 +560,11 @@ GROUPS = {
         "track",
         "note",
         "next_signature",
+        "outbox",
         "publish",
     ),
     "the agent itself (no-op)": ("agent",),
-    "Celery in the worker (tracer, publishing the next chain message)": (
+    "Celery in the worker (tracer, signals; for Baton no publishing: the commit sends)": (
         "celery_other",
         "celery_publish_next",
     ),
@@ -547,7 +599,8 @@ def profile_section(prof: dict[str, Any], notes: str) -> str:
     )
     names = {
         "client_validate": "client: `load_plan` (definition validation)",
-        "client_create": "client: `store.create` (create.lua)",
+        "client_create": "client: `store.create` (create.lua: stores, starts, sends)",
+        "client_outbox": "client: encoding the first task messages (`Engine.outgoing`)",
         "client_status": "client: `status_of` (HGET)",
         "client_plan": "client: `store.plan` (GET + parse)",
         "client_transition": "client: `store.transition` (transition.lua)",
@@ -561,7 +614,8 @@ def profile_section(prof: dict[str, Any], notes: str) -> str:
         "validate_params": "worker: parameter validation",
         "agent": "worker: the agent function (`TaskType.run`, output validation)",
         "engine_other": "worker: rest of `run_step` (StepInput, TaskResult, JSON dumps, ...)",
-        "commit": "worker: `store.commit` (commit script)",
+        "commit": "worker: `store.commit` (commit script; it also pushes the next message)",
+        "outbox": "worker: encoding the next task messages (`Engine.outgoing`, outbox.py)",
         "track": "worker: `store.track` (task ids of what it publishes)",
         "note": "worker: `store.note` (history entries)",
         "next_signature": "worker: `next_signature` (building the next segment)",

@@ -5,6 +5,8 @@ Every scenario runs the same operations on either side; what differs is only the
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -88,6 +90,45 @@ def fanout(side: Side, sz: Sizes) -> dict[str, Any]:
         str(n): statistics.median(side.fanout(n).latency for _ in range(runs))
         for n, runs in sz.fanout
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def fanout_cpu(side: Side, sz: Sizes, r: redis.Redis) -> dict[str, float]:
+    """Where the biggest fan-out's CPU goes, per member (ms): the worker's consumer (parent)
+    process, its pool children, redis-server, and the client."""
+    n = max(size for size, _ in sz.fanout)
+    if not Path("/proc/self/stat").exists():
+        return {}
+    parent = side.pids()[0]
+    children = _children(parent)
+
+    def snapshot() -> tuple[float, float, float, float]:
+        info = r.info("cpu")
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return (
+            _cpu_seconds(parent),
+            sum(_cpu_seconds(c) for c in children),
+            float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+            me.ru_utime + me.ru_stime,
+        )
+
+    before = snapshot()
+    side.fanout(n)
+    after = snapshot()
+    names = ("worker_parent", "pool_children", "redis", "client")
+    return {k: (a - b) / n * 1000 for k, a, b in zip(names, after, before, strict=True)}
 
 
 def payload(side: Side, sz: Sizes) -> dict[str, Any]:

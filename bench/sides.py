@@ -82,6 +82,7 @@ class Side(Protocol):
     def handoff(self, steps: int, size: int) -> Run: ...
     def submit_many(self, n: int, steps: int) -> list[Any]: ...
     def wait_all(self, handles: list[Any]) -> None: ...
+    def pids(self) -> list[int]: ...
 
 
 def _noop_steps(steps: int) -> list[dict[str, Any]]:
@@ -91,8 +92,17 @@ def _noop_steps(steps: int) -> list[dict[str, Any]]:
     ]
 
 
+class _WorkerPids:
+    workers: LocalWorkers | None
+
+    def pids(self) -> list[int]:
+        """The side's worker processes (their consumer parents; pool children are theirs)."""
+        assert self.workers
+        return [p.pid for p in self.workers.processes]
+
+
 @dataclass
-class BatonSide:
+class BatonSide(_WorkerPids):
     """Baton: ``run_workflow()`` then ``wait()``, workers from ``LocalWorkers``."""
 
     work: Workdir
@@ -191,7 +201,7 @@ class BatonSide:
 
 
 @dataclass
-class BareSide:
+class BareSide(_WorkerPids):
     """Bare Celery: a chain/chord ``apply_async()``, then the final task's result.
 
     The wait mirrors Baton's ``wait()``: subscribe to the final task's result channel
