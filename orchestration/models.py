@@ -250,14 +250,3 @@ class WorkflowStatusReport(BaseModel):
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
-
-
-class Envelope(BaseModel):
-    """The small record a step task returns to Celery: a reference, never the output."""
-
-    model_config = ConfigDict(frozen=True)
-
-    workflow_id: str
-    step_id: str
-    status: Literal["completed", "failed", "skipped", "duplicate", "stale", "paused"]
-    error: str | None = None

@@ -83,14 +83,14 @@ def create_app(
 
     def step(
         task: Task, workflow_id: str, step_id: str, run: int = 1, *, compensate: bool = False
-    ) -> dict[str, Any] | None:
+    ) -> str | None:
         engine = engine_for(task.app, reg)
         if compensate:
             engine.run_compensation(task, workflow_id, step_id, run)
             return None
         return engine.run_step(task, workflow_id, step_id, run)
 
-    def aggregate(task: Task, workflow_id: str, group_id: str, run: int = 1) -> dict[str, Any]:
+    def aggregate(task: Task, workflow_id: str, group_id: str, run: int = 1) -> str:
         return engine_for(task.app, reg).run_aggregate(task, workflow_id, group_id, run)
 
     def finish_failure(task: Task, workflow_id: str, run: int) -> None:

@@ -40,7 +40,6 @@ from orchestration.compiler import (
 from orchestration.errors import BatonError, StepFailed
 from orchestration.models import (
     CompensationOutcome,
-    Envelope,
     HistoryEntry,
     RunningStep,
     TaskResult,
@@ -69,12 +68,13 @@ def backoff(task: PlannedTask, attempt: int) -> float:
     return float(delay / 2 + random.uniform(0, delay / 2))
 
 
-def _envelope(
-    workflow_id: str, step_id: str, status: str, error: str | None = None
-) -> dict[str, Any]:
-    return Envelope(
-        workflow_id=workflow_id, step_id=step_id, status=status, error=error
-    ).model_dump()
+def _outcome(status: str, error: str | None = None) -> str:
+    """What a step task returns to Celery (Flower shows it as the task's result): its
+    outcome in a word, the error after it. Nothing reads it back: the state store holds
+    the result, and the task's arguments already name the workflow and step. (Celery
+    reprs the return value twice, in the worker's log line and its task-succeeded event:
+    a word costs a fraction of a record.)"""
+    return f"{status}: {error}" if error else status
 
 
 class LeaseKeeper:
@@ -204,7 +204,7 @@ class Engine:
 
     # ------------------------------------------------------------------ steps
 
-    def run_step(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> dict[str, Any]:
+    def run_step(self, ctask: Task, workflow_id: str, step_id: str, run: int) -> str:
         plan = self.store.plan(workflow_id)
         task = self.store.task(workflow_id, step_id)
         worker = ctask.request.hostname
@@ -230,9 +230,9 @@ class Engine:
             task_id=ctask.request.id,
         )
 
-        def stop(status: str) -> dict[str, Any]:
+        def stop(status: str) -> str:
             log.info("step %s of %s not run: %s", step_id, workflow_id, status)
-            return _envelope(workflow_id, step_id, status)
+            return _outcome(status)
 
         if state.status == "committed":
             # Already committed (a redelivered message, or a group resumed): not run again.
@@ -349,7 +349,7 @@ class Engine:
                 )
         elif commit.status == S.RUNNING:
             self.sent(nxt, commit.aggregate_id, commit.aggregate_message)
-        return _envelope(workflow_id, step_id, "completed" if ok else "failed", error)
+        return _outcome("completed" if ok else "failed", error)
 
     def _call_agent(
         self, workflow_id: str, task: PlannedTask, state: StepState
@@ -402,9 +402,7 @@ class Engine:
 
     # ------------------------------------------------------------------ groups
 
-    def run_aggregate(
-        self, ctask: Task, workflow_id: str, group_id: str, run: int
-    ) -> dict[str, Any]:
+    def run_aggregate(self, ctask: Task, workflow_id: str, group_id: str, run: int) -> str:
         plan = self.store.plan(workflow_id)
         node = plan.group(group_id)
         started_at = utcnow()
@@ -427,13 +425,13 @@ class Engine:
         if state.status == "leased":  # another copy of this callback is aggregating
             raise ctask.retry(countdown=self.lease_seconds / 2, max_retries=None)
         if state.status != S.RUNNING:
-            return _envelope(workflow_id, group_id, "skipped")
+            return _outcome("skipped")
         members = [state.results.get(sid) for sid in node.member_ids]
         if any(m is None for m in members):
             # A superseded chord (the group was re-dispatched on resume): the newer one aggregates.
             log.info("aggregate of %s %s skipped: members still missing", workflow_id, group_id)
             self.store.lease(workflow_id, group_id, owner, 0, release=True)
-            return _envelope(workflow_id, group_id, "skipped")
+            return _outcome("skipped")
         got = [m for m in members if m is not None]
         t0 = time.perf_counter()
         summary = aggregators[node.aggregate](got, _wall_time(got))
@@ -484,7 +482,7 @@ class Engine:
             self.fail_workflow(workflow_id, run)
         elif commit.committed and commit.status == S.RUNNING:
             self.sent(nxt)
-        return _envelope(workflow_id, group_id, "completed" if ok else "failed", error)
+        return _outcome("completed" if ok else "failed", error)
 
     # ------------------------------------------------------------------ the saga
 
