@@ -64,3 +64,20 @@ def redeliver(app: Celery, r: redis.Redis, workflow_id: str, step_id: str) -> No
             msg["body"], exchange="", routing_key=msg["routing_key"], headers=msg["headers"],
             serializer="json", correlation_id=msg["headers"]["id"], retry=True,
         )  # fmt: skip
+
+
+# The first two steps of the original design's workflows, on the shipped dataset.
+EXTRACT_AND_CLEAN: list[dict[str, Any]] = [
+    {
+        "agent_id": "data_processor",
+        "task_type": "extract_data",
+        "output_key": "extracted_records",
+        "parameters": {"source": "business_db"},
+    },
+    {
+        "agent_id": "data_processor",
+        "task_type": "clean_data",
+        "output_key": "cleaned_records",
+        "parameters": {"validation_rules": ["remove_duplicates", "check_nulls"]},
+    },
+]

@@ -29,7 +29,7 @@ import redis
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.browser import DevTools, http, shoot
-from tests.helpers import eventually, open_gate, step, wait_gate_started
+from tests.helpers import EXTRACT_AND_CLEAN, eventually, open_gate, step, wait_gate_started
 from workers.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,18 +43,7 @@ def definition(gate: str) -> dict[str, Any]:
         "name": "Customer Intelligence",
         "description": "Validate, enrich, classify and score customers in parallel",
         "steps": [
-            {
-                "agent_id": "data_processor",
-                "task_type": "extract_data",
-                "output_key": "extracted_records",
-                "parameters": {"source": "business_db"},
-            },
-            {
-                "agent_id": "data_processor",
-                "task_type": "clean_data",
-                "output_key": "cleaned_records",
-                "parameters": {"validation_rules": ["remove_duplicates", "check_nulls"]},
-            },
+            *EXTRACT_AND_CLEAN,
             {
                 "parallel": [
                     {"agent_id": "validator", "task_type": "validate_records",

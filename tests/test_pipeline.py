@@ -16,6 +16,7 @@ import pytest
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from tests.helpers import EXTRACT_AND_CLEAN
 
 pytestmark = pytest.mark.workflow_suite
 
@@ -24,18 +25,7 @@ PIPELINE = {
     "name": "Data Analysis Pipeline",
     "description": "Extract, clean, analyze, and report on business data",
     "steps": [
-        {
-            "agent_id": "data_processor",
-            "task_type": "extract_data",
-            "output_key": "extracted_records",
-            "parameters": {"source": "business_db"},
-        },
-        {
-            "agent_id": "data_processor",
-            "task_type": "clean_data",
-            "output_key": "cleaned_records",
-            "parameters": {"validation_rules": ["remove_duplicates", "check_nulls"]},
-        },
+        *EXTRACT_AND_CLEAN,
         {
             "agent_id": "analyzer",
             "task_type": "statistical_analysis",
