@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -255,18 +254,7 @@ class BareSide(_WorkerPids):
         ]
         # LocalWorkers supplies the ping-based readiness wait and the process-group stop.
         self.workers = LocalWorkers(self.work.redis_url, [], log_dir=log_dir)
-        logfile = open(log_dir / "worker-bare.log", "ab")  # noqa: SIM115
-        self.workers.processes.append(
-            subprocess.Popen(
-                cmd,
-                env=env,
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-        self.workers.names.append(name)
+        self.workers.spawn(cmd, name, env)
         self.workers.wait_ready(self.app, 90)
 
     def stop(self) -> None:

@@ -222,20 +222,25 @@ class LocalWorkers:
             ]
             if agents:
                 cmd += ["--agents", ",".join(agents)]
-            logfile = open(self.log_dir / f"worker-{name.split('@')[0]}.log", "wb")  # noqa: SIM115
-            self.processes.append(
-                subprocess.Popen(
-                    cmd,
-                    env=env,
-                    stdout=logfile,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            self.names.append(name)
+            self.spawn(cmd, name, env)
         self.wait_ready(app, timeout)
         return self
+
+    def spawn(self, cmd: list[str], name: str, env: dict[str, str]) -> None:
+        """Start one worker process (its own session, so ``stop`` can signal its pool too),
+        logging to ``worker-<name>.log``."""
+        logfile = open(self.log_dir / f"worker-{name.split('@')[0]}.log", "wb")  # noqa: SIM115
+        self.processes.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        self.names.append(name)
 
     def wait_ready(self, app: Celery, timeout: float) -> None:
         pending = set(self.names)
