@@ -89,3 +89,19 @@ def test_chained_groups_keep_every_message_small(
     # Groups 2-6 are published by workers (the first by the client, without parent ids):
     # the second group's messages carry no more than the last's.
     assert abs(biggest("step_2") - biggest("step_6")) <= 16
+
+
+def test_no_celery_result_is_written_for_what_the_state_store_holds(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    """Steps and aggregates are committed to the state store; Celery's result backend
+    gets nothing (no ``celery-task-meta-*`` key, no chord counter)."""
+    before = set(raw_redis.scan_iter("celery-task-meta-*")) | set(raw_redis.scan_iter("*chord*"))
+    group = {"parallel": [echo(i) for i in range(5)], "output_key": "g"}
+    wid = orch.run_workflow({"name": "no results", "steps": [echo("a", "a"), group, echo("z")]})
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert ctx.shared_data["g"]["successful_tasks"] == 5
+    after = set(raw_redis.scan_iter("celery-task-meta-*")) | set(raw_redis.scan_iter("*chord*"))
+    assert after - before == set()

@@ -77,6 +77,6 @@ elseif spec.to == 'failed' then
   expire_all(spec.retention)
 end
 history({event = spec.event, status = spec.to, version = version, restored_to = target,
-  changed = changed, timestamp = spec.now})
+  changed = #changed > 0 and changed or nil, timestamp = spec.now})  -- ({} would be an object)
 publish_status(spec, {event = 'status', status = spec.to, version = version})
 return {'ok', status, version, run}
