@@ -59,6 +59,8 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if name == "publish" and not _stack and "run_step_total" in phases:
             _current["published_at"] = time.time()  # the tracer starts the chain's next send
+        elif name == "commit":
+            _current["published_at"] = time.time()  # the commit script pushes the next message
         _stack.append(0.0)
         t0 = time.perf_counter()
         try:
@@ -168,6 +170,7 @@ WORKER_ORDER = (
     "validate_params",
     "agent",
     "engine_other",
+    "outbox",
     "commit",
     "track",
     "note",

@@ -36,7 +36,7 @@ class Sizes:
     memory_runs: int = 100
     retention: int = 10  # longer than the memory batch takes, so nothing expires mid-wait
     profile_runs: int = 60
-    repeats: int = 3
+    repeats: int = 5
     idle_window: float = 1.5  # seconds of idle traffic measured before the cost scenario
     single_session: bool = False  # one worker session per side for everything (quick)
 
