@@ -636,6 +636,27 @@ class StateStore:
             self.redis.zrem(index_key(self.prefix), *gone)
         return [wid for wid, ok in zip(ids, alive, strict=True) if ok]
 
+    def prune_index(self, before: float, offset: int = 0, batch: int = 500) -> tuple[int, int]:
+        """Drop from the index the workflows created before ``before`` (epoch seconds) whose
+        state has expired, looking at ``batch`` of them from ``offset`` (oldest first).
+
+        Returns (how many were dropped, the offset to look from next time: 0 once the
+        old end of the index has been covered). ``list_ids`` drops expired ids only among
+        the newest; without this, the index would keep an entry per workflow ever run.
+        """
+        key = index_key(self.prefix)
+        ids = [_s(i) for i in self.redis.zrangebyscore(key, "-inf", before, offset, batch)]
+        if not ids:
+            return 0, 0
+        pipe = self.redis.pipeline(transaction=False)
+        for wid in ids:
+            pipe.exists(self.keys(wid).meta)
+        gone = [wid for wid, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+        if gone:
+            self.redis.zrem(key, *gone)
+        kept = len(ids) - len(gone)
+        return len(gone), (offset + kept if len(ids) == batch else 0)
+
     def subscribe(
         self, workflow_ids: list[str], *, statuses_only: bool = False
     ) -> Generator[list[dict[str, Any]], None, None]:

@@ -140,3 +140,22 @@ def test_cli_controls_a_workflow(
 
     listed = baton("checkpoints", wid, "--json", env=worker_env)
     assert [p["version"] for p in json.loads(listed.stdout)] == [0]
+
+
+def test_expired_workflows_leave_the_index_and_live_ones_stay(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    """What the reaper does each sweep: ids whose state has expired leave the index."""
+    store = orch.store
+    expired = orch.create_workflow({"name": "old", "steps": [ECHO]})
+    alive = orch.create_workflow({"name": "kept", "steps": [ECHO]})
+    raw_redis.delete(*store.keys(expired).all())  # what expiry does once retention is up
+    index = f"{store.prefix}:workflows"
+    assert {expired, alive} <= {i.decode() for i in raw_redis.zrange(index, 0, -1)}
+
+    dropped, _ = store.prune_index(before=float("inf"), batch=100_000)
+
+    ids = {i.decode() for i in raw_redis.zrange(index, 0, -1)}
+    assert dropped >= 1
+    assert expired not in ids
+    assert alive in ids

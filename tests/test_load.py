@@ -166,6 +166,8 @@ def run_load(stack: Stack, chaos: bool) -> None:
 
     # (the last to finish, under chaos, may have finished well after the last submitted)
     eventually(lambda: not any(r.scan_iter("load:wf:*", count=1000)), RETENTION + 60, "expiry")
+    # ... and the workers' reapers drop them from the index of workflows as well.
+    eventually(lambda: r.zcard("load:workflows") == 0, 30, "the index to drop expired ids")
     eventually(memory_back, 60, "Redis memory to return near its start")
 
 

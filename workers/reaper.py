@@ -6,7 +6,8 @@ Every ``baton worker`` runs a reaper thread; a Redis lock lets one sweep at a ti
 running workflow with no progress for ``stall_seconds`` and no live step lease is sent
 on again from its first incomplete step (idempotent: committed steps are not re-run),
 at most ``max_reaps`` times; then, or once past its deadline, it is failed with the
-reason, through the saga like any failure.
+reason, through the saga like any failure. It also drops expired workflows from the
+index of workflows, which would otherwise keep an entry for every workflow ever run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Reaper:
         self.max_reaps = settings.max_reaps
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
+        self._prune_from = 0  # where the next sweep looks at the workflow index
 
     def sweep(self) -> list[tuple[str, str]]:
         """One pass over running workflows; returns what was done, for logs and tests."""
@@ -46,6 +48,13 @@ class Reaper:
             return []
         done: list[tuple[str, str]] = []
         now = time.time()
+        if self.store.retention > 0:  # else nothing expires
+            # A workflow's state expires at least ``retention`` after it was created.
+            dropped, self._prune_from = self.store.prune_index(
+                now - self.store.retention, self._prune_from
+            )
+            if dropped:
+                log.info("reaper: %d expired workflows dropped from the index", dropped)
         for wid, last in self.store.active_workflows().items():
             try:
                 action = self._check(wid, last, now)
