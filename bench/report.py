@@ -100,6 +100,11 @@ def compare(
     return row
 
 
+def compared(rows: list[Row], width: int = 6) -> str:
+    """A table of compared figures: the first ``width`` columns of ``HEAD`` and of each row."""
+    return table(HEAD[:width], [r.cells()[:width] for r in rows])
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -216,7 +221,7 @@ def markdown(data: dict[str, Any]) -> str:
     )
     add("## Headline: targets\n")
     extra = rows[-1]
-    add(table(HEAD, [r.cells() for r in rows[:-1]]))
+    add(compared(rows[:-1]))
     add("")
     add(
         table(
@@ -277,20 +282,16 @@ def markdown(data: dict[str, Any]) -> str:
     add("## 1. Sequential latency (5 steps, one at a time)\n")
     add(f"{sz['seq_runs']} runs per repeat after one warm-up run.\n")
     add(
-        table(
-            HEAD,
+        compared(
             [
-                r.cells()
-                for r in [
-                    compare(
-                        res,
-                        "median (ms)",
-                        lambda r: r["sequential"]["median_ms"],
-                        target=("≤", 1.25),
-                    ),
-                    compare(res, "p95 (ms)", lambda r: r["sequential"]["p95_ms"]),
-                ]
-            ],
+                compare(
+                    res,
+                    "median (ms)",
+                    lambda r: r["sequential"]["median_ms"],
+                    target=("≤", 1.25),
+                ),
+                compare(res, "p95 (ms)", lambda r: r["sequential"]["p95_ms"]),
+            ]
         )
     )
 
@@ -308,7 +309,7 @@ def markdown(data: dict[str, Any]) -> str:
                 digits=3,
             )
         )
-    add(table(HEAD, [r.cells() for r in fan_rows]))
+    add(compared(fan_rows))
     if all(r.get("fanout_cpu") for side in res.values() for r in side):
         big = max(x for x, _ in sz["fanout"])
         add(
@@ -326,7 +327,7 @@ def markdown(data: dict[str, Any]) -> str:
             compare(res, label, lambda r, k=k: r["fanout_cpu"][k], digits=3)
             for k, label in labels.items()
         ]
-        add(table(HEAD[:4], [r.cells()[:4] for r in cpu_rows]))
+        add(compared(cpu_rows, 4))
 
     add("\n## 2b. Payload: 5 steps handing on state\n")
     add(
@@ -336,40 +337,28 @@ def markdown(data: dict[str, Any]) -> str:
         f" {sz['payload_runs']} runs per repeat.\n"
     )
     add(
-        table(
-            HEAD,
+        compared(
             [
-                r.cells()
-                for r in [
-                    compare(
-                        res, "median (ms)", lambda r: r["payload"]["median_ms"], target=("≤", 0.7)
-                    ),
-                    compare(res, "p95 (ms)", lambda r: r["payload"]["p95_ms"]),
-                ]
-            ],
+                compare(res, "median (ms)", lambda r: r["payload"]["median_ms"], target=("≤", 0.7)),
+                compare(res, "p95 (ms)", lambda r: r["payload"]["p95_ms"]),
+            ]
         )
     )
 
     add("\n## 3. Throughput\n")
     add(f"{sz['throughput']} five-step workflows / chains submitted at once, then waited for.\n")
     add(
-        table(
-            HEAD,
+        compared(
             [
-                r.cells()
-                for r in [
-                    compare(
-                        res,
-                        "completions / s",
-                        lambda r: r["throughput"]["per_s"],
-                        target=("≥", 0.8),
-                    ),
-                    compare(
-                        res, "submit time (s)", lambda r: r["throughput"]["submit_s"], digits=2
-                    ),
-                    compare(res, "wall time (s)", lambda r: r["throughput"]["wall_s"], digits=2),
-                ]
-            ],
+                compare(
+                    res,
+                    "completions / s",
+                    lambda r: r["throughput"]["per_s"],
+                    target=("≥", 0.8),
+                ),
+                compare(res, "submit time (s)", lambda r: r["throughput"]["submit_s"], digits=2),
+                compare(res, "wall time (s)", lambda r: r["throughput"]["wall_s"], digits=2),
+            ]
         )
     )
 
@@ -385,39 +374,36 @@ def markdown(data: dict[str, Any]) -> str:
         " every process.\n"
     )
     add(
-        table(
-            HEAD[:4],
+        compared(
             [
-                r.cells()[:4]
-                for r in [
-                    compare(res, "round trips / step", lambda r: r["cost"]["round_trips"]),
-                    compare(res, "commands / step", lambda r: r["cost"]["commands"]),
-                    compare(
-                        res,
-                        "task messages / step",
-                        lambda r: r["cost"]["messages_per_step"],
-                        digits=2,
-                    ),
-                    compare(
-                        res,
-                        "bytes / message (median)",
-                        lambda r: r["cost"]["bytes_per_message"],
-                        digits=0,
-                    ),
-                    compare(
-                        res,
-                        "bytes into Redis / step",
-                        lambda r: r["cost"]["net_in_bytes"],
-                        digits=0,
-                    ),
-                    compare(
-                        res,
-                        "bytes out of Redis / step",
-                        lambda r: r["cost"]["net_out_bytes"],
-                        digits=0,
-                    ),
-                ]
+                compare(res, "round trips / step", lambda r: r["cost"]["round_trips"]),
+                compare(res, "commands / step", lambda r: r["cost"]["commands"]),
+                compare(
+                    res,
+                    "task messages / step",
+                    lambda r: r["cost"]["messages_per_step"],
+                    digits=2,
+                ),
+                compare(
+                    res,
+                    "bytes / message (median)",
+                    lambda r: r["cost"]["bytes_per_message"],
+                    digits=0,
+                ),
+                compare(
+                    res,
+                    "bytes into Redis / step",
+                    lambda r: r["cost"]["net_in_bytes"],
+                    digits=0,
+                ),
+                compare(
+                    res,
+                    "bytes out of Redis / step",
+                    lambda r: r["cost"]["net_out_bytes"],
+                    digits=0,
+                ),
             ],
+            4,
         )
     )
 
@@ -460,7 +446,7 @@ def markdown(data: dict[str, Any]) -> str:
                 digits=0,
             )
         )
-    add(table(HEAD[:4], [r.cells()[:4] for r in hrows]))
+    add(compared(hrows, 4))
     add("\n![latency and message bytes by shared-data size; fan-out wall time](benchmarks.png)\n")
 
     mem = data["memory"]
@@ -472,23 +458,18 @@ def markdown(data: dict[str, Any]) -> str:
         " run right after they finish, and again once the retention has expired.\n"
     )
     add(
-        table(
-            HEAD[:4],
+        compared(
             [
-                r.cells()[:4]
-                for r in [
-                    compare(
-                        mem, "bytes / finished run", lambda r: r["bytes_per_workflow"], digits=0
-                    ),
-                    compare(mem, "keys / finished run", lambda r: r["keys_per_workflow"], digits=1),
-                    compare(
-                        mem,
-                        "bytes / run after expiry",
-                        lambda r: r["after_expiry_bytes_per_workflow"],
-                        digits=0,
-                    ),
-                ]
+                compare(mem, "bytes / finished run", lambda r: r["bytes_per_workflow"], digits=0),
+                compare(mem, "keys / finished run", lambda r: r["keys_per_workflow"], digits=1),
+                compare(
+                    mem,
+                    "bytes / run after expiry",
+                    lambda r: r["after_expiry_bytes_per_workflow"],
+                    digits=0,
+                ),
             ],
+            4,
         )
     )
 
@@ -498,19 +479,12 @@ def markdown(data: dict[str, Any]) -> str:
         " result's `date_done`) to the client's wait returning, over the sequential runs.\n"
     )
     add(
-        table(
-            HEAD[:4],
+        compared(
             [
-                r.cells()[:4]
-                for r in [
-                    compare(
-                        res, "median (ms)", lambda r: r["sequential"]["client_wait_ms"], digits=2
-                    ),
-                    compare(
-                        res, "p95 (ms)", lambda r: r["sequential"]["client_wait_p95_ms"], digits=2
-                    ),
-                ]
+                compare(res, "median (ms)", lambda r: r["sequential"]["client_wait_ms"], digits=2),
+                compare(res, "p95 (ms)", lambda r: r["sequential"]["client_wait_p95_ms"], digits=2),
             ],
+            4,
         )
     )
     add("")
