@@ -42,6 +42,27 @@ def kombu_dumps(value: object) -> str:
     return str(_kombu_dumps(value))  # type: ignore[no-untyped-call]
 
 
+def _envelope(
+    body: object, headers: dict[str, Any], properties: dict[str, Any], delivery: dict[str, str]
+) -> str:
+    """A message as kombu's Redis transport stores it (``Channel._put``): JSON, base64 body."""
+    return kombu_dumps(
+        {
+            "body": base64.b64encode(kombu_dumps(body).encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                **properties,
+                "delivery_info": delivery,
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
 def _same_redis(a: str, b: str) -> bool:
     """Whether two redis:// URLs name the same server and database."""
     if not (a.startswith(("redis://", "rediss://")) and b.startswith(("redis://", "rediss://"))):
@@ -131,22 +152,7 @@ class Sender:
                 sender=sig.task, body=body, exchange="", routing_key=queue, headers=headers,
                 properties=properties, declare=[], retry_policy=None,
             )  # fmt: skip
-        payload = kombu_dumps(
-            {
-                "body": base64.b64encode(kombu_dumps(body).encode()).decode(),
-                "content-encoding": "utf-8",
-                "content-type": "application/json",
-                "headers": headers,
-                "properties": {
-                    **properties,
-                    "delivery_mode": 2,
-                    "delivery_info": delivery,
-                    "priority": 0,
-                    "body_encoding": "base64",
-                    "delivery_tag": str(uuid.uuid4()),
-                },
-            }
-        )
+        payload = _envelope(body, headers, {**properties, "delivery_mode": 2}, delivery)
         if after_task_publish.receivers:
             if len(self._built) > 10_000:  # built for commits that were refused
                 self._built.clear()
@@ -177,18 +183,5 @@ class Sender:
             exchange="",
             routing_key=queue,
         )
-        return kombu_dumps(
-            {
-                "body": base64.b64encode(kombu_dumps(event).encode()).decode(),
-                "content-encoding": "utf-8",
-                "content-type": "application/json",
-                "headers": {"hostname": self._origin},
-                "properties": {
-                    "delivery_mode": 1,
-                    "delivery_info": {"exchange": "celeryev", "routing_key": "task.sent"},
-                    "priority": 0,
-                    "body_encoding": "base64",
-                    "delivery_tag": str(uuid.uuid4()),
-                },
-            }
-        )
+        delivery = {"exchange": "celeryev", "routing_key": "task.sent"}
+        return _envelope(event, {"hostname": self._origin}, {"delivery_mode": 1}, delivery)

@@ -108,8 +108,7 @@ class Reaper:
     def _backlogged(self, wid: str, step: str) -> bool:
         """Whether the queues the step's messages go to hold messages: a workflow waiting
         its turn behind a backlog is slow, not stalled. Only the Redis broker can say."""
-        conf = self.engine.app.conf
-        if conf.broker_url != conf.baton_redis_url:  # a broker of its own: queues not visible
+        if not self.engine.sender.inline:  # a broker of its own: its queues are not visible
             return False
         pipe = self.store.redis.pipeline(transaction=False)
         for queue in self.engine.queues_for(wid, step):

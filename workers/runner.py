@@ -167,10 +167,14 @@ class Engine:
 
     def next_step(self, workflow_id: str) -> str | None:
         """The first step (top-level or inserted) that has not completed."""
+        return self._frontier(workflow_id)[0]
+
+    def _frontier(self, workflow_id: str) -> tuple[str | None, dict[str, TaskResult]]:
+        """``next_step``, and the results it was found from."""
         plan = self.store.plan(workflow_id)
         results = self.store.results(workflow_id)
         done = {s for s, r in results.items() if r.status == TaskStatus.COMPLETED}
-        return frontier(plan, done, self.store.inserted(workflow_id))
+        return frontier(plan, done, self.store.inserted(workflow_id)), results
 
     def queues_for(self, workflow_id: str, step_id: str) -> list[str]:
         """The queues the messages for ``step_id`` go to (a group's members and callback)."""
@@ -185,12 +189,10 @@ class Engine:
         """Send the workflow on from the first step that has not completed (resume, retry,
         the reaper); what was outstanding before is superseded (lost, or dropped on arrival).
         """
-        plan = self.store.plan(workflow_id)
-        results = self.store.results(workflow_id)
-        done = {s for s, r in results.items() if r.status == TaskStatus.COMPLETED}
-        nxt = frontier(plan, done, self.store.inserted(workflow_id))
+        nxt, results = self._frontier(workflow_id)
         if nxt is None:
             return None
+        plan = self.store.plan(workflow_id)
         node = next((n for n in plan.nodes if n.step_id == nxt), None)
         what = entry(
             self.app, plan, workflow_id, node or self.store.task(workflow_id, nxt), run, results
