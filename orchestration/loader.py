@@ -91,6 +91,8 @@ def plan_task(
     """Check one task step against the registry and the keys available to it."""
     params: dict[str, Any] = dict(step.parameters)
     compensation = None
+    # What the step loads: its context_keys, else the keys its task type reads, else all.
+    context_keys = step.context_keys
     try:
         task_type = reg.get_task(step.agent_id, step.task_type)
     except BatonError as exc:
@@ -104,7 +106,10 @@ def plan_task(
             problems.extend(_problems(exc, f"{where}.parameters"))
         else:
             params = model.model_dump(mode="json")
-            _check_reads(step, where, task_type.reads_for(model), available, problems)
+            reads = task_type.reads_for(model)
+            _check_reads(step, where, reads, available, problems)
+            if context_keys is None and reads:
+                context_keys = reads
     return PlannedTask(
         step_id=step_id,
         index=index,
@@ -114,7 +119,7 @@ def plan_task(
         parameters=params,
         group=group,
         after=after,
-        context_keys=step.context_keys,
+        context_keys=context_keys,
         retries=step.retries,
         retry_backoff=step.retry_backoff,
         retry_backoff_max=step.retry_backoff_max,

@@ -484,6 +484,10 @@ class StateStore:
 
     # ------------------------------------------------------------------ reads
 
+    def data_keys(self, workflow_id: str) -> set[str]:
+        """The keys shared_data holds now."""
+        return {_s(k) for k in self.redis.hkeys(self.keys(workflow_id).data)}
+
     def status_of(self, workflow_id: str) -> WorkflowStatus:
         raw = self.redis.hget(self.keys(workflow_id).meta, "status")
         if raw is None:

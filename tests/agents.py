@@ -70,7 +70,11 @@ def payload(step: StepInput[PayloadParams]) -> dict[str, Any]:
 def read(step: StepInput[ReadParams]) -> dict[str, Any]:
     """Reads a key and reports its size, proving the state arrived."""
     value = step.require(step.parameters.key)
-    return {"key": step.parameters.key, "bytes": len(json.dumps(value))}
+    return {
+        "key": step.parameters.key,
+        "bytes": len(json.dumps(value)),
+        "saw_keys": sorted(step.shared_data),
+    }
 
 
 _redis: redis.Redis | None = None

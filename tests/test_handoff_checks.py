@@ -66,6 +66,20 @@ def test_context_keys_limit_what_an_agent_is_handed(orch: WorkflowOrchestrator) 
     assert ctx.shared_data["wide"]["saw_keys"] == ["blob", "narrow", "private"]
 
 
+def test_a_task_that_declares_what_it_reads_loads_only_that(orch: WorkflowOrchestrator) -> None:
+    wid = orch.run_workflow({"steps": [
+        step("payload", "blob", size=100),
+        step("payload", "private", size=100_000),
+        step("read", "declared", key="blob"),
+        {**step("read", "widened", key="blob"), "context_keys": ["blob", "private"]},
+    ]})  # fmt: skip
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert ctx.shared_data["declared"]["saw_keys"] == ["blob"]
+    assert ctx.shared_data["widened"]["saw_keys"] == ["blob", "private"]
+
+
 def test_context_keys_must_hold_what_the_task_reads(orchestrator: WorkflowOrchestrator) -> None:
     with pytest.raises(DefinitionError) as err:
         orchestrator.create_workflow({"steps": [

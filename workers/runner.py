@@ -294,7 +294,7 @@ class Engine:
         handoff: PlannedTask | None = None
         if output is not None and output.handoff is not None:
             try:
-                handoff = self._plan_handoff(task, output.handoff, state)
+                handoff = self._plan_handoff(workflow_id, task, output.handoff)
             except BatonError as exc:
                 error, output = str(exc), None
         ok = error is None
@@ -375,7 +375,7 @@ class Engine:
             )
         return out, encoded
 
-    def _plan_handoff(self, task: PlannedTask, handoff: Handoff, state: StepState) -> PlannedTask:
+    def _plan_handoff(self, workflow_id: str, task: PlannedTask, handoff: Handoff) -> PlannedTask:
         """Check a run-time handoff as a definition is checked at creation."""
         where = f"handoff from {task.step_id} to {handoff.agent_id}.{handoff.task_type}"
         if task.group is not None:
@@ -385,8 +385,12 @@ class Engine:
             params = tt.validate_params(handoff.parameters)
         except ValidationError as exc:
             raise BatonError(f"{where}: invalid parameters: {exc}") from None
-        available = set(state.shared_data) | ({task.output_key} if task.output_key else set())
-        missing = [k for k in tt.reads_for(params) if k not in available]
+        # The whole state's keys: the step itself may have loaded only some of them.
+        available = self.store.data_keys(workflow_id) | (
+            {task.output_key} if task.output_key else set()
+        )
+        reads = tt.reads_for(params)
+        missing = [k for k in reads if k not in available]
         if missing:
             raise BatonError(f"{where}: it reads {missing}, which the state does not hold")
         if handoff.output_key and handoff.output_key in available:
@@ -398,6 +402,7 @@ class Engine:
             task_type=handoff.task_type,
             output_key=handoff.output_key,
             parameters=params.model_dump(mode="json"),
+            context_keys=reads or None,  # as at creation: a task that declares reads loads those
             dynamic=True,
             compensation=tt.compensation,
         )
