@@ -28,7 +28,11 @@ def test_each_step_sees_what_earlier_steps_committed(orch: WorkflowOrchestrator)
     assert ctx.status == WorkflowStatus.COMPLETED
     assert ctx.current_step == ctx.total_steps == 4
     assert ctx.shared_data["first"]["value"] == 1
-    assert ctx.shared_data["read_back"] == {"key": "blob", "bytes": len('{"blob": ""}') + 2048}
+    assert ctx.shared_data["read_back"] == {
+        "key": "blob",
+        "bytes": len('{"blob": ""}') + 2048,
+        "saw_keys": ["blob"],  # what it declares it reads, no more
+    }
     assert ctx.shared_data["last"]["saw_keys"] == ["blob", "first", "read_back"]
     assert ctx.shared_data["last"]["previous"] == ["step_1", "step_2", "step_3"]
     assert list(ctx.task_results) == ["step_1", "step_2", "step_3", "step_4"]
