@@ -97,7 +97,7 @@ class WorkflowOrchestrator:
                 wid,
                 plan,
                 start=self._engine.outgoing(first) if first else None,
-                deadline_at=self._deadline(plan),
+                deadline_at=self._deadline(plan) if first else None,
             )
         except redis.RedisError as exc:
             raise StateStoreError(f"cannot reach Redis at {redact(self.redis_url)}: {exc}") from exc

@@ -145,6 +145,7 @@ class StateStore:
     ) -> Any:
         k = self.keys(workflow_id)
         join = send.aggregate or NOTHING
+        pushes = [*send.pushes, *join.pushes]
         spec = {
             "channel": k.events,
             "status_channel": k.statuses,
@@ -154,12 +155,11 @@ class StateStore:
             "sends": len(send.pushes),
             "join_track": join.ids,
             "joins": len(join.pushes),
-            "ops": "".join(op for op, _, _ in [*send.pushes, *join.pushes]),
+            "ops": "".join(op for op, _, _ in pushes),
             "arm": send.group,
             **spec,
         }
         spec = {key: v for key, v in spec.items() if v is not None}  # cjson.null is truthy in Lua
-        pushes = [*send.pushes, *join.pushes]
         return self._scripts[name](
             keys=[
                 *k.all(),
