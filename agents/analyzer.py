@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.base import Agent, StepInput
+from agents.base import StepInput
 from agents.records import (
     Record,
     mean,
@@ -26,6 +26,7 @@ from agents.records import (
     totals_by,
     values_of,
 )
+from agents.registry import Agent
 
 log = logging.getLogger("baton.agents.analyzer")
 

@@ -1,21 +1,23 @@
-"""The agent contract: an agent is a named set of task types, each a plain function.
+"""The agent contract: what a task function is given, what it returns, how it is declared.
 
 A task function receives a frozen :class:`StepInput` (its validated parameters, the
-shared data it may read, and the results before it) and returns its output. It never
-touches Redis or Celery: the worker loads state, calls it, validates the output and
-commits it, so an agent is testable as a pure function and safe to run twice.
+shared data it may read, and the results before it) and returns its output (or a
+:class:`Handoff`). It never touches Redis or Celery: the worker loads state, calls it,
+validates the output and commits it, so an agent is testable as a pure function and safe
+to run twice. Agents themselves, and the registry they join, are ``agents/registry.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestration.errors import AgentOutputError, DuplicateAgent
-from orchestration.models import TaskResult
+from orchestration.broker import agent_queue
+from orchestration.errors import AgentOutputError
+from orchestration.models import TaskResult, dumps
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -69,9 +71,11 @@ class Handoff(BaseModel):
 
 @dataclass(frozen=True)
 class StepOutput:
-    """A task function's validated, JSON-ready output and the handoff it asked for, if any."""
+    """A task function's validated output, that output as JSON (what is committed), and
+    the handoff it asked for, if any."""
 
     output: Any
+    encoded: str
     handoff: Handoff | None = None
 
 
@@ -113,7 +117,14 @@ class TaskType:
         handoff = None
         if isinstance(out, Handoff):
             handoff, out = out, out.output
-        return StepOutput(self.validate_output(out), handoff)
+        out = self.validate_output(out)
+        try:
+            encoded = dumps(out)
+        except (TypeError, ValueError) as exc:  # this step fails, not its commit
+            raise AgentOutputError(
+                f"{self.celery_name} returned output that is not JSON: {exc}"
+            ) from exc
+        return StepOutput(out, encoded, handoff)
 
     def validate_output(self, out: Any) -> Any:
         if isinstance(out, BaseModel):
@@ -127,72 +138,3 @@ class TaskType:
                     f"{self.output.__name__}: {exc}"
                 ) from exc
         return out
-
-
-def agent_queue(agent_id: str) -> str:
-    return f"agent.{agent_id}"
-
-
-@dataclass
-class Agent:
-    """A named agent type. Creating one registers it; its tasks register with ``@task``.
-
-    Example::
-
-        scorer = Agent("scorer", description="RFM scores per customer")
-
-        @scorer.task(params=ScoreParams)
-        def score_records(step: StepInput[ScoreParams]) -> dict: ...
-    """
-
-    agent_id: str
-    description: str = ""
-    task_types: dict[str, TaskType] = field(default_factory=dict)
-    register: bool = True
-
-    def __post_init__(self) -> None:
-        if self.register:
-            from agents.registry import registry
-
-            registry.add(self)
-
-    @property
-    def queue(self) -> str:
-        return agent_queue(self.agent_id)
-
-    def task(
-        self,
-        name: str | None = None,
-        *,
-        params: type[BaseModel] = NoParams,
-        output: type[BaseModel] | None = None,
-        description: str | None = None,
-        reads: Reads = (),
-        compensation: str | None = None,
-    ) -> Callable[[TaskFn], TaskFn]:
-        """Register ``fn`` as task type ``name`` (default: the function's name).
-
-        ``reads``: the shared_data keys the task needs, or a function of its parameters
-        giving them; a workflow where no earlier step produces one is refused at creation.
-        ``compensation``: the name of another task type of this agent that undoes this
-        one; it runs (in reverse step order) when a later step fails the workflow.
-        """
-
-        def decorate(fn: TaskFn) -> TaskFn:
-            task_name = name or fn.__name__
-            if task_name in self.task_types:
-                raise DuplicateAgent(f"{self.agent_id}.{task_name} is registered twice")
-            doc = description if description is not None else (fn.__doc__ or "").strip()
-            self.task_types[task_name] = TaskType(
-                self.agent_id,
-                task_name,
-                fn,
-                params,
-                output,
-                doc.split("\n")[0],
-                reads,
-                compensation,
-            )
-            return fn
-
-        return decorate

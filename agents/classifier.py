@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agents.base import Agent, StepInput
+from agents.base import StepInput
 from agents.records import customer_summaries, percentile, records_from
+from agents.registry import Agent
 
 classifier = Agent("classifier", description="Sorts customers into value tiers by revenue")
 

@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.base import Agent, StepInput
+from agents.base import StepInput
 from agents.records import Record, load_records, num, records_from
+from agents.registry import Agent
 
 log = logging.getLogger("baton.agents.data_processor")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agents.base import Agent, StepInput
+from agents.base import StepInput
 from agents.records import (
     REGION_MARKETS,
     Record,
@@ -17,6 +17,7 @@ from agents.records import (
     period_of,
     records_from,
 )
+from agents.registry import Agent
 
 enricher = Agent("enricher", description="Adds period, size band, market and customer fields")
 

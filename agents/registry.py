@@ -1,15 +1,16 @@
-"""The process-wide agent registry: agents add themselves; nothing branches on ids."""
+"""Agents and the process-wide registry they add themselves to; nothing branches on ids."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
+from agents.base import NoParams, Reads, TaskFn, TaskType
+from orchestration.broker import agent_queue
 from orchestration.errors import DuplicateAgent, UnknownAgent, UnknownTaskType
-
-if TYPE_CHECKING:
-    from agents.base import Agent, TaskType
 
 BUILTIN_MODULES = (
     "agents.data_processor",
@@ -23,6 +24,9 @@ BUILTIN_MODULES = (
 
 
 class AgentRegistry:
+    """Agents by id; it is the catalog (``orchestration.catalog.Catalog``) that workflow
+    definitions are checked against."""
+
     def __init__(self) -> None:
         self._agents: dict[str, Agent] = {}
 
@@ -61,6 +65,69 @@ class AgentRegistry:
 
 
 registry = AgentRegistry()
+
+
+@dataclass
+class Agent:
+    """A named agent type. Creating one registers it; its tasks register with ``@task``.
+
+    Example::
+
+        scorer = Agent("scorer", description="RFM scores per customer")
+
+        @scorer.task(params=ScoreParams)
+        def score_records(step: StepInput[ScoreParams]) -> dict: ...
+    """
+
+    agent_id: str
+    description: str = ""
+    task_types: dict[str, TaskType] = field(default_factory=dict)
+    register: bool = True
+
+    def __post_init__(self) -> None:
+        if self.register:
+            registry.add(self)
+
+    @property
+    def queue(self) -> str:
+        return agent_queue(self.agent_id)
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        params: type[BaseModel] = NoParams,
+        output: type[BaseModel] | None = None,
+        description: str | None = None,
+        reads: Reads = (),
+        compensation: str | None = None,
+    ) -> Callable[[TaskFn], TaskFn]:
+        """Register ``fn`` as task type ``name`` (default: the function's name).
+
+        ``reads``: the shared_data keys the task needs, or a function of its parameters
+        giving them; a workflow where no earlier step produces one is refused at creation.
+        ``compensation``: the name of another task type of this agent that undoes this
+        one; it runs (in reverse step order) when a later step fails the workflow.
+        """
+
+        def decorate(fn: TaskFn) -> TaskFn:
+            task_name = name or fn.__name__
+            if task_name in self.task_types:
+                raise DuplicateAgent(f"{self.agent_id}.{task_name} is registered twice")
+            doc = description if description is not None else (fn.__doc__ or "").strip()
+            self.task_types[task_name] = TaskType(
+                self.agent_id,
+                task_name,
+                fn,
+                params,
+                output,
+                doc.split("\n")[0],
+                reads,
+                compensation,
+            )
+            return fn
+
+        return decorate
 
 
 def load_agents(extra_modules: Iterable[str] = ()) -> AgentRegistry:

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 from pydantic import BaseModel, ConfigDict
 
-from agents.base import Agent, StepInput
+from agents.base import StepInput
 from agents.records import records_from, totals_by
+from agents.registry import Agent
 from orchestration.settings import get_settings
 
 log = logging.getLogger("baton.agents.reporter")

@@ -8,8 +8,9 @@ from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.base import Agent, StepInput
+from agents.base import StepInput
 from agents.records import customer_summaries, mean, parse_date, percentile, records_from
+from agents.registry import Agent
 
 scorer = Agent("scorer", description="RFM scores and segments per customer")
 

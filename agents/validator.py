@@ -8,8 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.base import Agent, StepInput
+from agents.base import StepInput
 from agents.records import REGION_MARKETS, Record, num, parse_date, records_from
+from agents.registry import Agent
 
 validator = Agent("validator", description="Checks records against named business rules")
 

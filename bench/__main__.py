@@ -29,7 +29,7 @@ import redis
 from bench import profiling, report, scenarios
 from bench.scenarios import Sizes
 from bench.sides import BareSide, BatonSide, Side, Workdir, ts
-from workers.embedded import RedisServer
+from orchestration.embedded import RedisServer
 
 
 def log(msg: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 import bench.msglog  # noqa: F401  (message-size log, same in every process)
-from agents.base import Agent, StepInput
+from agents import Agent, StepInput
 from bench import profiling
 
 

@@ -1,7 +1,8 @@
 """Bare Celery: the same no-op work as ``bench.agents``, as plain Celery tasks.
 
-The app is configured by ``workers.app.celery_config`` -- the very settings Baton's
-workers use (JSON, late acks, prefetch 1, events, routing) -- so the only difference the
+The app is configured by ``orchestration.broker.celery_config`` -- the very settings
+Baton's workers use (JSON, late acks, prefetch 1, events, routing), on the same Redis
+transport (``workers.transport``) -- so the only difference the
 benchmark sees is Baton's engine. ``bare.*`` routes to queue ``agent.bare``.
 Run: ``celery -A bench.bare worker -Q agent.bare -c 2 -P prefork``.
 """
@@ -15,8 +16,9 @@ from typing import Any
 from celery import Celery
 
 import bench.msglog  # noqa: F401  (message-size log, same in every process)
+from orchestration.broker import celery_config
 from orchestration.settings import BatonSettings
-from workers.app import celery_config
+from workers.transport import install as install_transport
 
 QUEUE = "agent.bare"
 
@@ -37,6 +39,7 @@ def _same_logging() -> None:
 
 def make_app(redis_url: str, settings: BatonSettings | None = None) -> Celery:
     """A Celery app with Baton's configuration and the bare no-op tasks."""
+    install_transport()
     app = Celery("bare", set_as_current=False)
     app.conf.update(celery_config(settings or BatonSettings(), redis_url))
     _same_logging()

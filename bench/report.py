@@ -204,7 +204,7 @@ def markdown(data: dict[str, Any]) -> str:
         "Written by `python -m bench` from a real run"
         f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}). Both sides run the same"
         " no-op work on the same private `redis-server`, with worker processes started with"
-        " identical Celery settings (`workers.app.celery_config`: JSON, `task_acks_late`,"
+        " identical Celery settings (`orchestration.broker.celery_config`: JSON, `task_acks_late`,"
         " `worker_prefetch_multiplier=1`, task events), prefork, concurrency 2; the sides run"
         " one after the other, never at the same time, alternating which goes first; Redis"
         " is flushed between them.\n"
@@ -253,9 +253,9 @@ def markdown(data: dict[str, Any]) -> str:
         " --out /tmp/b  # tiny sizes, a minute; used by tests/test_bench_smoke.py\n```\n"
     )
     add(
-        "It starts its own `redis-server` (`workers.embedded.RedisServer`, on a free port,"
+        "It starts its own `redis-server` (`orchestration.embedded.RedisServer`, on a free port,"
         " AOF on as Baton ships it), then per side: Baton workers via"
-        " `workers.embedded.LocalWorkers` (`python -m workers.cli worker --agents bench`,"
+        " `orchestration.embedded.LocalWorkers` (`python -m workers.cli worker --agents bench`,"
         " agent `bench` from `bench/agents.py`, loaded with `BATON_AGENT_MODULES=bench.agents`)"
         " or `celery -A bench.bare worker -Q agent.bare -c 2 -P prefork` (tasks in"
         " `bench/bare.py`). Readiness is a Celery ping.\n"

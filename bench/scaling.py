@@ -21,8 +21,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers, RedisServer
 from orchestration.settings import BatonSettings
-from workers.embedded import LocalWorkers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

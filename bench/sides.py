@@ -22,8 +22,8 @@ from celery.result import AsyncResult
 from celery.states import READY_STATES as READY
 
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
-from workers.embedded import LocalWorkers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 2

@@ -1,13 +1,14 @@
-"""Baton's orchestration layer: definitions, plans, the state store and the client API."""
+"""Baton's core (definitions, plans, the state store and its scripts, the wire format of
+messages) and, on top of it, the client API."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from orchestration.client import WorkflowOrchestrator
 from orchestration.errors import (
     BatonError,
     DefinitionError,
     StateStoreError,
+    StepError,
     StepFailed,
     UnknownAgent,
     UnknownTaskType,
@@ -26,14 +27,12 @@ from orchestration.models import (
     WorkflowStatusReport,
 )
 
-if TYPE_CHECKING:
-    from orchestration.client import WorkflowOrchestrator
-
 __all__ = [
     "BatonError",
     "DefinitionError",
     "StateStoreError",
     "ParallelStep",
+    "StepError",
     "StepFailed",
     "TaskResult",
     "TaskStatus",
@@ -49,13 +48,3 @@ __all__ = [
     "WorkflowStatusReport",
     "WorkflowTimeout",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # Imported lazily: the client pulls in Celery and the workers package, which in
-    # turn import agents; agents import this package's models.
-    if name == "WorkflowOrchestrator":
-        from orchestration.client import WorkflowOrchestrator
-
-        return WorkflowOrchestrator
-    raise AttributeError(name)

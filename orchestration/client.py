@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Iterator
-from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
 import redis
 
-from agents.registry import AgentRegistry, load_agents
-from orchestration.compiler import entry
+from orchestration.broker import producer_app
+from orchestration.catalog import Catalog, load_catalog
+from orchestration.connection import connect
+from orchestration.dispatch import Dispatcher
+from orchestration.embedded import EmbeddedRedis, LocalWorkers
 from orchestration.errors import DefinitionError, StateStoreError, WorkflowTimeout
 from orchestration.loader import DefinitionSource, load_plan
-from orchestration.models import Checkpoint, WorkflowContext, WorkflowStatus, WorkflowStatusReport
+from orchestration.models import (
+    WORKFLOW_ID,
+    Checkpoint,
+    WorkflowContext,
+    WorkflowStatus,
+    WorkflowStatusReport,
+)
+from orchestration.names import Event
 from orchestration.plan import Plan
 from orchestration.settings import BatonSettings, get_settings, redact
-from orchestration.store import StateStore, connect
-
-if TYPE_CHECKING:
-    from workers.runner import Engine
+from orchestration.store import StateStore
 
 log = logging.getLogger("baton.client")
 S = WorkflowStatus
-
-_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 
 
 class WorkflowOrchestrator:
@@ -46,14 +48,11 @@ class WorkflowOrchestrator:
         redis_url: str | None = None,
         *,
         settings: BatonSettings | None = None,
-        registry: AgentRegistry | None = None,
+        registry: Catalog | None = None,
         local_workers: bool | None = None,
     ) -> None:
-        from workers.app import create_app
-        from workers.embedded import EmbeddedRedis, LocalWorkers
-
         self.settings = settings or get_settings()
-        self.registry = registry or load_agents(self.settings.agent_modules)
+        self.registry = registry or load_catalog(self.settings.agent_modules)
         self._embedded: EmbeddedRedis | None = None
         self._workers: LocalWorkers | None = None
         url = redis_url or self.settings.redis_url
@@ -67,7 +66,8 @@ class WorkflowOrchestrator:
         self.store = StateStore(
             self.redis, prefix=self.settings.key_prefix, retention=self.settings.retention_seconds
         )
-        self.app = create_app(url, self.settings, self.registry)
+        self.app = producer_app(url, self.settings)
+        self.dispatch = Dispatcher(self.app, self.store)
         if local_workers:
             self._workers = LocalWorkers(
                 url, [[]], concurrency=2, log_dir=self.settings.home / "logs"
@@ -89,14 +89,14 @@ class WorkflowOrchestrator:
         self, plan: Plan, workflow_id: str | None, *, start: bool = False
     ) -> tuple[str, bool]:
         wid = workflow_id or str(uuid.uuid4())
-        if not _ID.match(wid):
+        if not WORKFLOW_ID.match(wid):
             raise DefinitionError([("workflow_id", "use 1-128 of A-Z a-z 0-9 _ - . :")])
-        first = entry(self.app, plan, wid, plan.nodes[0], run=1) if start else None
+        first = self.dispatch.first(plan, wid) if start else None
         try:
             created = self.store.create(
                 wid,
                 plan,
-                start=self._engine.outgoing(first) if first else None,
+                start=self.dispatch.outgoing(first) if first else None,
                 deadline_at=self._deadline(plan) if first else None,
             )
         except redis.RedisError as exc:
@@ -109,7 +109,7 @@ class WorkflowOrchestrator:
             plan.total_steps,
         )
         if created and first is not None:
-            self._engine.sent(first)
+            self.dispatch.send_rest(first)
         return wid, created
 
     @staticmethod
@@ -119,52 +119,61 @@ class WorkflowOrchestrator:
     def start_workflow(self, workflow_id: str, plan: Plan | None = None) -> None:
         """Enqueue the first segment of a ``created`` workflow."""
         plan = plan or self.store.plan(workflow_id)
-        first = entry(self.app, plan, workflow_id, plan.nodes[0], run=1)
+        first = self.dispatch.first(plan, workflow_id)
         self.store.transition(
             workflow_id,
             [S.CREATED],
             S.RUNNING,
-            event="workflow_started",
-            send=self._engine.outgoing(first),
+            event=Event.WORKFLOW_STARTED,
+            send=self.dispatch.outgoing(first),
             deadline_at=self._deadline(plan),
         )
         try:
-            self._engine.sent(first)
+            self.dispatch.send_rest(first)
         except Exception:
             # Nothing was enqueued: put the workflow back so it can be started again.
-            self.store.transition(workflow_id, [S.RUNNING], S.CREATED, event="start_failed")
+            self.store.transition(workflow_id, [S.RUNNING], S.CREATED, event=Event.START_FAILED)
             raise
 
     def cancel_workflow(self, workflow_id: str) -> None:
         """Stop for good: queued tasks are revoked; a running step's commit will be refused."""
-        t = self.store.transition(workflow_id, [S.CREATED, S.RUNNING, S.PAUSED], S.CANCELLED)
+        t = self.store.transition(
+            workflow_id,
+            [S.CREATED, S.RUNNING, S.PAUSED],
+            S.CANCELLED,
+            event=Event.WORKFLOW_CANCELLED,
+        )
         if t.outstanding:
             self.app.control.revoke(t.outstanding)
 
     def pause_workflow(self, workflow_id: str) -> None:
         """Stop before the next step; steps already running finish and commit."""
-        self.store.transition(workflow_id, [S.RUNNING], S.PAUSED)
+        self.store.transition(workflow_id, [S.RUNNING], S.PAUSED, event=Event.WORKFLOW_PAUSED)
 
     def resume_workflow(self, workflow_id: str) -> None:
         """Continue a paused workflow from exactly where it stopped."""
         t = self.store.transition(
-            workflow_id, [S.PAUSED], S.RUNNING, event="workflow_resumed", clear_paused=True
+            workflow_id,
+            [S.PAUSED],
+            S.RUNNING,
+            event=Event.WORKFLOW_RESUMED,
+            clear_paused=True,
         )
         if t.paused_at:  # something stopped at the pause; else the in-flight step goes on
-            self._engine.go_on(workflow_id, t.run)
+            self.dispatch.send_on(workflow_id, t.run)
 
     def retry_workflow(self, workflow_id: str) -> None:
         """Restart a failed workflow from its last good checkpoint; committed steps stay."""
-        version, run = self.store.restore(
+        restored = self.store.restore(
             workflow_id,
             self.store.get_status(workflow_id).version,
             [S.FAILED],
             S.RUNNING,
-            event="workflow_retried",
+            event=Event.WORKFLOW_RETRIED,
             bump_run=True,
             archive_failed=True,
         )
-        self._engine.go_on(workflow_id, run)
+        self.dispatch.send_on(workflow_id, restored.run)
 
     def rollback(self, workflow_id: str, to_version: int) -> None:
         """Restore checkpoint ``to_version`` of a stopped workflow; it is then ``paused``.
@@ -177,15 +186,9 @@ class WorkflowOrchestrator:
             to_version,
             [S.FAILED, S.PAUSED, S.COMPLETED],
             S.PAUSED,
-            event="rolled_back",
+            event=Event.ROLLED_BACK,
             bump_run=True,
         )
-
-    @cached_property
-    def _engine(self) -> Engine:
-        from workers.runner import Engine
-
-        return Engine(self.app, self.store, self.registry)
 
     def run_workflow(self, definition: DefinitionSource, workflow_id: str | None = None) -> str:
         """Validate, create and start a workflow: one script stores it and sends its first
@@ -210,14 +213,14 @@ class WorkflowOrchestrator:
         return self.store.get_checkpoints(workflow_id)
 
     def list_workflows(self, limit: int = 50) -> list[WorkflowStatusReport]:
-        return [self.store.get_status(w) for w in self.store.list_ids(limit)]
+        return [self.store.get_status(w) for w in self.store.index.list_ids(limit)]
 
     def watch(
         self, workflow_ids: list[str], timeout: float | None = None
     ) -> Iterator[list[WorkflowStatusReport]]:
         """Yield the workflows' statuses now and after every change, until all are terminal."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in self.store.subscribe(workflow_ids):
+        for _ in self.store.channels.subscribe(workflow_ids):
             reports = [self.store.get_status(w) for w in workflow_ids]
             yield reports
             if all(r.status.is_terminal for r in reports):
@@ -234,7 +237,7 @@ class WorkflowOrchestrator:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         terminal = {s.value for s in WorkflowStatus if s.is_terminal}
-        for events in self.store.subscribe([workflow_id], statuses_only=True):
+        for events in self.store.channels.subscribe([workflow_id], statuses_only=True):
             if events and not any(e.get("status") in terminal for e in events):
                 continue
             if events or self.store.status_of(workflow_id).is_terminal:
@@ -255,7 +258,7 @@ class WorkflowOrchestrator:
         if self._embedded:
             self._embedded.stop()
             self._embedded = None
-        self.store.close()
+        self.store.channels.close()
         self.redis.close()
 
     def __enter__(self) -> WorkflowOrchestrator:
@@ -263,6 +266,3 @@ class WorkflowOrchestrator:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"redis": redact(self.redis_url), "prefix": self.settings.key_prefix}

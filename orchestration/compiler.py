@@ -7,7 +7,7 @@ A sequential run is a chain of step tasks; a group is a chord: its members' task
 branch sequence being a chain inside it), then ``baton.aggregate`` once every branch has
 ended. The links are made by the commits rather than by Celery's chain callback and
 chord counter: each step's commit sends its successor in the same atomic script
-(``workers/outbox.py``), and counts its group's ended branches in the state store, where
+(``orchestration/outbox.py``), and counts its group's ended branches in the state store, where
 the results already are, so the last one sends the aggregate. Celery's own chord would
 write every member's result a second time and count them in a key of its own.
 """
@@ -21,12 +21,8 @@ from typing import Any
 from celery import Celery, chain
 from celery.canvas import Signature
 
-from agents.base import agent_queue
+from orchestration.broker import AGGREGATE_TASK, CONTROL_QUEUE, FINISH_FAILURE_TASK, agent_queue
 from orchestration.plan import Plan, PlannedGroup, PlannedTask
-
-CONTROL_QUEUE = "baton.control"
-AGGREGATE_TASK = "baton.aggregate"
-FINISH_FAILURE_TASK = "baton.finish_failure"
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ def aggregate_signature(app: Celery, workflow_id: str, group_id: str, run: int) 
     )
 
 
-def entry(
+def start_messages(
     app: Celery,
     plan: Plan,
     workflow_id: str,
@@ -85,7 +81,7 @@ def entry(
     )
 
 
-def after(
+def next_messages(
     app: Celery, plan: Plan, workflow_id: str, done: PlannedTask | PlannedGroup, run: int
 ) -> Next:
     """What the commit of ``done`` (a step, or a group's aggregate) sends."""
@@ -104,7 +100,7 @@ def after(
     nxt = done.index + 1
     if nxt >= plan.total_steps:
         return Next()
-    return entry(app, plan, workflow_id, plan.nodes[nxt], run)
+    return start_messages(app, plan, workflow_id, plan.nodes[nxt], run)
 
 
 def compensation_signature(

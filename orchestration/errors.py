@@ -49,8 +49,49 @@ class StepFailed(BatonError):
     """Raised by a sequential step's task after its failure is committed, to stop the chain."""
 
 
-class AgentOutputError(BatonError):
-    """An agent returned output that does not match its declared output model."""
+class StepError(BatonError):
+    """A step's failure that says whether trying again could help.
+
+    A task function raises ``StepError("...", retryable=False)`` to fail its step at once,
+    whatever retries the step has left; any other exception is taken as transient and
+    retried with backoff as the step allows.
+    """
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class AgentOutputError(StepError):
+    """An agent returned output that does not match its declared output model (or is not
+    JSON); the same input would give it again, so it is not retried."""
+
+    retryable = False
+
+
+class OutputTooLarge(StepError):
+    """A step's output is over ``BATON_MAX_OUTPUT_BYTES``; not retried."""
+
+    retryable = False
+
+
+class HandoffRefused(StepError):
+    """A step handed off to a step that its workflow could not run; not retried."""
+
+    retryable = False
+
+    def __init__(self, where: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        found = "; ".join(f"{what} (at {loc})" if loc else what for loc, what in self.problems)
+        super().__init__(f"{found}, in the {where}")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Transient unless the error says otherwise (``StepError.retryable``)."""
+    return not isinstance(exc, StepError) or exc.retryable
 
 
 class StateStoreError(BatonError):

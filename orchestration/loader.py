@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from agents.registry import AgentRegistry
 from orchestration.aggregate import aggregators
-from orchestration.errors import BatonError, DefinitionError
+from orchestration.catalog import Catalog
+from orchestration.errors import BatonError, DefinitionError, HandoffRefused
 from orchestration.models import (
     STEP_GROUP,
     STEP_TASK,
@@ -25,7 +25,7 @@ from orchestration.models import (
     TaskStep,
     WorkflowDefinition,
 )
-from orchestration.plan import Plan, PlannedGroup, PlannedTask
+from orchestration.plan import Plan, PlannedGroup, PlannedTask, handoff_id
 
 DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
 Problems = list[tuple[str, str]]
@@ -80,7 +80,7 @@ def plan_task(
     where: str,
     step_id: str,
     index: int,
-    reg: AgentRegistry,
+    reg: Catalog,
     problems: Problems,
     available: set[str],
     *,
@@ -156,7 +156,7 @@ def _check_reads(
             )
 
 
-def compile_plan(definition: WorkflowDefinition, reg: AgentRegistry) -> Plan:
+def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
     """Check a parsed definition against the registry and the data flow; assign step ids."""
     problems: Problems = []
     nodes: list[PlannedTask | PlannedGroup] = []
@@ -235,5 +235,32 @@ def compile_plan(definition: WorkflowDefinition, reg: AgentRegistry) -> Plan:
     )
 
 
-def load_plan(source: DefinitionSource, reg: AgentRegistry) -> Plan:
+def load_plan(source: DefinitionSource, reg: Catalog) -> Plan:
     return compile_plan(read_definition(source), reg)
+
+
+def plan_handoff(
+    step: PlannedTask, handoff: dict[str, Any], available: set[str], reg: Catalog
+) -> PlannedTask:
+    """Check a run-time handoff from ``step`` as a definition's step is checked at creation.
+
+    ``handoff``: the new step's agent_id, task_type, parameters and output_key;
+    ``available``: the keys shared_data will hold once ``step`` has committed.
+    Raises ``HandoffRefused`` naming every problem.
+    """
+    where = f"handoff from {step.step_id} to {handoff['agent_id']}.{handoff['task_type']}"
+    try:
+        new = TaskStep.model_validate(handoff)
+    except ValidationError as exc:
+        raise HandoffRefused(where, _problems(exc)) from None
+    problems: Problems = []
+    if step.group is not None:
+        problems.append(("", "handoffs are allowed from top-level steps only"))
+    if new.output_key and new.output_key in available:
+        problems.append(("handoff.output_key", f"{new.output_key!r} is already in use"))
+    planned = plan_task(
+        new, "handoff", handoff_id(step), step.index, reg, problems, available, dynamic=True
+    )
+    if problems:
+        raise HandoffRefused(where, problems)
+    return planned

@@ -6,6 +6,8 @@ Field and status names follow the original in-process design (``TaskResult``,
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -13,10 +15,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+#: What a workflow id may be: the client refuses others, the dashboard answers 404.
+WORKFLOW_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 
 
 def utcnow() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as the state store keeps values (NaN refused: JSON has none)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 class TaskStatus(StrEnum):

@@ -17,7 +17,7 @@ import redis
 from celery.signals import after_task_publish, task_prerun
 from pydantic import BaseModel, ConfigDict
 
-from agents.base import Agent, Handoff, StepInput
+from agents import Agent, Handoff, StepInput
 
 
 class EchoParams(BaseModel):

@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers, RedisServer
 from orchestration.settings import BatonSettings
 from tests.browser import chromium  # noqa: F401  (a fixture, shared by browser tests)
-from workers.embedded import LocalWorkers, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL_AGENTS = ["validator", "enricher", "classifier", "scorer", "testkit"]

@@ -22,10 +22,10 @@ from kombu import Connection, Producer
 
 from orchestration import DefinitionError, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers, RedisServer
 from orchestration.settings import BatonSettings
 from tests.conftest import ROOT
 from tests.helpers import eventually, step
-from workers.embedded import LocalWorkers, RedisServer
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 

@@ -153,7 +153,7 @@ def test_expired_workflows_leave_the_index_and_live_ones_stay(
     index = f"{store.prefix}:workflows"
     assert {expired, alive} <= {i.decode() for i in raw_redis.zrange(index, 0, -1)}
 
-    dropped, _ = store.prune_index(before=float("inf"), batch=100_000)
+    dropped, _ = store.index.prune(before=float("inf"), batch=100_000)
 
     ids = {i.decode() for i in raw_redis.zrange(index, 0, -1)}
     assert dropped >= 1

@@ -28,9 +28,9 @@ import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import free_port
 from tests.browser import DevTools, http, shoot
 from tests.helpers import EXTRACT_AND_CLEAN, eventually, open_gate, step, wait_gate_started
-from workers.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "dashboard.png"

@@ -15,8 +15,8 @@ import pytest
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers, free_port
 from tests.helpers import eventually, step
-from workers.embedded import LocalWorkers, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,10 +22,10 @@ import redis
 
 from orchestration import WorkflowContext, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers, RedisServer
 from orchestration.settings import BatonSettings
 from tests.conftest import ROOT
 from tests.helpers import eventually
-from workers.embedded import LocalWorkers, RedisServer
 
 N = int(os.environ.get("BATON_TEST_LOAD", "1000"))
 AGENTS = ["data_processor", "analyzer", "validator", "classifier", "scorer"]

@@ -8,8 +8,8 @@ import pytest
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
-from workers.embedded import LocalWorkers
 
 
 @pytest.mark.parametrize("log_format", ["json", "text"])

@@ -14,8 +14,8 @@ import pytest
 
 from orchestration import WorkflowContext, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
-from workers.embedded import LocalWorkers
 
 
 class SlowAPI(BaseHTTPRequestHandler):

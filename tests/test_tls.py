@@ -11,10 +11,10 @@ import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import LocalWorkers, free_port
 from orchestration.settings import BatonSettings
 from tests.conftest import ROOT
 from tests.helpers import eventually, step
-from workers.embedded import LocalWorkers, free_port
 
 SYSTEM_REDIS = Path("/usr/bin/redis-server")
 

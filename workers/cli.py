@@ -299,7 +299,7 @@ def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
     BATON_FLOWER_BASIC_AUTH (user:password[,user2:password2]), passed to Flower through
     its environment, never on the command line; extra arguments go to Flower as they are.
     """
-    from workers.embedded import resolve_redis_url
+    from orchestration.embedded import resolve_redis_url
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)

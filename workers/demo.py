@@ -8,9 +8,9 @@ from typing import Any
 
 from agents.registry import load_agents
 from orchestration.client import WorkflowOrchestrator
+from orchestration.embedded import EmbeddedRedis, LocalWorkers
 from orchestration.models import WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import BatonSettings, redact
-from workers.embedded import EmbeddedRedis, LocalWorkers
 from workers.routing import queues_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

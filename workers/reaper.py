@@ -18,8 +18,9 @@ import time
 import uuid
 
 from orchestration.models import HistoryEntry, WorkflowStatus
+from orchestration.names import Event
 from orchestration.settings import BatonSettings
-from workers.runner import Engine
+from workers.engine import Engine
 
 log = logging.getLogger("baton.reaper")
 S = WorkflowStatus
@@ -50,12 +51,12 @@ class Reaper:
         now = time.time()
         if self.store.retention > 0:  # else nothing expires
             # A workflow's state expires at least ``retention`` after it was created.
-            dropped, self._prune_from = self.store.prune_index(
+            dropped, self._prune_from = self.store.index.prune(
                 now - self.store.retention, self._prune_from
             )
             if dropped:
                 log.info("reaper: %d expired workflows dropped from the index", dropped)
-        for wid, last in self.store.active_workflows().items():
+        for wid, last in self.store.index.active().items():
             try:
                 action = self._check(wid, last, now)
             except Exception as exc:  # one bad workflow must not stop the sweep
@@ -72,7 +73,7 @@ class Reaper:
             meta_key, "status", "run", "deadline_at", "reaps"
         )
         if status is None:
-            self.store.redis.zrem(f"{self.store.prefix}:active", meta_key)
+            self.store.index.forget(wid)
             return None
         state, run_no = status.decode(), int(run or 1)
         if deadline and now > float(deadline) and state == S.RUNNING:
@@ -81,11 +82,11 @@ class Reaper:
             return None
         if state == S.COMPENSATING:
             # Its compensation chain was lost: restore and finish the failure now.
-            self.engine.finish_failure(wid, run_no)
+            self.engine.saga.finish_failure(wid, run_no)
             return "finished a lost compensation"
         if state != S.RUNNING:
             return None
-        step = self.engine.next_step(wid)
+        step = self.engine.dispatch.next_step(wid)
         if step is not None and self._backlogged(wid, step):
             return None  # its next message is most likely still queued behind others
         if int(reaps or 0) >= self.max_reaps:
@@ -95,12 +96,14 @@ class Reaper:
                 f"stalled: no progress for {self.stall:.0f}s after {self.max_reaps} re-dispatches",
             )
         self.store.redis.hincrby(meta_key, "reaps", 1)
-        self.store.touch(wid)
-        step = self.engine.go_on(wid, run_no)
-        self.store.note(
+        self.store.index.touch(wid)
+        step = self.engine.dispatch.send_on(wid, run_no)
+        self.store.append_history(
             wid,
             HistoryEntry(
-                event="reaper_redispatched", step=step, error=f"no progress for {now - last:.0f}s"
+                event=Event.REAPER_REDISPATCHED,
+                step=step,
+                error=f"no progress for {now - last:.0f}s",
             ),
         )
         return f"re-dispatched from {step}"
@@ -108,18 +111,19 @@ class Reaper:
     def _backlogged(self, wid: str, step: str) -> bool:
         """Whether the queues the step's messages go to hold messages: a workflow waiting
         its turn behind a backlog is slow, not stalled. Only the Redis broker can say."""
-        if not self.engine.sender.inline:  # a broker of its own: its queues are not visible
+        encoder = self.engine.dispatch.outbox.encoder
+        if not encoder.inline:  # a broker of its own: its queues are not visible
             return False
         pipe = self.store.redis.pipeline(transaction=False)
-        for queue in self.engine.queues_for(wid, step):
-            pipe.llen(queue)
+        for queue in self.engine.dispatch.queues_for(wid, step):
+            pipe.llen(encoder.queue_key(queue))  # the transport's global_keyprefix too
         return any(pipe.execute())
 
     def _fail(self, wid: str, run: int, reason: str) -> str:
         self.store.transition(
-            wid, [S.RUNNING], S.COMPENSATING, event="workflow_reaped", error=reason
+            wid, [S.RUNNING], S.COMPENSATING, event=Event.WORKFLOW_REAPED, error=reason
         )
-        self.engine.fail_workflow(wid, run)
+        self.engine.saga.fail_workflow(wid, run)
         return f"failed: {reason}"
 
     def run_forever(self) -> None:

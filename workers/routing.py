@@ -1,21 +1,11 @@
-"""Where each task goes: ``<agent>.<task>`` to ``agent.<agent>``, engine tasks to control."""
+"""Which queues a worker consumes: one per agent it serves (``agent.<id>``), and control."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from agents.base import agent_queue
 from agents.registry import AgentRegistry
-from orchestration.compiler import CONTROL_QUEUE
-
-
-def route_task(
-    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
-) -> dict[str, str]:
-    """Celery router: the queue follows from the task name alone."""
-    prefix = name.split(".", 1)[0]
-    return {"queue": CONTROL_QUEUE if prefix == "baton" else agent_queue(prefix)}
+from orchestration.broker import CONTROL_QUEUE
 
 
 def queues_for(

@@ -1,5 +1,6 @@
--- Prepended to every script. KEYS are always, in this order, a workflow's keys
--- (see orchestration/keys.py), then the index of workflows.
+-- Prepended to every script (after the names of orchestration/names.py: EVENT, METRIC,
+-- BUCKETS). KEYS are always, in this order, a workflow's keys (orchestration/keys.py),
+-- the index of workflows, the metrics hash and the set of active workflows.
 local META, PLAN, DATA, RESULTS, HISTORY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local STEPS = KEYS[11]
@@ -67,64 +68,10 @@ local function status_among(allowed)
   return status, nil
 end
 
-local function track(ids)
-  if ids and #ids > 0 then
-    redis.call('SADD', TASKS, unpack(ids))
-  end
-end
-
--- Task messages that go with this change (workers/outbox.py). Their ids are tracked
--- (for cancel to revoke); when the broker is this Redis, the messages themselves are
--- sent here too: their queue keys (or event channels) follow the fixed KEYS and their
--- payloads follow the script's own ARGV; spec.ops has one letter for each, 'l' (LPUSH
--- onto a queue) or 'p' (PUBLISH an event). The first spec.sends go now; the next
--- spec.joins are the aggregate of the group this change starts (spec.arm), kept until
--- the group's last branch ends (fire).
-local function push(ops, first, count)
-  local base = #ARGV - (#KEYS - N_FIXED_KEYS)
-  local out = {}
-  for i = first, first + count - 1 do
-    table.insert(out, {string.sub(ops, i, i), KEYS[N_FIXED_KEYS + i], ARGV[base + i]})
-  end
-  return out
-end
-
-local function deliver(messages)
-  for _, m in ipairs(messages) do
-    redis.call(m[1] == 'p' and 'PUBLISH' or 'LPUSH', m[2], m[3])
-  end
-end
-
-local function send(spec)
-  track(spec.track)
-  deliver(push(spec.ops or '', 1, spec.sends or 0))
-  if spec.arm then
-    local aggregate = {ids = spec.join_track, messages = push(spec.ops or '', (spec.sends or 0) + 1,
-      spec.joins or 0)}
-    redis.call('HSET', STEPS, 'joined:' .. spec.arm, 0, 'join:' .. spec.arm, cjson.encode(aggregate))
-  end
-end
-
--- The group's last branch ended: send its aggregate. Returns its task id and (on the
--- Redis broker) its message, for the caller's publish hooks.
-local function fire(group)
-  local armed = redis.call('HGET', STEPS, 'join:' .. group)
-  if not armed then
-    return '', ''
-  end
-  local aggregate = cjson.decode(armed)
-  track(aggregate.ids)
-  deliver(aggregate.messages)
-  local first = aggregate.messages[1]
-  return aggregate.ids[1] or '', first and first[3] or ''
-end
-
 -- Counters for Prometheus (the dashboard's /metrics): one hash for the whole prefix.
-local BUCKETS = {0.05, 0.25, 1, 5, 30, 120, 600}
-
 local function count_workflow(status)
   if METRICS then
-    redis.call('HINCRBY', METRICS, 'workflows_total|' .. status, 1)
+    redis.call('HINCRBY', METRICS, METRIC.workflows_total .. '|' .. status, 1)
   end
 end
 
@@ -142,7 +89,7 @@ local function observe_step(agent, task_type, status, seconds)
       break
     end
   end
-  redis.call('HINCRBY', METRICS, 'steps_total|' .. label .. '|' .. status, 1)
-  redis.call('HINCRBYFLOAT', METRICS, 'step_seconds_sum|' .. label, seconds)
-  redis.call('HINCRBY', METRICS, 'step_seconds_in|' .. label .. '|' .. bucket, 1)
+  redis.call('HINCRBY', METRICS, METRIC.steps_total .. '|' .. label .. '|' .. status, 1)
+  redis.call('HINCRBYFLOAT', METRICS, METRIC.step_seconds_sum .. '|' .. label, seconds)
+  redis.call('HINCRBY', METRICS, METRIC.step_seconds_in .. '|' .. label .. '|' .. bucket, 1)
 end

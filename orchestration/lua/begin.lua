@@ -35,13 +35,13 @@ if held then
   if lease.owner ~= spec.owner then
     if lease['until'] > now then
       if redis.call('HINCRBY', STEPS, 'deferred:' .. spec.step, 1) == 1 then
-        history({event = 'redelivery_deferred', step = spec.step, worker = spec.worker,
+        history({event = EVENT.redelivery_deferred, step = spec.step, worker = spec.worker,
           error = 'delivered again while ' .. tostring(lease.worker) .. ' still runs it',
           timestamp = spec.now})
       end
       return {'leased', 0}
     end
-    history({event = 'attempt_lost', step = spec.step, worker = lease.worker,
+    history({event = EVENT.attempt_lost, step = spec.step, worker = lease.worker,
       error = 'its worker stopped renewing the lease', timestamp = spec.now})
   end
 end
@@ -49,7 +49,7 @@ redis.call('HSET', STEPS, 'lease:' .. spec.step,
   cjson.encode({owner = spec.owner, worker = spec.worker, ['until'] = now + spec.lease_ms}))
 local attempt = redis.call('HINCRBY', STEPS, 'attempts:' .. spec.step, 1)
 redis.call('HSET', RUNNING, spec.step, spec.running_json)
-publish(spec.channel, {event = 'step_started', step = spec.step})
+publish(spec.channel, {event = EVENT.step_started, step = spec.step})
 
 -- The state the step may see, in the same round trip: shared_data (all of it, or its
 -- context_keys), and the results it is shown (earlier top-level and inserted steps and

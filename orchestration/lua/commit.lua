@@ -6,7 +6,7 @@
 -- What goes next is sent with it (see send() in _lib.lua) while the workflow runs: the
 -- next step or group, or, when spec.join names this step's group, the group's aggregate
 -- once this was the last of its branches to end. Returns {state, version, status,
--- the id and message of the aggregate it sent, or '', ''}.
+-- the id and message of the aggregate it sent, or '', ''} (scripts.CommitReply).
 -- ARGV: spec {step, node, output_key, advance, outcome, now, error, retention, run,
 --             agent_id, task_type, status, seconds (for the metrics),
 --             task_id, track, sends, ops, join {group, total}, arm, join_track, joins,
@@ -15,16 +15,16 @@
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
 if not status then
-  return {'missing', 0, ''}
+  return {'missing', 0, '', '', ''}
 end
 local function refuse(state)
   redis.call('HDEL', RUNNING, spec.step)
   if spec.task_id ~= '' then
     redis.call('SREM', TASKS, spec.task_id)
   end
-  history({event = 'commit_refused', step = spec.step, status = state, timestamp = spec.now,
+  history({event = EVENT.commit_refused, step = spec.step, status = state, timestamp = spec.now,
     error = 'workflow is ' .. status .. ' (' .. state .. ')'})
-  return {state, tonumber(redis.call('HGET', META, 'version')), status}
+  return {state, tonumber(redis.call('HGET', META, 'version')), status, '', ''}
 end
 if status ~= 'running' and status ~= 'paused' then
   return refuse('not_running')
@@ -35,7 +35,7 @@ end
 if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
   if spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner then
     -- This execution's own commit, replayed after a lost reply: report it as done.
-    return {'committed', tonumber(redis.call('HGET', META, 'version')), status, ''}
+    return {'committed', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
   end
   return refuse('duplicate')
 end
@@ -93,7 +93,7 @@ redis.call('HSET', META, 'updated_at', spec.now)
 local entry = cjson.decode(ARGV[4])
 entry.version, entry.changed = version, changed
 if outcome == 'fail' then
-  entry.event, entry.status, entry.error = 'step_failed', 'failed', err
+  entry.event, entry.status, entry.error = EVENT.step_failed, 'failed', err
 end
 history(entry)
 
@@ -106,7 +106,7 @@ elseif outcome == 'complete' then
   final = 'completed'
   count_workflow(final)
   redis.call('HSET', META, 'status', final, 'finished_at', spec.now)
-  history({event = 'workflow_completed', status = final, step = spec.step, version = version,
+  history({event = EVENT.workflow_completed, status = final, step = spec.step, version = version,
     timestamp = spec.now})
   redis.call('DEL', RUNNING)
   active(false)
@@ -120,14 +120,14 @@ local aggregate, message = '', ''
 if final == 'running' then
   send(spec)
   if joined then
-    aggregate, message = fire(spec.join.group)
+    aggregate, message = send_aggregate(spec.join.group)
   end
   active(true)
 elseif final == 'paused' and (#(spec.track or {}) > 0 or joined) then
   -- What would go next is held back: resume sends it.
   redis.call('HSETNX', META, 'paused_at', spec.step)
 end
-local committed = {event = 'committed', step = spec.step, version = version, status = final}
+local committed = {event = EVENT.committed, step = spec.step, version = version, status = final}
 if final ~= status then
   publish_status(spec, committed)
 else

@@ -18,9 +18,9 @@ if spec.start then
     redis.call('HSET', META, 'deadline_at', spec.deadline_at)
   end
   count_workflow('started')
-  history({event = 'workflow_started', status = 'running', timestamp = spec.now})
+  history({event = EVENT.workflow_started, status = 'running', timestamp = spec.now})
   send(spec)
   active(true)
-  publish_status(spec, {event = 'status', status = 'running'})
+  publish_status(spec, {event = EVENT.status, status = 'running'})
 end
 return 1

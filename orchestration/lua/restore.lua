@@ -78,5 +78,5 @@ elseif spec.to == 'failed' then
 end
 history({event = spec.event, status = spec.to, version = version, restored_to = target,
   changed = #changed > 0 and changed or nil, timestamp = spec.now})  -- ({} would be an object)
-publish_status(spec, {event = 'status', status = spec.to, version = version})
+publish_status(spec, {event = EVENT.status, status = spec.to, version = version})
 return {'ok', status, version, run}

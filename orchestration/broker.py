@@ -1,0 +1,85 @@
+"""What clients and workers agree on about the broker: queues, task names, Celery settings.
+
+Both sides build their Celery app from :func:`celery_config`, so a message a client sends
+is one a worker accepts: JSON only, routed by task name, acknowledged late. A client's
+app (:func:`producer_app`) only sends; ``workers.app.create_app`` adds the tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from orchestration.settings import BatonSettings
+
+#: The engine's own name: its tasks are ``baton.<name>`` on the control queue, and a
+#: group's aggregate result is recorded under it as the agent id.
+ENGINE = "baton"
+AGGREGATOR_AGENT = ENGINE
+CONTROL_QUEUE = f"{ENGINE}.control"
+AGGREGATE_TASK = f"{ENGINE}.aggregate"
+FINISH_FAILURE_TASK = f"{ENGINE}.finish_failure"
+
+
+def agent_queue(agent_id: str) -> str:
+    """The queue an agent's tasks go to: one per agent, so workers scale per agent."""
+    return f"agent.{agent_id}"
+
+
+def route_task(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
+) -> dict[str, str]:
+    """Celery router: the queue follows from the task name (``<agent>.<task>``) alone."""
+    prefix = name.split(".", 1)[0]
+    return {"queue": CONTROL_QUEUE if prefix == ENGINE else agent_queue(prefix)}
+
+
+def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
+    """Celery settings for Baton's apps (and the benchmark's bare-Celery side)."""
+    # A message whose worker died unacknowledged is restored after visibility_timeout;
+    # sweep for such messages often enough that the timeout is the only delay (kombu 5.7+).
+    sweep = max(1, min(10, int(settings.visibility_timeout // 4)))
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": sweep,
+        "unacked_restore_throttle": 1,
+    }
+    return {
+        "broker_url": settings.broker_url or redis_url,
+        "result_backend": redis_url,
+        # Security: JSON only, both ways; a pickle message is refused by the worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Agent tasks are long and must survive a worker's death: ack after the work,
+        # requeue if the worker is lost, and never hold more than one unstarted task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "result_expires": settings.result_expires,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # ride out a broker restart, however long
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
+        # Flower sees every task by name, queue and arguments.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_routes": (route_task,),
+        "task_default_queue": CONTROL_QUEUE,
+        "task_create_missing_queues": True,
+    }
+
+
+def producer_app(redis_url: str, settings: BatonSettings) -> Celery:
+    """A Celery app that sends Baton's messages (and pings and revokes); it runs no task."""
+    app = Celery("baton", set_as_current=False)
+    app.conf.update(celery_config(settings, redis_url))
+    app.conf.baton_redis_url = redis_url
+    app.conf.baton_prefix = settings.key_prefix
+    app.conf.baton_retention = settings.retention_seconds
+    return app

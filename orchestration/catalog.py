@@ -1,0 +1,39 @@
+"""What the core knows of agents: a catalog of task types that definitions are checked
+against. The agent registry (``agents.AgentRegistry``) is one; the core never imports it.
+
+:func:`load_catalog` is the one seam through which the client reaches the agents layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+
+class TaskSpec(Protocol):
+    """A registered task type, as far as planning a step needs it."""
+
+    @property
+    def compensation(self) -> str | None: ...
+
+    def validate_params(self, raw: dict[str, Any]) -> BaseModel: ...
+
+    def reads_for(self, params: BaseModel) -> list[str]: ...
+
+
+class Catalog(Protocol):
+    def get_task(self, agent_id: str, task_type: str) -> TaskSpec:
+        """The task type, or ``UnknownAgent``/``UnknownTaskType`` naming what exists."""
+        ...
+
+    def __contains__(self, agent_id: object) -> bool: ...
+
+
+def load_catalog(modules: Iterable[str] = ()) -> Catalog:
+    """The process's agent registry, with the built-in agents and ``modules`` imported."""
+    # Imported here, not at the top: the agents package imports this one's models.
+    from agents.registry import load_agents
+
+    return load_agents(modules)

@@ -1,0 +1,93 @@
+"""Sending a workflow on: its first messages, the rest of a big group, and a restart from
+the first step that has not completed (resume, retry, the reaper).
+
+Used by the client and by workers alike; it knows the plan (``compiler.py``), the outbox
+and the state store, and nothing of agents or worker processes.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from orchestration.broker import CONTROL_QUEUE, agent_queue
+from orchestration.compiler import Next, start_messages
+from orchestration.models import TaskResult, TaskStatus
+from orchestration.outbox import Outbox
+from orchestration.plan import Plan, PlannedGroup, frontier
+from orchestration.scripts import Outgoing
+from orchestration.store import StateStore
+
+
+class Dispatcher:
+    def __init__(self, app: Celery, store: StateStore) -> None:
+        self.app = app
+        self.store = store
+        self.outbox = Outbox(app)
+
+    def first(self, plan: Plan, workflow_id: str) -> Next:
+        """What starts a workflow: its first step, or its first group's members."""
+        return start_messages(self.app, plan, workflow_id, plan.nodes[0], run=1)
+
+    def outgoing(self, nxt: Next, parent_id: str | None = None) -> Outgoing:
+        """What a script sends of ``nxt`` (its first batch; see ``Outbox.outgoing``)."""
+        return self.outbox.outgoing(nxt, parent_id)
+
+    def send_rest(self, nxt: Next, aggregate_id: str = "", aggregate_message: str = "") -> None:
+        """After a script sent ``nxt``'s first batch: publish it through Celery if the broker
+        is not Redis, then send the group's other members, a batch per script.
+
+        ``aggregate_id``: the script sent the group's aggregate too (armed when the group
+        started, so this process did not build it: on Redis, ``aggregate_message`` is it).
+        """
+        first = self.outbox.first_batch(nxt)
+        if aggregate_id and nxt.aggregate is not None and not self.outbox.inline:
+            first.append(nxt.aggregate.set(task_id=aggregate_id))
+        self.outbox.published(first)
+        if aggregate_message:
+            self.outbox.announce(aggregate_message)
+        for batch in self.outbox.later_batches(nxt):
+            reply = self.store.send(
+                nxt.workflow_id, nxt.run, self.outbox.batch(batch), hold_at=nxt.group
+            )
+            if not reply.sent:  # stopped meanwhile (paused, cancelled): resume sends the rest
+                return
+            self.outbox.published(batch)
+
+    def next_step(self, workflow_id: str) -> str | None:
+        """The first step (top-level or inserted) that has not completed."""
+        return self._frontier(workflow_id)[0]
+
+    def _frontier(self, workflow_id: str) -> tuple[str | None, dict[str, TaskResult]]:
+        """``next_step``, and the results it was found from."""
+        plan = self.store.plan(workflow_id)
+        results = self.store.results(workflow_id)
+        done = {s for s, r in results.items() if r.status == TaskStatus.COMPLETED}
+        return frontier(plan, done, self.store.inserted(workflow_id)), results
+
+    def queues_for(self, workflow_id: str, step_id: str) -> list[str]:
+        """The queues the messages for ``step_id`` go to (a group's members and callback)."""
+        plan = self.store.plan(workflow_id)
+        node = next((n for n in plan.nodes if n.step_id == step_id), None)
+        if isinstance(node, PlannedGroup):
+            agents = {plan.tasks[m].agent_id for m in node.member_ids}
+            return [*(agent_queue(a) for a in sorted(agents)), CONTROL_QUEUE]
+        return [agent_queue(self.store.task(workflow_id, step_id).agent_id)]
+
+    def send_on(self, workflow_id: str, run: int) -> str | None:
+        """Send the workflow on from the first step that has not completed (resume, retry,
+        the reaper); what was outstanding before is superseded (lost, or dropped on
+        arrival). Returns that step, or None if every step has completed."""
+        nxt, results = self._frontier(workflow_id)
+        if nxt is None:
+            return None
+        plan = self.store.plan(workflow_id)
+        node = next((n for n in plan.nodes if n.step_id == nxt), None)
+        what = start_messages(
+            self.app, plan, workflow_id, node or self.store.task(workflow_id, nxt), run, results
+        )
+        reply = self.store.send(
+            workflow_id, run, self.outbox.outgoing(what), replace=True, ends=what.ends
+        )
+        if reply.sent:
+            self.send_rest(what, reply.aggregate_id, reply.aggregate_message)
+        return nxt

@@ -1,0 +1,89 @@
+"""Names that Python and the Lua scripts share: history events, metric counters, buckets.
+
+Defined once, here. The scripts get them as Lua tables (:func:`lua_prelude`, prepended
+to every script when it is registered), so neither side spells a name the other does
+not know: a script that asks for a name missing here fails loudly instead of writing a
+stray string.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    """What a history entry (or a message on a workflow's event channel) records."""
+
+    # the workflow's lifecycle (history)
+    WORKFLOW_CREATED = "workflow_created"
+    WORKFLOW_STARTED = "workflow_started"
+    WORKFLOW_PAUSED = "workflow_paused"
+    WORKFLOW_RESUMED = "workflow_resumed"
+    WORKFLOW_CANCELLED = "workflow_cancelled"
+    WORKFLOW_RETRIED = "workflow_retried"
+    WORKFLOW_COMPLETED = "workflow_completed"
+    WORKFLOW_REAPED = "workflow_reaped"
+    START_FAILED = "start_failed"
+    ROLLED_BACK = "rolled_back"
+    STATE_RESTORED = "state_restored"
+    # steps (history)
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"
+    STEP_RETRY = "step_retry"
+    COMMIT_REFUSED = "commit_refused"
+    DUPLICATE_DROPPED = "duplicate_dropped"
+    REDELIVERY_DEFERRED = "redelivery_deferred"
+    ATTEMPT_LOST = "attempt_lost"
+    REAPER_REDISPATCHED = "reaper_redispatched"
+    # the saga (history)
+    COMPENSATION_STARTED = "compensation_started"
+    STEP_COMPENSATED = "step_compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    # messages on the event channels only
+    STEP_STARTED = "step_started"
+    COMMITTED = "committed"
+    STATUS = "status"
+
+
+#: Where a run (re)starts: the attempts and retries the dashboard shows count from here.
+RUN_STARTS = (Event.WORKFLOW_STARTED, Event.WORKFLOW_RETRIED, Event.WORKFLOW_RESUMED)
+
+
+class Metric(StrEnum):
+    """Fields of the metrics hash (``keys.metrics_key``), each followed by ``|<labels>``.
+
+    ``workflows_total|<status>``; ``steps_total|<agent>|<task>|<status>``;
+    ``step_seconds_sum|<agent>|<task>``; ``step_seconds_in|<agent>|<task>|<le>``: one
+    bucket per observation (the first bound that holds it, or ``+Inf``); ``/metrics``
+    sums them into Prometheus' cumulative buckets and count.
+    """
+
+    WORKFLOWS_TOTAL = "workflows_total"
+    STEPS_TOTAL = "steps_total"
+    STEP_SECONDS_SUM = "step_seconds_sum"
+    STEP_SECONDS_IN = "step_seconds_in"
+
+
+#: Upper bounds (seconds) of the step duration histogram's buckets.
+STEP_BUCKETS: tuple[float, ...] = (0.05, 0.25, 1, 5, 30, 120, 600)
+
+
+def _lua_table(name: str, values: dict[str, str]) -> str:
+    items = ", ".join(f"{key} = '{value}'" for key, value in values.items())
+    return (
+        f"local {name} = setmetatable({{{items}}}, "
+        f"{{__index = function(_, k) error('no {name.lower()} named ' .. tostring(k)) end}})"
+    )
+
+
+def lua_prelude() -> str:
+    """The Lua tables ``EVENT``, ``METRIC`` and ``BUCKETS`` that every script starts with."""
+    buckets = ", ".join(repr(b) for b in STEP_BUCKETS)
+    return "\n".join(
+        [
+            "-- Generated from orchestration/names.py: the names Python and Lua share.",
+            _lua_table("EVENT", {e.value: e.value for e in Event}),
+            _lua_table("METRIC", {m.value: m.value for m in Metric}),
+            f"local BUCKETS = {{{buckets}}}",
+        ]
+    )

@@ -1,0 +1,323 @@
+"""Reading a workflow's state: plans, results, history, checkpoints, status reports.
+
+Reads are plain commands, pipelined into one round trip where a view needs several keys;
+they never write (``list_ids`` aside, which drops expired ids from the index). Writes are
+``orchestration/store.py``'s, through the Lua scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from orchestration.connection import text
+from orchestration.errors import WorkflowNotFound, WorkflowStateError
+from orchestration.index import WorkflowIndex
+from orchestration.keys import WorkflowKeys, metrics_key
+from orchestration.models import (
+    Checkpoint,
+    CompensationOutcome,
+    HistoryEntry,
+    RunningStep,
+    TaskResult,
+    TaskStatus,
+    WorkflowContext,
+    WorkflowStatus,
+    WorkflowStatusReport,
+)
+from orchestration.names import Event
+from orchestration.plan import Plan, PlannedTask
+from orchestration.pubsub import Subscriptions
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What a step sees when it begins: the workflow's status and its state so far."""
+
+    status: str
+    shared_data: dict[str, Any]
+    results: dict[str, TaskResult]
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Meta:
+    """The workflow's meta hash, decoded once for every view that shows it."""
+
+    fields: dict[str, str]
+
+    @classmethod
+    def decode(cls, workflow_id: str, raw: dict[bytes, bytes]) -> Meta:
+        if not raw:
+            raise WorkflowNotFound(workflow_id)
+        return cls({text(k): text(v) for k, v in raw.items()})
+
+    @property
+    def status(self) -> WorkflowStatus:
+        return WorkflowStatus(self.fields["status"])
+
+    @property
+    def compensation(self) -> CompensationOutcome | None:
+        raw = self.fields.get("compensation")
+        return CompensationOutcome.model_validate_json(raw) if raw else None
+
+    def number(self, name: str, default: int = 0) -> int:
+        return int(self.fields.get(name, default))
+
+    def get(self, name: str) -> str | None:
+        return self.fields.get(name)
+
+
+class StateReader:
+    """Read views of the workflows under one key prefix."""
+
+    def __init__(self, client: redis.Redis[bytes], *, prefix: str = "baton") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.index = WorkflowIndex(client, prefix)
+        self.channels = Subscriptions(client, prefix)
+        self._plans: dict[str, Plan] = {}
+
+    def keys(self, workflow_id: str) -> WorkflowKeys:
+        return WorkflowKeys(self.prefix, workflow_id)
+
+    # ------------------------------------------------------------------ the plan
+
+    def plan(self, workflow_id: str) -> Plan:
+        """The workflow's static plan; immutable, so cached per process."""
+        plan = self._plans.get(workflow_id)
+        if plan is None:
+            raw = self.redis.get(self.keys(workflow_id).plan)
+            if raw is None:
+                raise WorkflowNotFound(workflow_id)
+            plan = Plan.model_validate_json(raw)
+            if len(self._plans) > 1024:
+                self._plans.clear()
+            self._plans[workflow_id] = plan
+        return plan
+
+    def task(self, workflow_id: str, step_id: str) -> PlannedTask:
+        """A step of the plan, or one inserted at run time by a handoff."""
+        found = self.plan(workflow_id).tasks.get(step_id)
+        if found is None:
+            raw = self.redis.hget(self.keys(workflow_id).dynamic, step_id)
+            if raw is None:
+                raise WorkflowNotFound(f"{workflow_id} has no step {step_id}")
+            found = PlannedTask.model_validate_json(raw)
+        return found
+
+    def inserted(self, workflow_id: str) -> list[PlannedTask]:
+        """Steps inserted at run time by handoffs."""
+        raw = self.redis.hvals(self.keys(workflow_id).dynamic)
+        return [PlannedTask.model_validate_json(v) for v in raw]
+
+    # ------------------------------------------------------------------ single items
+
+    def status_of(self, workflow_id: str) -> WorkflowStatus:
+        raw = self.redis.hget(self.keys(workflow_id).meta, "status")
+        if raw is None:
+            raise WorkflowNotFound(workflow_id)
+        return WorkflowStatus(raw.decode())
+
+    def data_keys(self, workflow_id: str) -> set[str]:
+        """The keys shared_data holds now."""
+        return {text(k) for k in self.redis.hkeys(self.keys(workflow_id).data)}
+
+    def results(self, workflow_id: str) -> dict[str, TaskResult]:
+        """Task results by step id (outputs kept under an output_key are not loaded)."""
+        return decode_results(self.redis.hgetall(self.keys(workflow_id).results), {})
+
+    def versions(self, workflow_id: str) -> dict[str, int]:
+        """The version that wrote each live item (see ``WorkflowKeys.versions``)."""
+        raw = self.redis.hgetall(self.keys(workflow_id).versions)
+        return {text(k): int(v) for k, v in raw.items()}
+
+    def history(self, workflow_id: str) -> list[HistoryEntry]:
+        raw = self.redis.lrange(self.keys(workflow_id).history, 0, -1)
+        return [HistoryEntry.model_validate_json(h) for h in raw]
+
+    def outstanding(self, workflow_id: str) -> set[str]:
+        """Task ids sent and not yet accounted for by a commit."""
+        return {text(i) for i in self.redis.smembers(self.keys(workflow_id).tasks)}
+
+    def live_leases(self, workflow_id: str) -> list[str]:
+        """Steps whose lease an execution is still renewing."""
+        now_ms = time.time() * 1000
+        raw = self.redis.hgetall(self.keys(workflow_id).steps)
+        return [
+            text(f).removeprefix("lease:")
+            for f, v in raw.items()
+            if text(f).startswith("lease:") and json.loads(v)["until"] > now_ms
+        ]
+
+    def metrics(self) -> dict[str, float]:
+        """The counters behind ``/metrics`` (see ``names.Metric``)."""
+        raw = self.redis.hgetall(metrics_key(self.prefix))
+        return {text(k): float(v) for k, v in raw.items()}
+
+    # ------------------------------------------------------------------ views
+
+    def read_state(self, workflow_id: str, context_keys: list[str] | None = None) -> StepState:
+        """The status and state as they are, without taking part in a step."""
+        k = self.keys(workflow_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(k.meta, "status")
+        if context_keys is None:
+            pipe.hgetall(k.data)
+        else:
+            pipe.hmget(k.data, context_keys or ["-"])
+        pipe.hgetall(k.results)
+        status, data_raw, results = pipe.execute()
+        if context_keys is None:
+            data = decode_data(data_raw)
+        else:
+            data = {key: json.loads(v) for key, v in zip(context_keys, data_raw, strict=False) if v}
+        return StepState(text(status) or "missing", data, decode_results(results, data))
+
+    def get_context(self, workflow_id: str, version: int | None = None) -> WorkflowContext:
+        """The workflow's state now, or as it was at checkpoint ``version``."""
+        k = self.keys(workflow_id)
+        pipe = self.redis.pipeline(transaction=False)
+        past = (k.versions, k.archive) if version is not None else ()  # only for the past
+        for key in (k.meta, k.data, k.results, *past):
+            pipe.hgetall(key)
+        pipe.lrange(k.history, 0, -1)
+        meta_raw, data, results, *rest = pipe.execute()
+        meta = Meta.decode(workflow_id, meta_raw)
+        versions_raw, archive = rest[:-1] if past else ({}, {})
+        history = [HistoryEntry.model_validate_json(h) for h in rest[-1]]
+        current = meta.number("version")
+        current_step = meta.number("current_step")
+        if version is not None and version != current:
+            if not 0 <= version <= current:
+                raise WorkflowStateError(
+                    f"workflow {workflow_id} has versions 0..{current}, not {version}"
+                )
+            versions = {text(f): int(v) for f, v in versions_raw.items()}
+            data, results = at_version(versions, archive, version, data, results)
+            history = [h for h in history if h.version is None or h.version <= version]
+        shared = decode_data(data)
+        task_results = decode_results(results, shared)
+        if version not in (None, current):
+            current_step = sum(
+                1
+                for r in task_results.values()
+                if r.status == TaskStatus.COMPLETED and "." not in r.step_id
+            )
+        return WorkflowContext(
+            workflow_id=workflow_id,
+            name=meta.get("name") or "",
+            created_at=meta.fields["created_at"],
+            status=meta.status,
+            current_step=current_step,
+            total_steps=meta.number("total_steps"),
+            shared_data=shared,
+            task_results=task_results,
+            execution_history=history,
+            version=current if version is None else version,
+            error=meta.get("error"),
+            failed_step=meta.get("failed_step"),
+            updated_at=meta.get("updated_at"),
+            finished_at=meta.get("finished_at"),
+            run=meta.number("run", 1),
+            compensation=meta.compensation,
+        )
+
+    def get_checkpoints(self, workflow_id: str) -> list[Checkpoint]:
+        """Every version of the state, oldest first (version 0: the workflow as created)."""
+        history = self.history(workflow_id)
+        if not history:
+            raise WorkflowNotFound(workflow_id)
+        first = history[0]
+        points = [Checkpoint(version=0, event=first.event, timestamp=first.timestamp)]
+        for h in history:
+            if h.version is not None and h.event != Event.WORKFLOW_COMPLETED:
+                points.append(
+                    Checkpoint(
+                        version=h.version,
+                        event=h.event,
+                        step=h.step,
+                        agent_id=h.agent_id,
+                        task_type=h.task_type,
+                        changed=h.changed or [],
+                        timestamp=h.timestamp,
+                    )
+                )
+        return points
+
+    def get_status(self, workflow_id: str) -> WorkflowStatusReport:
+        k = self.keys(workflow_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(k.meta)
+        pipe.hkeys(k.data)
+        pipe.hlen(k.results)
+        pipe.hvals(k.running)
+        meta_raw, data_keys, n_results, running_raw = pipe.execute()
+        meta = Meta.decode(workflow_id, meta_raw)
+        done, total = meta.number("current_step"), meta.number("total_steps")
+        running = sorted(
+            (RunningStep.model_validate_json(r) for r in running_raw),
+            key=lambda r: step_sort_key(r.step_id),
+        )
+        return WorkflowStatusReport(
+            workflow_id=workflow_id,
+            name=meta.get("name") or "",
+            status=meta.status,
+            progress=f"{done}/{total}",
+            completion_percentage=round(done / max(total, 1) * 100, 1),
+            task_results=n_results,
+            shared_data_keys=sorted(text(key) for key in data_keys),
+            current_agent=running[0].agent_id if running else None,
+            running_steps=running,
+            error=meta.get("error"),
+            failed_step=meta.get("failed_step"),
+            created_at=meta.fields["created_at"],
+            updated_at=meta.get("updated_at"),
+            finished_at=meta.get("finished_at"),
+            version=meta.number("version"),
+            compensation=meta.compensation,
+        )
+
+
+def step_sort_key(step_id: str) -> tuple[int, ...]:
+    """``step_2`` < ``step_2.h1`` < ``step_3.1`` < ``step_3.10``: the order steps run in."""
+    parts = step_id.removeprefix("step_").replace(".h", ".").split(".")
+    return tuple(int(p) for p in parts if p.isdigit())
+
+
+def decode_data(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    return {text(key): json.loads(v) for key, v in raw.items()}
+
+
+def decode_results(raw: dict[bytes, bytes], data: dict[str, Any]) -> dict[str, TaskResult]:
+    """Results in step order; an output kept under its output_key is put back from ``data``."""
+    out = {}
+    for key, value in raw.items():
+        r = TaskResult.model_validate_json(value)
+        if r.output_key and r.status == TaskStatus.COMPLETED and r.output_key in data:
+            r = r.model_copy(update={"result": data[r.output_key]})
+        out[text(key)] = r
+    return dict(sorted(out.items(), key=lambda kv: step_sort_key(kv[0])))
+
+
+def at_version(
+    versions: dict[str, int],
+    archive: dict[bytes, bytes],
+    version: int,
+    data: dict[bytes, bytes],
+    results: dict[bytes, bytes],
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """Live items written at or before ``version``, plus archived items alive at it."""
+    at_data = {k: v for k, v in data.items() if versions.get(f"d:{text(k)}", 0) <= version}
+    at_results = {k: v for k, v in results.items() if versions.get(f"r:{text(k)}", 0) <= version}
+    for raw_field, value in archive.items():
+        item, _, span = text(raw_field).rpartition("@")
+        written, removed = (int(x) for x in span.split("-"))
+        if written <= version < removed:
+            kind, name = item[0], item[2:].encode()
+            (at_data if kind == "d" else at_results)[name] = value
+    return at_data, at_results

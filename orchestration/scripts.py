@@ -1,0 +1,361 @@
+"""The typed contract between Python and the Lua scripts in ``orchestration/lua``.
+
+Each script has one spec model (what goes in, as ``ARGV[1]``) and one reply record with
+a ``decode`` (what comes back); nothing else reads a script's reply by position. Every
+script is registered as: the names from ``names.py``, ``_lib.lua``, ``_outbox.lua``, then
+the script itself; KEYS are always the workflow's keys (``WorkflowKeys.all``), the
+index, the metrics hash, the active set, then the queues and channels of the messages
+the call sends (:class:`Outgoing`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, ClassVar, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestration.connection import text
+from orchestration.errors import StateStoreError
+from orchestration.keys import WorkflowKeys, active_key, index_key, metrics_key
+from orchestration.models import utcnow
+from orchestration.names import lua_prelude
+from orchestration.wire import Push
+
+Outcome = Literal["continue", "complete", "fail"]
+SCRIPTS = ("create", "transition", "begin", "commit", "restore", "lease", "send")
+Raw = list[Any]
+
+
+def _source(name: str) -> str:
+    lua = resources.files("orchestration").joinpath("lua")
+    parts = [lua_prelude(), *(lua.joinpath(f"{n}.lua").read_text() for n in ("_lib", "_outbox"))]
+    return "\n".join([*parts, lua.joinpath(f"{name}.lua").read_text()])
+
+
+# --------------------------------------------------------------------------- what a call sends
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """Task messages a state change sends, built by ``orchestration/outbox.py``.
+
+    ``ids`` are tracked as outstanding in the same script. When the broker is this Redis,
+    the script sends ``pushes`` too; else it is empty and the caller publishes them.
+    ``group``: the group these messages start, whose ``aggregate`` is kept until its last
+    branch ends.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    pushes: list[Push] = field(default_factory=list)
+    group: str | None = None
+    aggregate: Outgoing | None = None
+
+
+NOTHING = Outgoing()
+
+
+# --------------------------------------------------------------------------- specs
+
+
+class Spec(BaseModel):
+    """Fields every script reads; the store fills them in for each call (:meth:`Scripts.call`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    channel: str = ""  # the workflow's event channel
+    status_channel: str = ""  # and its status channel
+    now: str = ""
+    retention: int = 0  # seconds a finished workflow's keys live
+    # What is sent (_outbox.lua): ids to track, then `sends` pushes now; for a group
+    # started here (`arm`), its aggregate's ids and `joins` pushes, kept for its end.
+    track: list[str] = Field(default_factory=list)
+    sends: int = 0
+    ops: str = ""
+    arm: str | None = None
+    join_track: list[str] = Field(default_factory=list)
+    joins: int = 0
+
+
+class CreateSpec(Spec):
+    """create.lua; ARGV: spec, plan JSON, first history entry JSON."""
+
+    workflow_id: str
+    name: str
+    total_steps: int
+    score: float
+    start: bool = False
+    deadline_at: float | None = None
+
+
+class TransitionSpec(Spec):
+    """transition.lua."""
+
+    from_: list[str] = Field(alias="from")
+    to: str
+    event: str
+    bump_run: bool = False
+    clear_paused: bool = False
+    error: str | None = None
+    deadline_at: float | None = None
+
+
+class RestoreSpec(Spec):
+    """restore.lua."""
+
+    from_: list[str] = Field(alias="from")
+    to: str
+    target: int
+    event: str
+    bump_run: bool = False
+    keep_failed: bool = False
+    archive_failed: bool = False
+    compensation: str | None = None  # CompensationOutcome JSON
+
+
+class BeginSpec(Spec):
+    """begin.lua. ``data_keys`` None loads all of shared_data."""
+
+    step: str
+    running_json: str
+    run: int
+    owner: str = ""
+    worker: str = ""
+    lease_ms: int
+    task_id: str | None = None
+    data_keys: list[str] | None = None
+    fields: list[str] = Field(default_factory=list)
+    inserted_before: int | None = None
+
+
+class Join(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    group: str
+    total: int
+
+
+class CommitSpec(Spec):
+    """commit.lua; ARGV: spec, output JSON, result JSON, history entry JSON, handoff JSON."""
+
+    step: str
+    node: str
+    output_key: str = ""
+    advance: bool
+    outcome: Outcome
+    error: str = ""
+    run: int
+    task_id: str = ""
+    owner: str = ""
+    join: Join | None = None
+    agent_id: str
+    task_type: str
+    status: str
+    seconds: float
+    handoff_id: str = ""
+    max_handoffs: int = 0
+
+
+class LeaseSpec(Spec):
+    """lease.lua."""
+
+    step: str
+    owner: str
+    lease_ms: int
+    release: bool = False
+
+
+class SendSpec(Spec):
+    """send.lua."""
+
+    run: int
+    replace: bool = False
+    ends: list[str] = Field(default_factory=list)
+    hold_at: str | None = None
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def _bad(script: str, raw: object) -> StateStoreError:
+    return StateStoreError(f"{script}.lua replied {raw!r}: not a reply it gives")
+
+
+def _shape(script: str, raw: Raw, *lengths: int) -> None:
+    if len(raw) not in lengths:
+        raise _bad(script, raw)
+
+
+@dataclass(frozen=True)
+class CreateReply:
+    created: bool  # False: the id existed already, nothing was written
+
+    @classmethod
+    def decode(cls, raw: int) -> CreateReply:
+        return cls(bool(raw))
+
+
+@dataclass(frozen=True)
+class StatusRefusal:
+    """Replies of scripts that check the workflow's status first (``status_among``)."""
+
+    state: Literal["ok", "missing", "refused"]
+    status: str  # the status it had (refused: the one that refused)
+
+
+@dataclass(frozen=True)
+class TransitionReply(StatusRefusal):
+    run: int = 0
+    paused_at: str | None = None  # where a pause stopped something, if it did
+    outstanding: list[str] = field(default_factory=list)  # a cancel's task ids
+
+    @classmethod
+    def decode(cls, raw: Raw) -> TransitionReply:
+        state = text(raw[0])
+        if state in ("missing", "refused"):
+            _shape("transition", raw, 2)
+            return cls(state, text(raw[1]))  # type: ignore[arg-type]
+        if state != "ok" or len(raw) < 4:
+            raise _bad("transition", raw)
+        return cls(
+            "ok", text(raw[1]), int(raw[2]), text(raw[3]) or None, [text(i) for i in raw[4:]]
+        )
+
+
+@dataclass(frozen=True)
+class RestoreReply(StatusRefusal):
+    version: int = 0  # the version the restore made
+    run: int = 0
+
+    @classmethod
+    def decode(cls, raw: Raw) -> RestoreReply:
+        state = text(raw[0])
+        if state in ("missing", "refused"):
+            _shape("restore", raw, 2)
+            return cls(state, text(raw[1]))  # type: ignore[arg-type]
+        _shape("restore", raw, 4)
+        return cls("ok", text(raw[1]), int(raw[2]), int(raw[3]))
+
+
+@dataclass(frozen=True)
+class BeginReply:
+    """``status``: the workflow's status (the step runs only when ``running``), or
+    ``missing``, ``stale`` (another run), ``committed`` (already done) or ``leased``
+    (another live execution holds it)."""
+
+    status: str
+    attempt: int
+    data: dict[str, Any] = field(default_factory=dict)
+    results: dict[bytes, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, raw: Raw) -> BeginReply:
+        if len(raw) == 2:
+            return cls(text(raw[0]), int(raw[1]))
+        _shape("begin", raw, 4)
+        data, results = raw[2], raw[3]
+        return cls(
+            text(raw[0]),
+            int(raw[1]),
+            {text(k): json.loads(v) for k, v in zip(data[::2], data[1::2], strict=True)},
+            dict(zip(results[::2], results[1::2], strict=True)),
+        )
+
+
+@dataclass(frozen=True)
+class CommitReply:
+    state: Literal["committed", "duplicate", "not_running", "stale", "missing"]
+    version: int = 0
+    status: str = ""  # the workflow's status after the commit
+    aggregate_id: str = ""  # this commit ended its group's last branch: the aggregate sent
+    aggregate_message: str = ""  # (its message, on the Redis broker)
+
+    STATES: ClassVar[tuple[str, ...]] = (
+        "committed",
+        "duplicate",
+        "not_running",
+        "stale",
+        "missing",
+    )
+
+    @property
+    def committed(self) -> bool:
+        return self.state == "committed"
+
+    @classmethod
+    def decode(cls, raw: Raw) -> CommitReply:
+        _shape("commit", raw, 5)
+        state = text(raw[0])
+        if state not in cls.STATES:
+            raise _bad("commit", raw)
+        return cls(state, int(raw[1] or 0), text(raw[2]), text(raw[3]), text(raw[4]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LeaseReply:
+    held: bool  # False: this execution no longer holds the lease
+
+    @classmethod
+    def decode(cls, raw: int) -> LeaseReply:
+        return cls(bool(raw))
+
+
+@dataclass(frozen=True)
+class SendReply:
+    """``state``: ``ok``, ``missing``, or the status that refused (paused, cancelled, ...
+    or ``stale`` for another run); on ``ok``, the group's aggregate if it went too."""
+
+    state: str
+    aggregate_id: str = ""
+    aggregate_message: str = ""
+
+    @property
+    def sent(self) -> bool:
+        return self.state == "ok"
+
+    @classmethod
+    def decode(cls, raw: Raw) -> SendReply:
+        _shape("send", raw, 3)
+        return cls(text(raw[0]), text(raw[1]), text(raw[2]))
+
+
+# --------------------------------------------------------------------------- calling
+
+
+class Scripts:
+    """The scripts registered on one Redis client, called with typed specs."""
+
+    def __init__(self, client: redis.Redis[bytes], prefix: str, retention: int) -> None:
+        self.prefix, self.retention = prefix, retention
+        self._fixed = [index_key(prefix), metrics_key(prefix), active_key(prefix)]
+        self._scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
+
+    def call(
+        self, name: str, keys: WorkflowKeys, spec: Spec, *args: str, send: Outgoing = NOTHING
+    ) -> Any:
+        """Run script ``name`` for one workflow; it also sends ``send`` (see _outbox.lua)."""
+        join = send.aggregate or NOTHING
+        pushes = [*send.pushes, *join.pushes]
+        full = spec.model_copy(
+            update={
+                "channel": keys.events,
+                "status_channel": keys.statuses,
+                "now": spec.now or utcnow(),
+                "retention": self.retention,
+                "track": send.ids,
+                "sends": len(send.pushes),
+                "join_track": join.ids,
+                "joins": len(join.pushes),
+                "ops": "".join(p.op for p in pushes),
+                "arm": send.group,
+            }
+        )
+        return self._scripts[name](
+            keys=[*keys.all(), *self._fixed, *(p.key for p in pushes)],
+            # None is left out: cjson's null is truthy in Lua.
+            args=[full.model_dump_json(by_alias=True, exclude_none=True), *args,
+                  *(p.payload for p in pushes)],
+        )  # fmt: skip

@@ -1,0 +1,250 @@
+"""``baton dashboard``'s server: workflows (not tasks), read from the same Redis state.
+
+Flower shows Celery tasks; a workflow is invisible there. This is a small Tornado app (Tornado
+ships with Flower, so nothing new to install) that reads the state store and serves:
+
+- ``/``: one static page, vanilla JS, no build step and no CDN (it must work offline);
+- ``/api/workflows``: the recent workflows with status, progress and duration;
+- ``/api/workflows/<id>``: one workflow's steps and parallel groups, each step's agent,
+  status, attempts and timing, its checkpoints, error and compensation;
+- ``/api/workflows/<id>/events``: the same document as server-sent events, one per change,
+  driven by the workflow's Redis pub/sub channel (``Subscriptions.subscribe``);
+- ``/metrics``: the Prometheus counters kept by the Lua scripts (``names.Metric``);
+- ``/healthz``: liveness, and Redis reachability.
+
+Redis calls block, so every one runs on a thread pool: the IOLoop only ever writes responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+import tornado.iostream
+import tornado.web
+
+from orchestration.embedded import resolve_redis_url
+from orchestration.errors import WorkflowNotFound
+from orchestration.models import WORKFLOW_ID, WorkflowStatus
+from orchestration.reads import StateReader
+from orchestration.settings import BatonSettings, get_settings, redact
+from workers.dashboard.prometheus import render_metrics
+from workers.dashboard.views import DEFAULT_FLOWER_URL, DashboardReader
+
+log = logging.getLogger("baton.dashboard")
+
+T = TypeVar("T")
+
+
+class _Base(tornado.web.RequestHandler):
+    reader: DashboardReader
+    pool: ThreadPoolExecutor
+
+    def initialize(self, reader: DashboardReader, pool: ThreadPoolExecutor) -> None:
+        self.reader = reader
+        self.pool = pool
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a Redis read off the IOLoop, so one slow read never stalls other clients."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_json(self, value: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(value, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # JSON errors without tracebacks: messages never include settings or URLs.
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, WorkflowNotFound):
+            message = f"no workflow {exc}"
+        elif isinstance(exc, redis.RedisError):
+            message = "Redis is unreachable"
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": message}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            return
+        log.error("%s %s failed: %s", self.request.method, self.request.path, value)
+
+    def workflow_id(self, raw: str) -> str:
+        if not WORKFLOW_ID.match(raw):
+            raise tornado.web.HTTPError(404, reason=f"no workflow {raw[:64]}")
+        return raw
+
+
+class PageHandler(_Base):
+    page: bytes | None = None
+
+    def get(self, *_: str) -> None:
+        if PageHandler.page is None:
+            static = resources.files("workers.dashboard").joinpath("static")
+            PageHandler.page = static.joinpath("index.html").read_bytes()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(PageHandler.page)
+
+
+class WorkflowsHandler(_Base):
+    async def get(self) -> None:
+        try:
+            limit = min(max(int(self.get_argument("limit", "50")), 1), 500)
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason="limit must be a number") from None
+        rows = await self.blocking(self.reader.workflows, limit)
+        self.write_json({"workflows": rows, "flower_url": self.reader.flower_url})
+
+
+class WorkflowHandler(_Base):
+    async def get(self, raw_id: str) -> None:
+        wid = self.workflow_id(raw_id)
+        try:
+            doc = await self.blocking(self.reader.workflow, wid)
+        except WorkflowNotFound:
+            raise tornado.web.HTTPError(404, reason=f"no workflow {wid}") from None
+        self.write_json(doc)
+
+
+def _fingerprint(doc: dict[str, Any]) -> str:
+    """The document without what changes by the clock alone (the page ticks those itself)."""
+    steps = [
+        {k: v for k, v in step.items() if k != "execution_time"}
+        for node in doc["nodes"]
+        for step in (
+            [node["step"]] if node["kind"] == "task" else itertools.chain(*node["branches"])
+        )
+    ]
+    rest = {k: v for k, v in doc.items() if k not in ("now", "duration", "nodes")}
+    return json.dumps([rest, steps], sort_keys=True)
+
+
+class EventsHandler(_Base):
+    """Server-sent events: the workflow document after every change, until it is terminal.
+
+    The pub/sub wait (``Subscriptions.subscribe``, which also wakes once a quiet second) runs
+    on the thread pool one step at a time, so the IOLoop stays free; a document identical
+    to the last one sent is not sent again.
+    """
+
+    closed = False
+
+    def on_connection_close(self) -> None:
+        self.closed = True
+
+    async def get(self, raw_id: str) -> None:
+        wid = self.workflow_id(raw_id)
+        try:
+            await self.blocking(self.reader.store.status_of, wid)
+        except WorkflowNotFound:
+            raise tornado.web.HTTPError(404, reason=f"no workflow {wid}") from None
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("X-Accel-Buffering", "no")
+        changes = self.reader.store.channels.subscribe([wid])
+        last, quiet = "", 0
+        try:
+            self.write("retry: 2000\n\n")
+            while not self.closed:
+                await self.blocking(next, changes)
+                doc = await self.blocking(self.reader.workflow, wid)
+                key = _fingerprint(doc)
+                if key != last:
+                    body = json.dumps(doc, separators=(",", ":"))
+                    self.write(f"event: workflow\ndata: {body}\n\n")
+                    last, quiet = key, 0
+                else:
+                    quiet += 1
+                    if quiet < 15:
+                        continue
+                    self.write(": keep-alive\n\n")  # proxies keep a talking stream open
+                    quiet = 0
+                if WorkflowStatus(doc["status"]).is_terminal:
+                    self.write("event: end\ndata: {}\n\n")
+                    await self.flush()
+                    break
+                await self.flush()
+        except tornado.iostream.StreamClosedError:
+            pass
+        finally:
+            await self.blocking(changes.close)  # unsubscribes; off the loop, it talks to Redis
+        if not self.closed:
+            self.finish()
+
+
+class MetricsHandler(_Base):
+    async def get(self) -> None:
+        counters = await self.blocking(self.reader.store.metrics)
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(render_metrics(counters))
+
+
+class HealthHandler(_Base):
+    async def get(self) -> None:
+        ok = await self.blocking(self.reader.store.redis.ping)
+        self.write_json({"ok": bool(ok)})
+
+
+def make_app(
+    store: StateReader, flower_url: str = DEFAULT_FLOWER_URL, *, threads: int = 16
+) -> tornado.web.Application:
+    reader = DashboardReader(store, flower_url)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dashboard")
+    args = {"reader": reader, "pool": pool}
+    wid = r"([^/]+)"
+    return tornado.web.Application(
+        [
+            (r"/", PageHandler, args),
+            (rf"/workflow/{wid}", PageHandler, args),
+            (r"/api/workflows", WorkflowsHandler, args),
+            (rf"/api/workflows/{wid}", WorkflowHandler, args),
+            (rf"/api/workflows/{wid}/events", EventsHandler, args),
+            (r"/metrics", MetricsHandler, args),
+            (r"/healthz", HealthHandler, args),
+        ],
+        compress_response=False,  # a gzip stream would hold server-sent events back
+    )
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    flower_url: str = DEFAULT_FLOWER_URL,
+    settings: BatonSettings | None = None,
+) -> None:
+    """Serve the dashboard until interrupted, on the Redis the settings name."""
+    settings = settings or get_settings()
+    url = resolve_redis_url(settings)
+    client = redis.Redis.from_url(url, health_check_interval=30)
+    store = StateReader(client, prefix=settings.key_prefix)
+    app = make_app(store, flower_url)
+
+    async def main() -> None:
+        server = app.listen(port, address=host, xheaders=False)
+        log.info(
+            "baton dashboard on http://%s:%d (redis %s, prefix %s)",
+            host,
+            port,
+            redact(url),
+            settings.key_prefix,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            server.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()

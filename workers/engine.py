@@ -1,0 +1,31 @@
+"""What one worker process holds to run steps: its app, state store, agents, dispatcher,
+lease keeper and saga; made once per process, after the fork (``workers.app.engine_for``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from agents.registry import AgentRegistry
+from orchestration.dispatch import Dispatcher
+from orchestration.store import StateStore
+from workers.leases import LeaseKeeper
+from workers.saga import Saga
+
+
+@dataclass
+class Engine:
+    app: Celery
+    store: StateStore
+    registry: AgentRegistry
+    lease_seconds: float = 30.0
+    max_output_bytes: int = 64 * 2**20
+    dispatch: Dispatcher = field(init=False)
+    leases: LeaseKeeper = field(init=False)
+    saga: Saga = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dispatch = Dispatcher(self.app, self.store)
+        self.leases = LeaseKeeper(self.store, self.lease_seconds)
+        self.saga = Saga(self.app, self.store, self.registry)

@@ -1,0 +1,114 @@
+"""A parallel group's callback (``baton.aggregate``): once every branch has ended, sum the
+members' results up with the group's aggregator and commit that as the group's step."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime
+
+from celery import Task
+
+from orchestration.aggregate import aggregators
+from orchestration.broker import AGGREGATOR_AGENT
+from orchestration.compiler import Next, next_messages
+from orchestration.models import RunningStep, TaskResult, TaskStatus, WorkflowStatus, dumps, utcnow
+from orchestration.scripts import Outcome
+from workers.engine import Engine
+from workers.steps import outcome_word
+
+log = logging.getLogger("baton.runner")
+S = WorkflowStatus
+
+
+def run_aggregate(engine: Engine, ctask: Task, workflow_id: str, group_id: str, run: int) -> str:
+    store = engine.store
+    plan = store.plan(workflow_id)
+    node = plan.group(group_id)
+    started_at = utcnow()
+    owner = f"aggregate:{uuid.uuid4().hex[:8]}"
+    state = store.begin_step(
+        workflow_id,
+        RunningStep(
+            step_id=group_id,
+            agent_id=AGGREGATOR_AGENT,
+            task_type=f"aggregate.{node.aggregate}",
+            started_at=started_at,
+            worker=ctask.request.hostname,
+        ),
+        run,
+        [k for m in node.member_ids if (k := plan.tasks[m].output_key)],
+        results=node.member_ids,
+        owner=owner,
+        lease_seconds=engine.lease_seconds,
+        task_id=ctask.request.id,
+    )
+    if state.status == "leased":  # another copy of this callback is aggregating
+        raise ctask.retry(countdown=engine.lease_seconds / 2, max_retries=None)
+    if state.status != S.RUNNING:
+        return outcome_word("skipped")
+    members = [state.results.get(sid) for sid in node.member_ids]
+    if any(m is None for m in members):
+        # A superseded chord (the group was re-dispatched on resume): the newer one aggregates.
+        log.info("aggregate of %s %s skipped: members still missing", workflow_id, group_id)
+        store.lease(workflow_id, group_id, owner, 0, release=True)
+        return outcome_word("skipped")
+    got = [m for m in members if m is not None]
+    t0 = time.perf_counter()
+    summary = aggregators[node.aggregate](got, _wall_time(got))
+    ok_count = sum(m.status == TaskStatus.COMPLETED for m in got)
+    rate = ok_count / len(got)
+    error = None
+    if node.on_failure == "fail" and ok_count < len(got):
+        failed = len(got) - ok_count
+        error = f"group {group_id}: {failed} of {len(got)} members failed (on_failure: fail)"
+    elif node.min_success_rate is not None and rate < node.min_success_rate:
+        error = (
+            f"group {group_id}: success rate {rate:.2f} is below "
+            f"min_success_rate {node.min_success_rate}"
+        )
+    ok = error is None
+    result = TaskResult(
+        task_id=f"{workflow_id}:{group_id}",
+        agent_id=AGGREGATOR_AGENT,
+        status=TaskStatus.COMPLETED if ok else TaskStatus.FAILED,
+        result=summary,
+        error=error,
+        execution_time=time.perf_counter() - t0,
+        metadata={"task_type": f"aggregate.{node.aggregate}", "members": len(got)},
+        step_id=group_id,
+        task_type=f"aggregate.{node.aggregate}",
+        output_key=node.output_key,
+        started_at=started_at,
+        finished_at=utcnow(),
+        worker=ctask.request.hostname,
+    )
+    nxt = next_messages(engine.app, plan, workflow_id, node, run) if ok else Next()
+    outcome: Outcome = "fail" if not ok else "complete" if plan.is_last(node.index) else "continue"
+    reply = store.commit(
+        workflow_id,
+        result,
+        node=group_id,
+        output_json=dumps(summary),
+        advance=True,
+        outcome=outcome,
+        run=run,
+        task_id=ctask.request.id,
+        send=engine.dispatch.outgoing(nxt, ctask.request.id),
+    )
+    if reply.committed and reply.status == S.COMPENSATING:
+        engine.saga.fail_workflow(workflow_id, run)
+    elif reply.committed and reply.status == S.RUNNING:
+        engine.dispatch.send_rest(nxt)
+    return outcome_word("completed" if ok else "failed", error)
+
+
+def _wall_time(results: list[TaskResult]) -> float:
+    """The group's wall time: first member start to last member finish."""
+    stamps = [(r.started_at, r.finished_at) for r in results if r.started_at and r.finished_at]
+    if not stamps:
+        return 0.0
+    start = min(datetime.fromisoformat(s) for s, _ in stamps)
+    end = max(datetime.fromisoformat(f) for _, f in stamps)
+    return (end - start).total_seconds()

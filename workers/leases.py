@@ -1,0 +1,52 @@
+"""Step leases: a running step's claim, renewed while its agent works, so that a redelivered
+copy of its message waits instead of running it twice (``begin.lua`` takes the lease,
+``lease.lua`` renews it, the commit drops it)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from orchestration.store import StateStore
+
+log = logging.getLogger("baton.leases")
+
+
+class LeaseKeeper:
+    """Renews the leases of the steps this process is running, so that a redelivered copy
+    waits for them; one thread for the process, not one per step."""
+
+    def __init__(self, store: StateStore, seconds: float) -> None:
+        self.store, self.seconds = store, seconds
+        self._held: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def holding(self, workflow_id: str, step_id: str, owner: str) -> Iterator[None]:
+        with self._lock:
+            self._held[(workflow_id, step_id)] = owner
+            if self._thread is None or not self._thread.is_alive():  # a fork has none
+                self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop((workflow_id, step_id), None)
+
+    def _run(self) -> None:
+        tick = threading.Event()
+        while not tick.wait(self.seconds / 3):
+            with self._lock:
+                held = list(self._held.items())
+            for (workflow_id, step_id), owner in held:
+                try:
+                    if not self.store.lease(workflow_id, step_id, owner, self.seconds):
+                        with self._lock:  # lost (its commit came, or another took it over)
+                            if self._held.get((workflow_id, step_id)) == owner:
+                                del self._held[(workflow_id, step_id)]
+                except Exception as exc:  # Redis away for a moment: the next beat retries
+                    log.warning("lease renewal for %s %s failed: %s", workflow_id, step_id, exc)

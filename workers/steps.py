@@ -1,0 +1,306 @@
+"""What a worker does with one step message, in five phases: begin, run the agent, decide,
+commit, send what follows.
+
+A message holds ``(workflow_id, step_id, run)``. **Begin** takes the step's lease and loads
+what it may see (one script); **run** calls the agent function; **decide** turns its
+outcome into a retry (a transient error with attempts left) or a ``TaskResult``;
+**commit** writes it with one compare-and-set script, which also sends what comes next
+(``orchestration/outbox.py``); **send on** publishes what the script could not, or starts
+the saga when the step failed its workflow. An agent's failure never escapes as the
+worker's: it becomes its step's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import uuid
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from agents.base import StepInput, StepOutput
+from orchestration.compiler import Next, next_messages, step_signature
+from orchestration.errors import (
+    BatonError,
+    OutputTooLarge,
+    StepError,
+    StepFailed,
+    is_retryable,
+)
+from orchestration.loader import plan_handoff
+from orchestration.models import (
+    HistoryEntry,
+    RunningStep,
+    TaskResult,
+    TaskStatus,
+    WorkflowStatus,
+    utcnow,
+)
+from orchestration.names import Event
+from orchestration.plan import PlannedTask
+from orchestration.reads import StepState
+from orchestration.scripts import Join, Outcome
+from workers.engine import Engine
+from workers.saga import describe
+
+log = logging.getLogger("baton.runner")
+S = WorkflowStatus
+
+
+def backoff(task: PlannedTask, attempt: int) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    delay = min(task.retry_backoff_max, task.retry_backoff * 2 ** (attempt - 1))
+    return float(delay / 2 + random.uniform(0, delay / 2))
+
+
+def outcome_word(status: str, error: str | None = None) -> str:
+    """What a step task returns to Celery (Flower shows it as the task's result): its
+    outcome in a word, the error after it. Nothing reads it back: the state store holds
+    the result, and the task's arguments already name the workflow and step. (Celery
+    reprs the return value twice, in the worker's log line and its task-succeeded event:
+    a word costs a fraction of a record.)"""
+    return f"{status}: {error}" if error else status
+
+
+class UpstreamFailed(StepError):
+    """A branch's step whose predecessor did not complete: it is skipped, not run."""
+
+    retryable = False
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(f"skipped: upstream step {upstream} did not complete")
+
+
+class StepRun:
+    """One execution of one step message."""
+
+    def __init__(
+        self, engine: Engine, ctask: Task, workflow_id: str, step_id: str, run: int
+    ) -> None:
+        self.engine, self.store = engine, engine.store
+        self.ctask = ctask
+        self.workflow_id, self.step_id, self.run_no = workflow_id, step_id, run
+        self.plan = self.store.plan(workflow_id)
+        self.task = self.store.task(workflow_id, step_id)
+        self.worker = ctask.request.hostname
+        self.owner = f"{self.worker}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this execution
+        self.started_at = utcnow()
+
+    def __call__(self) -> str:
+        state = self.begin()
+        if isinstance(state, str):
+            return state
+        output, error, elapsed = self.run_agent(state)
+        result, handoff = self.decide(output, error, elapsed, state.attempt)
+        return self.commit(result, output, handoff)
+
+    # ------------------------------------------------------------------ begin
+
+    def begin(self) -> StepState | str:
+        """Take the lease and load the state; or the word for why the step does not run."""
+        running = RunningStep(
+            step_id=self.step_id,
+            agent_id=self.task.agent_id,
+            task_type=self.task.task_type,
+            started_at=self.started_at,
+            worker=self.worker,
+        )
+        visible, inserted_before = self.plan.visible_results(self.task)
+        state = self.store.begin_step(
+            self.workflow_id,
+            running,
+            self.run_no,
+            self.task.context_keys,
+            results=visible,
+            inserted_before=inserted_before,
+            owner=self.owner,
+            lease_seconds=self.engine.lease_seconds,
+            task_id=self.ctask.request.id,
+        )
+        if state.status == "committed":
+            # Already committed (a redelivered message, or a group resumed): not run again.
+            self.store.append_history(
+                self.workflow_id, HistoryEntry(event=Event.DUPLICATE_DROPPED, step=self.step_id)
+            )
+            return self._not_run("duplicate")
+        if state.status == "leased":
+            # Another execution is running it (this is a redelivery of a long step): look
+            # again once its lease could have lapsed; it commits, or its worker died.
+            log.info("step %s of %s is leased by another execution", self.step_id, self.workflow_id)
+            self._retry(self.engine.lease_seconds / 2)
+        if state.status != S.RUNNING:
+            return self._not_run(state.status if state.status in ("stale", "paused") else "skipped")
+        return state
+
+    def _not_run(self, why: str) -> str:
+        log.info("step %s of %s not run: %s", self.step_id, self.workflow_id, why)
+        return outcome_word(why)
+
+    def _retry(self, countdown: float) -> NoReturn:
+        raise self.ctask.retry(countdown=countdown, max_retries=None)
+
+    # ------------------------------------------------------------------ run the agent
+
+    def run_agent(self, state: StepState) -> tuple[StepOutput | None, BaseException | None, float]:
+        """Call the agent (holding the lease); its output, or the error it failed with."""
+        t0 = time.perf_counter()
+        task = self.task
+        upstream = state.results.get(task.after) if task.after else None
+        if task.after and (upstream is None or upstream.status != TaskStatus.COMPLETED):
+            return None, UpstreamFailed(task.after), time.perf_counter() - t0
+        try:
+            with self.engine.leases.holding(self.workflow_id, self.step_id, self.owner):
+                return self._call_agent(state), None, time.perf_counter() - t0
+        except SoftTimeLimitExceeded:
+            timeout = TimeoutError(f"step exceeded its timeout of {task.timeout}s")
+            return None, timeout, time.perf_counter() - t0
+        except Exception as exc:  # an agent's failure is its step's result, not the worker's
+            log.warning(
+                "step %s of %s attempt %d failed: %s",
+                self.step_id,
+                self.workflow_id,
+                state.attempt,
+                describe(exc),
+                exc_info=not isinstance(exc, BatonError),
+            )
+            return None, exc, time.perf_counter() - t0
+
+    def _call_agent(self, state: StepState) -> StepOutput:
+        task = self.task
+        tt = self.engine.registry.get_task(task.agent_id, task.task_type)
+        step_input: StepInput[Any] = StepInput(
+            workflow_id=self.workflow_id,
+            step_id=task.step_id,
+            agent_id=task.agent_id,
+            task_type=task.task_type,
+            parameters=tt.validate_params(task.parameters),
+            shared_data=state.shared_data,
+            previous_results=list(state.results.values()),
+        )
+        out = tt.run(step_input)
+        limit = self.engine.max_output_bytes
+        if len(out.encoded) > limit:
+            raise OutputTooLarge(
+                f"output of {task.step_id} is {len(out.encoded) / 2**20:.1f} MiB, over the "
+                f"limit of {limit / 2**20:.1f} MiB (BATON_MAX_OUTPUT_BYTES)"
+            )
+        return out
+
+    # ------------------------------------------------------------------ decide
+
+    def decide(
+        self, output: StepOutput | None, exc: BaseException | None, elapsed: float, attempt: int
+    ) -> tuple[TaskResult, PlannedTask | None]:
+        """Retry a transient failure that has attempts left (this raises Celery's Retry);
+        else the step's result, and the step its handoff inserts, if any."""
+        task = self.task
+        error = None
+        if isinstance(exc, UpstreamFailed):
+            error = str(exc)
+        elif exc is not None:
+            error = describe(exc)
+            if attempt <= task.retries:  # attempts are left: is it worth one?
+                if is_retryable(exc):
+                    self._note_retry(error, attempt, elapsed)
+                error += " (not retried: it would fail the same way again)"
+        handoff: PlannedTask | None = None
+        if output is not None and output.handoff is not None:
+            try:
+                available = self.store.data_keys(self.workflow_id) | (
+                    {task.output_key} if task.output_key else set()
+                )  # the whole state's keys: the step itself may have loaded only some
+                handoff = plan_handoff(
+                    task,
+                    output.handoff.model_dump(exclude={"output"}),
+                    available,
+                    self.engine.registry,
+                )
+            except BatonError as exc:
+                error, output = str(exc), None
+        ok = error is None
+        result = TaskResult(
+            task_id=f"{self.workflow_id}:{self.step_id}",
+            agent_id=task.agent_id,
+            status=TaskStatus.COMPLETED if ok else TaskStatus.FAILED,
+            result=output.output if output else None,
+            error=error,
+            execution_time=elapsed,
+            metadata={
+                "task_type": task.task_type,
+                "parallel": task.group is not None,
+                "attempt": attempt,
+            },
+            step_id=self.step_id,
+            task_type=task.task_type,
+            output_key=task.output_key,
+            started_at=self.started_at,
+            finished_at=utcnow(),
+            worker=self.worker,
+        )
+        return result, handoff
+
+    def _note_retry(self, error: str | None, attempt: int, elapsed: float) -> NoReturn:
+        task = self.task
+        self.store.append_history(
+            self.workflow_id,
+            HistoryEntry(
+                event=Event.STEP_RETRY,
+                step=self.step_id,
+                agent_id=task.agent_id,
+                task_type=task.task_type,
+                status="retrying",
+                error=error,
+                attempt=attempt,
+                execution_time=elapsed,
+            ),
+        )
+        self.store.lease(self.workflow_id, self.step_id, self.owner, 0, release=True)
+        self._retry(backoff(task, attempt))
+
+    # ------------------------------------------------------------------ commit
+
+    def commit(
+        self, result: TaskResult, output: StepOutput | None, handoff: PlannedTask | None
+    ) -> str:
+        """Commit the result with what follows it; then send on what the script could not."""
+        task, plan, ok = self.task, self.plan, result.status == TaskStatus.COMPLETED
+        top = task.group is None
+        nxt = Next()
+        if handoff:
+            nxt = Next([step_signature(self.engine.app, self.workflow_id, handoff, self.run_no)])
+        elif ok or not top:  # a failed member still ends its branch (the aggregate counts it)
+            nxt = next_messages(self.engine.app, plan, self.workflow_id, task, self.run_no)
+        last = top and plan.is_last(task.index) and handoff is None
+        outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
+        reply = self.store.commit(
+            self.workflow_id,
+            result,
+            node=self.step_id,
+            output_json=output.encoded if ok and output else "null",
+            advance=top,
+            outcome=outcome,
+            run=self.run_no,
+            task_id=self.ctask.request.id,
+            owner=self.owner,
+            send=self.engine.dispatch.outgoing(nxt, self.ctask.request.id),
+            join=Join(group=nxt.group, total=len(nxt.ends)) if nxt.group and nxt.joins else None,
+            handoff=handoff,
+            max_handoffs=plan.max_handoffs,
+        )
+        if not reply.committed:
+            return self._not_run(reply.state)
+        # ------------------------------------------------------------ send on
+        if reply.status == S.COMPENSATING:
+            self.engine.saga.fail_workflow(self.workflow_id, self.run_no)
+            if top:
+                raise StepFailed(
+                    f"workflow {self.workflow_id} failed at {self.step_id}: "
+                    f"{result.error or 'see history'}"
+                )
+        elif reply.status == S.RUNNING:
+            self.engine.dispatch.send_rest(nxt, reply.aggregate_id, reply.aggregate_message)
+        return outcome_word("completed" if ok else "failed", result.error)
