@@ -103,6 +103,25 @@ class TaskType:
     def validate_params(self, raw: dict[str, Any]) -> BaseModel:
         return self.params.model_validate(raw)
 
+    def input_for(
+        self,
+        workflow_id: str,
+        step_id: str,
+        parameters: dict[str, Any],
+        shared_data: dict[str, Any],
+        previous_results: list[TaskResult],
+    ) -> StepInput[Any]:
+        """The step's input, its parameters validated against this task type's model."""
+        return StepInput(
+            workflow_id=workflow_id,
+            step_id=step_id,
+            agent_id=self.agent_id,
+            task_type=self.name,
+            parameters=self.validate_params(parameters),
+            shared_data=shared_data,
+            previous_results=previous_results,
+        )
+
     def reads_for(self, params: BaseModel) -> list[str]:
         """The shared_data keys this task reads, given its parameters."""
         return list(self.reads(params) if callable(self.reads) else self.reads)

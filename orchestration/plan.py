@@ -38,10 +38,6 @@ class PlannedTask(_Frozen):
     def celery_name(self) -> str:
         return f"{self.agent_id}.{self.task_type}"
 
-    @property
-    def top_level(self) -> bool:
-        return self.group is None
-
 
 class PlannedGroup(_Frozen):
     kind: str = "group"
@@ -70,9 +66,6 @@ class Plan(_Frozen):
     def total_steps(self) -> int:
         return len(self.nodes)
 
-    def node(self, index: int) -> PlannedTask | PlannedGroup:
-        return self.nodes[index]
-
     def group(self, step_id: str) -> PlannedGroup:
         for node in self.nodes:
             if isinstance(node, PlannedGroup) and node.step_id == step_id:
@@ -91,9 +84,6 @@ class Plan(_Frozen):
             ids.append(after)
             after = self.tasks[after].after
         return ids, task.index + (2 if task.dynamic else 1)
-
-    def top_level_ids(self) -> list[str]:
-        return [n.step_id for n in self.nodes]
 
     def is_last(self, index: int) -> bool:
         return index == len(self.nodes) - 1

@@ -12,7 +12,6 @@ import logging
 
 from celery import Celery, Task
 
-from agents.base import StepInput
 from agents.registry import AgentRegistry
 from orchestration.broker import AGGREGATOR_AGENT
 from orchestration.compiler import compensation_signature
@@ -65,14 +64,12 @@ class Saga:
         try:
             tt = self.registry.get_task(task.agent_id, str(task.compensation))
             tt.run(
-                StepInput(
-                    workflow_id=workflow_id,
-                    step_id=step_id,
-                    agent_id=task.agent_id,
-                    task_type=str(task.compensation),
-                    parameters=tt.validate_params(task.parameters),
-                    shared_data=state.shared_data,
-                    previous_results=[original] if original else [],
+                tt.input_for(
+                    workflow_id,
+                    step_id,
+                    task.parameters,
+                    state.shared_data,
+                    [original] if original else [],
                 )
             )
         except Exception as exc:  # recorded; the other compensations still run

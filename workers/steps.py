@@ -17,12 +17,12 @@ import os
 import random
 import time
 import uuid
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from agents.base import StepInput, StepOutput
+from agents.base import StepOutput
 from orchestration.compiler import Next, next_messages, step_signature
 from orchestration.errors import (
     BatonError,
@@ -172,14 +172,12 @@ class StepRun:
     def _call_agent(self, state: StepState) -> StepOutput:
         task = self.task
         tt = self.engine.registry.get_task(task.agent_id, task.task_type)
-        step_input: StepInput[Any] = StepInput(
-            workflow_id=self.workflow_id,
-            step_id=task.step_id,
-            agent_id=task.agent_id,
-            task_type=task.task_type,
-            parameters=tt.validate_params(task.parameters),
-            shared_data=state.shared_data,
-            previous_results=list(state.results.values()),
+        step_input = tt.input_for(
+            self.workflow_id,
+            task.step_id,
+            task.parameters,
+            state.shared_data,
+            list(state.results.values()),
         )
         out = tt.run(step_input)
         limit = self.engine.max_output_bytes
