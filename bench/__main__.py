@@ -107,7 +107,7 @@ def _pyspy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
 # What the worker processes spend busy samples on: (label, frame name, file fragment).
 HOT = (
     ("pool child: executing tasks (Celery tracer)", "trace_task", "celery/app/trace.py"),
-    ("· Engine.run_step", "run_step", "workers/runner.py"),
+    ("· StepRun (a step's five phases)", "__call__", "workers/steps.py"),
     ("· · StateStore.begin_step", "begin_step", "orchestration/store.py"),
     ("· · StateStore.commit", "commit", "orchestration/store.py"),
     ("· · pydantic validation / serialization", "model_", "pydantic/main.py"),

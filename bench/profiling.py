@@ -28,25 +28,23 @@ _originals: list[tuple[Any, str, Any]] = []
 
 # (module, class, method, phase name) wrapped when present.
 WORKER_PHASES = (
-    ("orchestration.store", "StateStore", "plan", "plan_load"),
-    ("orchestration.store", "StateStore", "task", "plan_load"),
+    ("orchestration.reads", "StateReader", "plan", "plan_load"),
+    ("orchestration.reads", "StateReader", "task", "plan_load"),
     ("orchestration.store", "StateStore", "begin_step", "begin_step"),
     ("orchestration.store", "StateStore", "commit", "commit"),
-    ("orchestration.store", "StateStore", "track", "track"),
-    ("orchestration.store", "StateStore", "note", "note"),
+    ("orchestration.store", "StateStore", "append_history", "note"),
     ("agents.base", "TaskType", "validate_params", "validate_params"),
     ("agents.base", "TaskType", "run", "agent"),
-    ("workers.runner", "Engine", "next_signature", "next_signature"),
-    ("workers.runner", "Engine", "outgoing", "outbox"),
-    ("workers.runner", "Engine", "run_step", "engine_other"),
+    ("orchestration.outbox", "Outbox", "outgoing", "outbox"),
+    ("workers.steps", "StepRun", "__call__", "engine_other"),
     ("celery.canvas", "Signature", "apply_async", "publish"),
 )
 CLIENT_PHASES = (
     ("orchestration.client", None, "load_plan", "client_validate"),
     ("orchestration.store", "StateStore", "create", "client_create"),
-    ("workers.runner", "Engine", "outgoing", "client_outbox"),
-    ("orchestration.store", "StateStore", "status_of", "client_status"),
-    ("orchestration.store", "StateStore", "plan", "client_plan"),
+    ("orchestration.outbox", "Outbox", "outgoing", "client_outbox"),
+    ("orchestration.reads", "StateReader", "status_of", "client_status"),
+    ("orchestration.reads", "StateReader", "plan", "client_plan"),
     ("orchestration.store", "StateStore", "transition", "client_transition"),
     ("celery.canvas", "Signature", "apply_async", "client_publish"),
 )

@@ -17,7 +17,7 @@ import redis
 from celery.signals import after_task_publish, task_prerun
 from pydantic import BaseModel, ConfigDict
 
-from agents import Agent, Handoff, StepInput
+from agents import Agent, Handoff, StepError, StepInput
 
 
 class EchoParams(BaseModel):
@@ -127,6 +127,7 @@ def gate(step: StepInput[GateParams]) -> dict[str, Any]:
 class FlakyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     failures: int = 1
+    permanent: bool = False  # fail with an error that says retrying cannot help
 
 
 @testkit.task(params=FlakyParams)
@@ -134,6 +135,8 @@ def flaky(step: StepInput[FlakyParams]) -> dict[str, Any]:
     """Fails its first ``failures`` attempts (counted in Redis), then succeeds."""
     n = int(test_redis().incr(f"testlog:flaky:{step.workflow_id}:{step.step_id}"))
     if n <= step.parameters.failures:
+        if step.parameters.permanent:
+            raise StepError(f"record {n} is malformed", retryable=False)
         raise ConnectionError(f"upstream unavailable (attempt {n})")
     return {"attempts": n}
 

@@ -1,4 +1,5 @@
-"""Per-step retries with backoff, and timeouts an agent can catch."""
+"""Per-step retries with backoff for transient errors, none for deterministic ones, and
+timeouts an agent can catch."""
 
 from __future__ import annotations
 
@@ -41,6 +42,34 @@ def test_retries_run_out_and_the_step_fails_with_every_attempt_recorded(
     assert ctx.error == "ConnectionError: upstream unavailable (attempt 3)"
     attempts = [h.attempt for h in ctx.execution_history if h.step == "step_1" and h.error]
     assert attempts == [1, 2, 3]
+
+
+def test_a_failure_the_agent_calls_permanent_fails_its_step_at_once(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    permanent = {**step("flaky", "out", failures=5, permanent=True), "retries": 3}
+    wid = orch.run_workflow({"steps": [permanent]})
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.FAILED
+    assert ctx.error == (
+        "StepError: record 1 is malformed (not retried: it would fail the same way again)"
+    )
+    assert [h for h in ctx.execution_history if h.event == "step_retry"] == []
+    assert int(raw_redis.get(f"testlog:flaky:{wid}:step_1") or 0) == 1  # one attempt only
+
+
+def test_output_that_fails_its_model_is_not_retried(orch: WorkflowOrchestrator) -> None:
+    ctx = orch.wait(
+        orch.run_workflow({"steps": [{**step("bad_output", "total"), "retries": 2}]}), timeout=60
+    )
+
+    assert ctx.status == WorkflowStatus.FAILED
+    assert ctx.error is not None
+    assert ctx.error.startswith("AgentOutputError: testkit.bad_output returned output")
+    assert ctx.error.endswith("(not retried: it would fail the same way again)")
+    assert [h for h in ctx.execution_history if h.event == "step_retry"] == []
+    assert ctx.task_results["step_1"].metadata["attempt"] == 1
 
 
 def test_a_step_over_its_timeout_fails_with_a_timeout(
