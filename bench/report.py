@@ -500,10 +500,11 @@ commits a versioned handoff with its history), so it can only match Celery by no
 what Celery does twice:
 
 - **The commit sends the next message.** The committing step encodes the next task's
-  message itself, exactly as Celery and kombu's Redis transport would (`workers/outbox.py`:
-  about 45 µs, against about 600 µs for `apply_async`, which looks up the routing table,
-  takes a producer and publishes a `task-sent` event in round trips of its own), and the
-  commit script pushes it with the `task-sent` event in the same atomic step. Celery's
+  message itself, exactly as Celery and kombu's Redis transport would
+  (`orchestration/wire.py`, used by `orchestration/outbox.py`: about 45 µs, against
+  about 600 µs for `apply_async`, which looks up the routing table, takes a producer
+  and publishes a `task-sent` event in round trips of its own), and the commit script
+  pushes it with the `task-sent` event in the same atomic step. Celery's
   chain callback does not run: there is no chain in the message.
 - **No Celery result.** Every task is `ignore_result`; the state store already holds the
   step's result. A group's completion is counted in the commit script beside the results
@@ -574,7 +575,7 @@ def profile_section(prof: dict[str, Any], notes: str) -> str:
     names = {
         "client_validate": "client: `load_plan` (definition validation)",
         "client_create": "client: `store.create` (create.lua: stores, starts, sends)",
-        "client_outbox": "client: encoding the first task messages (`Engine.outgoing`)",
+        "client_outbox": "client: encoding the first task messages (`Outbox.outgoing`)",
         "client_status": "client: `status_of` (HGET; in `wait()`, while the steps run)",
         "client_plan": "client: `store.plan` (GET + parse)",
         "client_transition": "client: `store.transition` (transition.lua)",
@@ -590,9 +591,9 @@ def profile_section(prof: dict[str, Any], notes: str) -> str:
         "agent": "worker: the agent function (`TaskType.run`, output validation)",
         "engine_other": "worker: rest of `run_step` (StepInput, TaskResult, JSON dumps, ...)",
         "commit": "worker: `store.commit` (commit script; it also pushes the next message)",
-        "outbox": "worker: encoding the next task messages (`Engine.outgoing`, outbox.py)",
+        "outbox": "worker: encoding the next task messages (`Outbox.outgoing`)",
         "track": "worker: `store.track` (task ids of what it publishes)",
-        "note": "worker: `store.note` (history entries)",
+        "note": "worker: `StateStore.append_history` (history entries)",
         "next_signature": "worker: `next_signature` (building the next segment)",
         "publish": "worker: engine publishes (`apply_async` inside `run_step`)",
         "celery_other": "worker: Celery tracer around the task (result, signals, ...)",

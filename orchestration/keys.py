@@ -117,6 +117,5 @@ def active_key(prefix: str) -> str:
 
 
 def metrics_key(prefix: str) -> str:
-    """Hash of counters: ``workflows_total|<status>``, ``steps_total|<agent>|<task>|<status>``,
-    ``step_seconds_{sum,count}|<agent>|<task>``, ``step_seconds_bucket|<agent>|<task>|<le>``."""
+    """Hash of counters for ``/metrics``; its fields are named in ``names.Metric``."""
     return f"{prefix}:metrics"
