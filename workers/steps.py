@@ -43,7 +43,7 @@ from orchestration.models import (
 from orchestration.names import Event
 from orchestration.plan import PlannedTask
 from orchestration.reads import StepState
-from orchestration.scripts import Join, Outcome
+from orchestration.scripts import CommitReply, Join, Outcome
 from workers.engine import Engine
 from workers.saga import describe
 
@@ -96,7 +96,13 @@ class StepRun:
             return state
         output, error, elapsed = self.run_agent(state)
         result, handoff = self.decide(output, error, elapsed, state.attempt)
-        return self.commit(result, output, handoff)
+        nxt = self.what_follows(result, handoff)
+        reply = self.commit(result, output, handoff, nxt)
+        if not reply.committed:
+            return self._not_run(reply.state)
+        self.send_on(reply, nxt, result)
+        ok = result.status == TaskStatus.COMPLETED
+        return outcome_word("completed" if ok else "failed", result.error)
 
     # ------------------------------------------------------------------ begin
 
@@ -261,20 +267,29 @@ class StepRun:
 
     # ------------------------------------------------------------------ commit
 
+    def what_follows(self, result: TaskResult, handoff: PlannedTask | None) -> Next:
+        """The messages the commit sends: the inserted step, the next one, or nothing."""
+        task = self.task
+        if handoff:
+            return Next([step_signature(self.engine.app, self.workflow_id, handoff, self.run_no)])
+        if result.status == TaskStatus.COMPLETED or task.group is not None:
+            # (a failed member still ends its branch: the aggregate counts it)
+            return next_messages(self.engine.app, self.plan, self.workflow_id, task, self.run_no)
+        return Next()
+
     def commit(
-        self, result: TaskResult, output: StepOutput | None, handoff: PlannedTask | None
-    ) -> str:
-        """Commit the result with what follows it; then send on what the script could not."""
+        self,
+        result: TaskResult,
+        output: StepOutput | None,
+        handoff: PlannedTask | None,
+        nxt: Next,
+    ) -> CommitReply:
+        """Commit the result with what follows it, in one compare-and-set script."""
         task, plan, ok = self.task, self.plan, result.status == TaskStatus.COMPLETED
         top = task.group is None
-        nxt = Next()
-        if handoff:
-            nxt = Next([step_signature(self.engine.app, self.workflow_id, handoff, self.run_no)])
-        elif ok or not top:  # a failed member still ends its branch (the aggregate counts it)
-            nxt = next_messages(self.engine.app, plan, self.workflow_id, task, self.run_no)
         last = top and plan.is_last(task.index) and handoff is None
         outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
-        reply = self.store.commit(
+        return self.store.commit(
             self.workflow_id,
             result,
             node=self.step_id,
@@ -289,16 +304,18 @@ class StepRun:
             handoff=handoff,
             max_handoffs=plan.max_handoffs,
         )
-        if not reply.committed:
-            return self._not_run(reply.state)
-        # ------------------------------------------------------------ send on
+
+    # ------------------------------------------------------------------ send on
+
+    def send_on(self, reply: CommitReply, nxt: Next, result: TaskResult) -> None:
+        """Publish what the script could not send; or, if this failed the workflow, start
+        the saga (and raise ``StepFailed``, so Celery marks a top-level step's task failed)."""
         if reply.status == S.COMPENSATING:
             self.engine.saga.fail_workflow(self.workflow_id, self.run_no)
-            if top:
+            if self.task.group is None:
                 raise StepFailed(
                     f"workflow {self.workflow_id} failed at {self.step_id}: "
                     f"{result.error or 'see history'}"
                 )
         elif reply.status == S.RUNNING:
             self.engine.dispatch.send_rest(nxt, reply.aggregate_id, reply.aggregate_message)
-        return outcome_word("completed" if ok else "failed", result.error)
