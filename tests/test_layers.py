@@ -1,0 +1,120 @@
+"""The layers hold: imports point toward the core, no two modules import each other, and
+the public surface stays what the README documents.
+
+Read from the source (every import, lazy ones included), so a shortcut taken inside a
+function shows here as well as one at the top of a module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import agents
+import orchestration
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("orchestration", "agents", "workers")
+# What each package may import from the others (a layer sees only the ones below it).
+ALLOWED = {"orchestration": set(), "agents": {"orchestration"}, "workers": set(PACKAGES)}
+# The top layer living in orchestration/ (users import the client from there): it may
+# reach the agents layer, through catalog.load_catalog only.
+SEAM = {"orchestration.catalog": {"agents"}}
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every project module and the project modules it imports."""
+    files = {_module(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([node.module] if node.module else [])])
+                found.update([base, *(f"{base}.{a.name}" for a in node.names)])
+        targets = set()
+        for imported in found:
+            while imported and imported not in files:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in _imports().items()
+        for target in targets
+        if (top := target.split(".")[0]) != module.split(".")[0]
+        and top not in ALLOWED[module.split(".")[0]] | SEAM.get(module, set())
+    ]
+    assert wrong == []
+
+
+def test_no_two_modules_import_each_other() -> None:
+    graph = _imports()
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str], done: set[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in done:
+                visit(nxt, [*path, nxt], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start], done)
+    assert cycles == []
+
+
+def test_the_public_surface_is_the_documented_one() -> None:
+    assert set(orchestration.__all__) == {
+        "BatonError",
+        "DefinitionError",
+        "ParallelStep",
+        "StateStoreError",
+        "StepError",
+        "StepFailed",
+        "TaskResult",
+        "TaskStatus",
+        "TaskStep",
+        "UnknownAgent",
+        "UnknownTaskType",
+        "WorkflowContext",
+        "WorkflowDefinition",
+        "WorkflowNotFound",
+        "WorkflowOrchestrator",
+        "WorkflowStateError",
+        "WorkflowStatus",
+        "WorkflowStatusReport",
+        "WorkflowTimeout",
+    }
+    assert set(agents.__all__) == {
+        "Agent",
+        "AgentRegistry",
+        "Handoff",
+        "NoParams",
+        "StepError",
+        "StepInput",
+        "TaskType",
+        "load_agents",
+        "registry",
+    }
+    for package in (orchestration, agents):
+        assert all(hasattr(package, name) for name in package.__all__)
