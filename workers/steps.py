@@ -223,8 +223,8 @@ class StepRun:
                     available,
                     self.engine.registry,
                 )
-            except BatonError as exc:
-                error, output = str(exc), None
+            except BatonError as refused:
+                error, output = str(refused), None
         ok = error is None
         result = TaskResult(
             task_id=f"{self.workflow_id}:{self.step_id}",
