@@ -185,8 +185,21 @@ def _bad(script: str, raw: object) -> StateStoreError:
 
 
 def _shape(script: str, raw: Raw, *lengths: int) -> None:
-    if len(raw) not in lengths:
+    if not isinstance(raw, list) or len(raw) not in lengths:
         raise _bad(script, raw)
+
+
+def _list(script: str, raw: object) -> Raw:
+    if not isinstance(raw, list) or not raw:
+        raise _bad(script, raw)
+    return raw
+
+
+def _flag(script: str, raw: object) -> bool:
+    """A script's 0/1 reply."""
+    if isinstance(raw, bool) or raw not in (0, 1):
+        raise _bad(script, raw)
+    return raw == 1
 
 
 @dataclass(frozen=True)
@@ -195,7 +208,7 @@ class CreateReply:
 
     @classmethod
     def decode(cls, raw: int) -> CreateReply:
-        return cls(bool(raw))
+        return cls(_flag("create", raw))
 
 
 @dataclass(frozen=True)
@@ -214,6 +227,7 @@ class TransitionReply(StatusRefusal):
 
     @classmethod
     def decode(cls, raw: Raw) -> TransitionReply:
+        raw = _list("transition", raw)
         state = text(raw[0])
         if state in ("missing", "refused"):
             _shape("transition", raw, 2)
@@ -232,6 +246,7 @@ class RestoreReply(StatusRefusal):
 
     @classmethod
     def decode(cls, raw: Raw) -> RestoreReply:
+        raw = _list("restore", raw)
         state = text(raw[0])
         if state in ("missing", "refused"):
             _shape("restore", raw, 2)
@@ -253,6 +268,7 @@ class BeginReply:
 
     @classmethod
     def decode(cls, raw: Raw) -> BeginReply:
+        raw = _list("begin", raw)
         if len(raw) == 2:
             return cls(text(raw[0]), int(raw[1]))
         _shape("begin", raw, 4)
@@ -300,7 +316,7 @@ class LeaseReply:
 
     @classmethod
     def decode(cls, raw: int) -> LeaseReply:
-        return cls(bool(raw))
+        return cls(_flag("lease", raw))
 
 
 @dataclass(frozen=True)

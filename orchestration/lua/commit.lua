@@ -26,6 +26,12 @@ local function refuse(state)
     error = 'workflow is ' .. status .. ' (' .. state .. ')'})
   return {state, tonumber(redis.call('HGET', META, 'version')), status, '', ''}
 end
+-- This execution's own commit, replayed after a lost reply: report it as done, whatever
+-- the status that commit left (it may have completed or failed the workflow).
+if spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner
+    and redis.call('HEXISTS', RESULTS, spec.step) == 1 then
+  return {'committed', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
+end
 if status ~= 'running' and status ~= 'paused' then
   return refuse('not_running')
 end
@@ -33,10 +39,6 @@ if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
   return refuse('stale')
 end
 if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
-  if spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner then
-    -- This execution's own commit, replayed after a lost reply: report it as done.
-    return {'committed', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
-  end
   return refuse('duplicate')
 end
 
