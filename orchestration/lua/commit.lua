@@ -28,8 +28,8 @@ local function refuse(state)
 end
 -- This execution's own commit, replayed after a lost reply: report it as done, whatever
 -- the status that commit left (it may have completed or failed the workflow).
-if spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner
-    and redis.call('HEXISTS', RESULTS, spec.step) == 1 then
+local exists = redis.call('HEXISTS', RESULTS, spec.step) == 1
+if exists and spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner then
   return {'committed', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
 end
 if status ~= 'running' and status ~= 'paused' then
@@ -38,7 +38,7 @@ end
 if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
   return refuse('stale')
 end
-if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
+if exists then
   return refuse('duplicate')
 end
 
