@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -218,6 +218,15 @@ class StatusRefusal:
     state: Literal["ok", "missing", "refused"]
     status: str  # the status it had (refused: the one that refused)
 
+    @classmethod
+    def refusal(cls, script: str, raw: Raw) -> Self | None:
+        """The reply if it is a refusal (``missing``, ``refused``); None if it is not."""
+        state = text(raw[0])
+        if state not in ("missing", "refused"):
+            return None
+        _shape(script, raw, 2)
+        return cls(state, text(raw[1]))  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class TransitionReply(StatusRefusal):
@@ -228,11 +237,9 @@ class TransitionReply(StatusRefusal):
     @classmethod
     def decode(cls, raw: Raw) -> TransitionReply:
         raw = _list("transition", raw)
-        state = text(raw[0])
-        if state in ("missing", "refused"):
-            _shape("transition", raw, 2)
-            return cls(state, text(raw[1]))  # type: ignore[arg-type]
-        if state != "ok" or len(raw) < 4:
+        if (refused := cls.refusal("transition", raw)) is not None:
+            return refused
+        if text(raw[0]) != "ok" or len(raw) < 4:
             raise _bad("transition", raw)
         return cls(
             "ok", text(raw[1]), int(raw[2]), text(raw[3]) or None, [text(i) for i in raw[4:]]
@@ -247,11 +254,11 @@ class RestoreReply(StatusRefusal):
     @classmethod
     def decode(cls, raw: Raw) -> RestoreReply:
         raw = _list("restore", raw)
-        state = text(raw[0])
-        if state in ("missing", "refused"):
-            _shape("restore", raw, 2)
-            return cls(state, text(raw[1]))  # type: ignore[arg-type]
+        if (refused := cls.refusal("restore", raw)) is not None:
+            return refused
         _shape("restore", raw, 4)
+        if text(raw[0]) != "ok":
+            raise _bad("restore", raw)
         return cls("ok", text(raw[1]), int(raw[2]), int(raw[3]))
 
 
