@@ -116,6 +116,8 @@ def test_malformed_messages_are_refused_and_the_worker_stays_up(
     publish(secured, [["w", "step_1", 1, "x" * 50 * 2**20], {}, {}], serializer="json")  # 50 MB
     client = redis.Redis.from_url(secured.server.url)
     client.lpush("agent.testkit", b"\x00\xff not even an envelope")
+    for junk in (b"[1, 2, 3]", b'"a string"', b"42", b"null", b"{}", b'{"properties": 1}'):
+        client.lpush("agent.testkit", junk)  # JSON, but no envelope
 
     # Then: each is logged with its reason, nothing took the worker down...
     log = secured.log
@@ -124,6 +126,9 @@ def test_malformed_messages_are_refused_and_the_worker_stays_up(
         "Received unregistered task of type 'nobody.nothing'",
         "missing 1 required positional argument",
         "positional arguments but 5 were given",
+        "not a message envelope: JSON list without envelope properties",
+        "not a message envelope: JSON NoneType without envelope properties",
+        "not a message envelope: JSON object without envelope properties",
     ]
     eventually(
         lambda: all(r in log.read_text() for r in reasons), 60, f"the refusals in {log}: {reasons}"

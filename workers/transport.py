@@ -2,9 +2,11 @@
 
 Stock kombu decodes each message envelope popped from a queue with ``json.loads`` and
 lets a ``ValueError`` escape into Celery's consumer, which treats it as unrecoverable
-and stops the worker: one malformed entry (anything pushed onto ``agent.<id>`` that is not
-a kombu envelope) would take an agent's workers down. Here such an entry is logged with
-the reason and dropped, and the worker goes on.
+and stops the worker; valid JSON that is not an envelope (a list, a string, a number,
+null, an object without properties) fails later with a ``TypeError`` or ``KeyError``, to
+the same end. One malformed entry pushed onto ``agent.<id>`` would take an agent's
+workers down. Here such an entry is logged with the reason and dropped, and the worker
+goes on.
 """
 
 from __future__ import annotations
@@ -13,13 +15,26 @@ import logging
 from queue import Empty
 from typing import Any
 
-from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger("baton.transport")
 
 
+class Message(virtual.Message):
+    """A message built only from a kombu envelope: anything else is a ``ValueError``."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        properties = payload.get("properties") if isinstance(payload, dict) else None
+        if not isinstance(properties, dict) or "delivery_tag" not in properties:
+            what = type(payload).__name__ if not isinstance(payload, dict) else "object"
+            raise ValueError(f"JSON {what} without envelope properties")
+        super().__init__(payload, channel, **kwargs)  # type: ignore[no-untyped-call]
+
+
 class Channel(kombu_redis.Channel):
+    Message = Message
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
             return bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
