@@ -178,6 +178,9 @@ class WorkflowOrchestrator:
     def rollback(self, workflow_id: str, to_version: int) -> None:
         """Restore checkpoint ``to_version`` of a stopped workflow; it is then ``paused``.
 
+        ``to_version`` must be a checkpoint: 0 to the latest version (``get_checkpoints``);
+        anything else is a ``WorkflowStateError`` naming the range, and nothing changes.
+
         Later versions stay readable (``get_context(id, version=N)``); ``resume_workflow``
         continues from the restored state.
         """

@@ -169,6 +169,7 @@ class HistoryEntry(BaseModel):
     version: int | None = None
     attempt: int | None = None
     changed: list[str] | None = None
+    restored_to: int | None = None  # a restore's: the checkpoint it restored
     timestamp: str = Field(default_factory=utcnow)
 
     @field_validator("changed", mode="before")
@@ -191,6 +192,7 @@ class Checkpoint(BaseModel):
     agent_id: str | None = None
     task_type: str | None = None
     changed: list[str] = Field(default_factory=list)
+    restored_to: int | None = None  # a restore (rollback, retry, saga): the version it restored
     timestamp: str
 
 

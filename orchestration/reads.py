@@ -244,6 +244,7 @@ class StateReader:
                         agent_id=h.agent_id,
                         task_type=h.task_type,
                         changed=h.changed or [],
+                        restored_to=h.restored_to,
                         timestamp=h.timestamp,
                     )
                 )

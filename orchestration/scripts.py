@@ -215,7 +215,7 @@ class CreateReply:
 class StatusRefusal:
     """Replies of scripts that check the workflow's status first (``status_among``)."""
 
-    state: Literal["ok", "missing", "refused"]
+    state: Literal["ok", "missing", "refused", "invalid"]
     status: str  # the status it had (refused: the one that refused)
 
     @classmethod
@@ -248,6 +248,8 @@ class TransitionReply(StatusRefusal):
 
 @dataclass(frozen=True)
 class RestoreReply(StatusRefusal):
+    """``invalid``: the target is no checkpoint; ``version`` is then the latest one."""
+
     version: int = 0  # the version the restore made
     run: int = 0
 
@@ -256,6 +258,9 @@ class RestoreReply(StatusRefusal):
         raw = _list("restore", raw)
         if (refused := cls.refusal("restore", raw)) is not None:
             return refused
+        if text(raw[0]) == "invalid":
+            _shape("restore", raw, 2)
+            return cls("invalid", "", int(raw[1]))
         _shape("restore", raw, 4)
         if text(raw[0]) != "ok":
             raise _bad("restore", raw)

@@ -138,7 +138,8 @@ class StateStore(StateReader):
         archive_failed: bool = False,
         compensation: CompensationOutcome | None = None,
     ) -> RestoreReply:
-        """Restore shared state and results to checkpoint ``target`` (see restore.lua)."""
+        """Restore shared state and results to checkpoint ``target`` (see restore.lua); a
+        target that is no checkpoint is a ``WorkflowStateError`` naming the valid range."""
         spec = RestoreSpec(
             from_=[s.value for s in old],
             to=new.value,
@@ -150,7 +151,12 @@ class StateStore(StateReader):
             compensation=compensation.model_dump_json() if compensation else None,
         )
         raw = self.scripts.call("restore", self.keys(workflow_id), spec)
-        return _allowed(workflow_id, RestoreReply.decode(raw), old, new)
+        reply = _allowed(workflow_id, RestoreReply.decode(raw), old, new)
+        if reply.state == "invalid":
+            raise WorkflowStateError(
+                f"workflow {workflow_id} has checkpoints 0..{reply.version}, not {target}"
+            )
+        return reply
 
     # ------------------------------------------------------------------ steps
 

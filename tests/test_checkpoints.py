@@ -52,6 +52,8 @@ def test_rollback_restores_a_checkpoint_and_resume_goes_on_from_it(
     )
     assert ctx.version == 4  # versions only grow: the restore is version 4
     assert ctx.execution_history[-1].event == "rolled_back"
+    assert ctx.execution_history[-1].restored_to == 1
+    assert orch.get_checkpoints(wid)[-1].restored_to == 1  # the checkpoint says which
     assert sorted(orch.get_context(wid, version=3).shared_data) == ["a", "b", "c"]  # still readable
 
     orch.resume_workflow(wid)
@@ -60,6 +62,23 @@ def test_rollback_restores_a_checkpoint_and_resume_goes_on_from_it(
     assert sorted(done.shared_data) == ["a", "b", "c"]
     assert [p.step for p in orch.get_checkpoints(wid)][-2:] == ["step_2", "step_3"]
     assert done.version == 6
+
+
+@pytest.mark.parametrize("version", [4, 99, -1, -5])
+def test_rollback_only_to_a_checkpoint_that_exists(
+    orch: WorkflowOrchestrator, version: int
+) -> None:
+    wid = orch.run_workflow({"steps": [step("echo", "a", value=1), step("echo", "b", value=2)]})
+    before = orch.wait(wid, timeout=60)  # versions 0..2 (created, two commits)
+
+    with pytest.raises(WorkflowStateError, match=f"has checkpoints 0..2, not {version}$"):
+        orch.rollback(wid, version)
+
+    after = orch.get_context(wid)
+    assert (after.status, after.version, after.shared_data) == (
+        WorkflowStatus.COMPLETED, 2, before.shared_data,
+    )  # fmt: skip
+    assert after.execution_history == before.execution_history
 
 
 def test_rollback_refuses_a_running_workflow(orch: WorkflowOrchestrator) -> None:

@@ -120,3 +120,25 @@ def test_group_with_on_failure_fail_fails_on_one_member(orch: WorkflowOrchestrat
 
     assert ctx.status == WorkflowStatus.FAILED
     assert ctx.error == "group step_1: 1 of 2 members failed (on_failure: fail)"
+
+
+def test_a_successful_retry_leaves_no_compensation_on_the_workflow(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    # Given: a failure whose saga released the seat...
+    wid = orch.run_workflow({"steps": [
+        step("reserve", "seat", item="seat"), step("flaky", "paid", failures=1),
+    ]})  # fmt: skip
+    failed = orch.wait(wid, timeout=60)
+    assert failed.status == WorkflowStatus.FAILED and failed.compensation is not None
+
+    # When: the retry goes through...
+    orch.retry_workflow(wid)
+    done = orch.wait(wid, timeout=60)
+
+    # Then: the workflow is completed, with no compensation banner; the history keeps it.
+    assert done.status == WorkflowStatus.COMPLETED
+    assert done.compensation is None
+    assert orch.get_workflow_status(wid).compensation is None
+    assert ledger(raw_redis, wid) == ["reserve:seat", "release:seat", "reserve:seat"]
+    assert "step_compensated" in [h.event for h in done.execution_history]

@@ -243,10 +243,26 @@ def test_restore_archives_later_writes_as_a_new_version_in_a_new_run(wf: Workflo
     assert (ctx.shared_data, list(ctx.task_results)) == ({"out_step_1": {"from": "step_1"}},
                                                          ["step_1"])  # fmt: skip
     last = ctx.execution_history[-1]
-    assert (last.event, last.version, (last.model_extra or {})["restored_to"]) == (
+    assert (last.event, last.version, last.restored_to) == (
         Event.STATE_RESTORED, 3, 1)  # fmt: skip
     assert sorted(last.changed or []) == ["data:out_step_2", "result:step_2"]
     assert "out_step_2" in wf.store.get_context(ID, version=2).shared_data  # archived, readable
+
+
+@pytest.mark.parametrize("target", [3, -1])
+def test_restore_to_a_version_that_is_no_checkpoint_replies_invalid_and_changes_nothing(
+    wf: Workflow, target: int
+) -> None:
+    wf.make("running")
+    wf.commit("step_1")
+    wf.commit("step_2")  # versions 0..2
+    events = wf.events()
+    spec = RestoreSpec(from_=["running"], to="paused", target=target, event=Event.ROLLED_BACK)
+    raw = wf.store.scripts.call("restore", wf.store.keys(ID), spec)
+    assert RestoreReply.decode(raw) == RestoreReply("invalid", "", version=2)
+    with pytest.raises(WorkflowStateError, match=f"has checkpoints 0..2, not {target}"):
+        wf.store.restore(ID, target, [S.RUNNING], S.PAUSED, event=Event.ROLLED_BACK)
+    assert (wf.meta("status"), wf.meta("version"), wf.events()) == ("running", "2", events)
 
 
 # --------------------------------------------------------------------------- begin

@@ -243,9 +243,8 @@ def checkpoints(workflow_id: str, as_json: bool) -> None:
     table = Table("version", "event", "step", "agent", "changed", "at")
     for p in points:
         agent = f"{p.agent_id}.{p.task_type}" if p.agent_id else ""
-        table.add_row(
-            str(p.version), p.event, p.step or "", agent, ", ".join(p.changed), p.timestamp
-        )
+        event = p.event if p.restored_to is None else f"{p.event} (to version {p.restored_to})"
+        table.add_row(str(p.version), event, p.step or "", agent, ", ".join(p.changed), p.timestamp)
     console.print(table)
 
 

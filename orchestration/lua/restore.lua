@@ -1,6 +1,8 @@
 -- Restore the shared state to checkpoint spec.target: every value, result and inserted
 -- step written after it moves to the archive (so older versions stay readable), and
 -- progress counters follow. The restore is itself a new version: versions only grow.
+-- Returns {'ok', old status, version, run}, {'invalid', latest version} for a target that
+-- is no checkpoint, or a status refusal (scripts.RestoreReply).
 -- ARGV: spec {from, to, target, now, event, channel, bump_run, keep_failed,
 --             archive_failed, compensation, retention}
 local spec = cjson.decode(ARGV[1])
@@ -9,6 +11,10 @@ if refusal then
   return refusal
 end
 local target = tonumber(spec.target)
+local latest = tonumber(redis.call('HGET', META, 'version'))
+if target < 0 or target > latest then
+  return {'invalid', latest}  -- no such checkpoint: versions run 0..latest
+end
 local version = redis.call('HINCRBY', META, 'version', 1)
 local changed = {}
 local function archive(hash, field, name, written)
@@ -66,7 +72,8 @@ if spec.compensation then
   redis.call('HSET', META, 'compensation', spec.compensation)
 end
 if spec.to == 'running' or spec.to == 'paused' then
-  redis.call('HDEL', META, 'error', 'failed_step', 'finished_at')
+  -- live again: the failure and what its saga did are history now, not the status
+  redis.call('HDEL', META, 'error', 'failed_step', 'finished_at', 'compensation')
   redis.call('PERSIST', META)
   for i = 2, N_WORKFLOW_KEYS do
     redis.call('PERSIST', KEYS[i])
