@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -10,7 +12,7 @@ from pydantic import BaseModel
 
 from agents.base import NoParams, Reads, TaskFn, TaskType
 from orchestration.broker import agent_queue
-from orchestration.errors import DuplicateAgent, UnknownAgent, UnknownTaskType
+from orchestration.errors import AgentModuleError, DuplicateAgent, UnknownAgent, UnknownTaskType
 
 BUILTIN_MODULES = (
     "agents.data_processor",
@@ -131,8 +133,24 @@ class Agent:
 
 
 def load_agents(extra_modules: Iterable[str] = ()) -> AgentRegistry:
-    """Import the built-in agents and any user modules (``BATON_AGENT_MODULES``)."""
-    for name in (*BUILTIN_MODULES, *extra_modules):
-        if name:
+    """Import the built-in agents and any user modules (``BATON_AGENT_MODULES``).
+
+    User modules are found as ``celery -A`` finds apps: on ``sys.path`` and from the
+    current directory (searched last, so a local file never shadows an installed package).
+    """
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
+    user = [name for name in extra_modules if name]
+    if user and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in user:
+        try:
             importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise  # the module was found; something it imports is missing
+            raise AgentModuleError(
+                f"BATON_AGENT_MODULES names {name!r}, which is not importable from "
+                f"{os.getcwd()} or sys.path ({exc})"
+            ) from exc
     return registry

@@ -15,7 +15,13 @@ from orchestration.catalog import Catalog, load_catalog
 from orchestration.connection import connect
 from orchestration.dispatch import Dispatcher
 from orchestration.embedded import EmbeddedRedis, LocalWorkers
-from orchestration.errors import DefinitionError, StateStoreError, WorkflowTimeout
+from orchestration.errors import (
+    AmbiguousWorkflowId,
+    DefinitionError,
+    StateStoreError,
+    WorkflowNotFound,
+    WorkflowTimeout,
+)
 from orchestration.loader import DefinitionSource, load_plan
 from orchestration.models import (
     WORKFLOW_ID,
@@ -203,6 +209,24 @@ class WorkflowOrchestrator:
         return wid
 
     # ------------------------------------------------------------------ reading
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """The workflow id that ``id_or_prefix`` names, like git names commits: the id
+        itself, or the one id it begins. ``WorkflowNotFound`` if none,
+        ``AmbiguousWorkflowId`` (listing them) if several."""
+        if not WORKFLOW_ID.match(id_or_prefix):
+            raise WorkflowNotFound(id_or_prefix)
+        if self.redis.exists(self.store.keys(id_or_prefix).meta):
+            return id_or_prefix
+        found = self.store.index.starting_with(id_or_prefix, limit=6)
+        if not found:
+            raise WorkflowNotFound(id_or_prefix)
+        if len(found) > 1:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise AmbiguousWorkflowId(
+                f"{id_or_prefix!r} begins more than one workflow id: {shown}; give more of it"
+            )
+        return found[0]
 
     def get_workflow_status(self, workflow_id: str) -> WorkflowStatusReport:
         return self.store.get_status(workflow_id)

@@ -26,6 +26,10 @@ class UnknownTaskType(BatonError, LookupError):
     """The agent is registered but declares no task type of this name."""
 
 
+class AgentModuleError(BatonError, ImportError):
+    """A module named to register agents cannot be imported."""
+
+
 class DuplicateAgent(BatonError):
     """Two agents (or two task types of one agent) were registered under one name."""
 
@@ -35,6 +39,10 @@ class WorkflowNotFound(BatonError, KeyError):
 
     def __str__(self) -> str:
         return f"workflow not found: {self.args[0]!r}"
+
+
+class AmbiguousWorkflowId(BatonError, LookupError):
+    """An id prefix that begins more than one workflow's id."""
 
 
 class WorkflowStateError(BatonError):

@@ -48,6 +48,16 @@ class WorkflowIndex:
         kept = len(ids) - len(gone)
         return len(gone), (offset + kept if len(ids) == batch else 0)
 
+    def starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` live workflow ids that begin with ``prefix`` (a prefix of the
+        id alphabet only: it is matched as a glob), sorted."""
+        found = {
+            text(member)
+            for member, _ in self.redis.zscan_iter(self.key, match=f"{prefix}*", count=1000)
+        }
+        alive = self._alive(sorted(found))
+        return sorted(alive)[:limit]
+
     def _alive(self, ids: list[str]) -> set[str]:
         pipe = self.redis.pipeline(transaction=False)
         for wid in ids:

@@ -63,9 +63,11 @@ def read_definition(source: DefinitionSource) -> WorkflowDefinition:
             raise DefinitionError([(str(path), f"cannot read: {exc.strerror}")]) from None
         try:
             raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            kind = path.suffix[1:] or "YAML"
-            raise DefinitionError([(str(path), f"not valid {kind}: {exc}")]) from None
+        except json.JSONDecodeError as exc:
+            where = f"{path}:{exc.lineno}:{exc.colno}"
+            raise DefinitionError([(where, f"not valid JSON: {exc.msg}")]) from None
+        except yaml.YAMLError as exc:
+            raise DefinitionError([_yaml_problem(path, exc)]) from None
         source = raw
     if not isinstance(source, dict):
         raise DefinitionError([("", f"a definition is a mapping, got {type(source).__name__}")])
@@ -73,6 +75,15 @@ def read_definition(source: DefinitionSource) -> WorkflowDefinition:
         return WorkflowDefinition.model_validate(source)
     except ValidationError as exc:
         raise DefinitionError(_problems(exc)) from None
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> tuple[str, str]:
+    """``file:line:column`` and what is wrong there (PyYAML names ``<unicode string>``)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return where, f"not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def plan_task(

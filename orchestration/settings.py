@@ -63,6 +63,13 @@ class BatonSettings(BaseSettings):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not {redact(value)!r}")
+        return value
+
     @property
     def reports_path(self) -> Path:
         return self.reports_dir or self.home / "reports"

@@ -87,11 +87,12 @@ def test_cli_exits_non_zero_when_the_workflow_fails(
 ) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "name: cli\nsteps:\n  - {agent_id: testkit, task_type: fail, parameters: {message: nope}}\n"
+        "name: cli\nsteps:\n  - {agent_id: testkit, task_type: fail,"
+        " parameters: {message: 'nope [deliberate failure]'}}\n"
     )
     ran = baton("run", str(bad), "--wait", env=worker_env)
     assert ran.returncode == 1
-    assert "ValueError: nope" in ran.stdout
+    assert "ValueError: nope [deliberate failure]" in ran.stderr  # verbatim, brackets too
 
 
 def test_cli_rejects_an_invalid_file_with_the_field(
@@ -101,7 +102,7 @@ def test_cli_rejects_an_invalid_file_with_the_field(
     bad.write_text("steps:\n  - {agent_id: nobody, task_type: echo}\n")
     ran = baton("run", str(bad), env=worker_env)
     assert ran.returncode == 2
-    assert "steps[0].agent_id" in ran.stdout
+    assert "steps[0].agent_id" in ran.stderr
 
 
 def test_cli_lists_agents_with_their_queues(worker_env: dict[str, str]) -> None:
@@ -131,7 +132,7 @@ def test_cli_controls_a_workflow(
     assert (paused.returncode, paused.stdout.strip()) == (0, f"{wid}: paused (0/2)")
     again = baton("pause", wid, env=worker_env)
     assert again.returncode == 2  # already paused: refused, saying why
-    assert "is paused, not running: cannot make it paused" in again.stdout
+    assert "is paused, not running: cannot make it paused" in again.stderr
     resumed = baton("resume", wid, env=worker_env)
     assert resumed.stdout.strip() == f"{wid}: running (0/2)"
     cancelled = baton("cancel", wid, env=worker_env)

@@ -1,4 +1,8 @@
-"""The ``baton`` command: the only module that prints or renders."""
+"""The ``baton`` command: the only module that prints or renders.
+
+Expected failures print one plain line on stderr and exit with a documented code
+(``workers/failures.py``); ``--debug`` (or ``BATON_DEBUG=1``) adds the traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +20,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.errors import BatonError
 from orchestration.models import WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import get_settings, redact
+from workers.failures import FAILED, failure_of
 
-console = Console(soft_wrap=True)
+# No markup: what is printed is data (errors, names), shown verbatim, brackets included.
+console = Console(soft_wrap=True, markup=False, highlight=False)
 
 
 def _orchestrator(local_workers: bool | None = False) -> Any:
@@ -67,7 +73,10 @@ def render_progress(
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
-def cli(verbose: bool) -> None:
+@click.option(
+    "--debug", is_flag=True, envvar="BATON_DEBUG", help="Show the traceback of a failure."
+)
+def cli(verbose: bool, debug: bool) -> None:
     """Baton: multi-agent workflows on Celery workers, handoff state in Redis."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -147,8 +156,8 @@ def run(file: Path, wait: bool, workflow_id: str | None, timeout: float | None) 
             return
         [report] = render_progress(orch, [wid], timeout)
         if report.status != WorkflowStatus.COMPLETED:
-            console.print(f"[red]workflow {wid} {report.status.value}: {report.error}[/red]")
-            sys.exit(1)
+            click.echo(f"baton: workflow {wid} {report.status.value}: {report.error}", err=True)
+            sys.exit(FAILED)
 
 
 @cli.command()
@@ -157,7 +166,7 @@ def run(file: Path, wait: bool, workflow_id: str | None, timeout: float | None) 
 def status(workflow_id: str, as_json: bool) -> None:
     """Show a workflow's status and progress."""
     with _orchestrator() as orch:
-        r = orch.get_workflow_status(workflow_id)
+        r = orch.get_workflow_status(orch.resolve_id(workflow_id))
     if as_json:
         click.echo(r.model_dump_json(indent=2))
         return
@@ -184,6 +193,7 @@ def status(workflow_id: str, as_json: bool) -> None:
 
 def _control(action: str, workflow_id: str) -> None:
     with _orchestrator() as orch:
+        workflow_id = orch.resolve_id(workflow_id)
         getattr(orch, f"{action}_workflow")(workflow_id)
         status = orch.get_workflow_status(workflow_id)
     click.echo(f"{workflow_id}: {status.status.value} ({status.progress})")
@@ -223,6 +233,7 @@ def retry(workflow_id: str) -> None:
 def rollback(workflow_id: str, version: int) -> None:
     """Restore checkpoint VERSION of a stopped workflow (it is then paused)."""
     with _orchestrator() as orch:
+        workflow_id = orch.resolve_id(workflow_id)
         orch.rollback(workflow_id, version)
         status = orch.get_workflow_status(workflow_id)
     click.echo(
@@ -236,11 +247,13 @@ def rollback(workflow_id: str, version: int) -> None:
 def checkpoints(workflow_id: str, as_json: bool) -> None:
     """List a workflow's checkpoints: every committed version of its state."""
     with _orchestrator() as orch:
-        points = orch.get_checkpoints(workflow_id)
+        points = orch.get_checkpoints(orch.resolve_id(workflow_id))
     if as_json:
         click.echo(json.dumps([p.model_dump() for p in points], indent=2))
         return
     table = Table("version", "event", "step", "agent", "changed", "at")
+    for column in table.columns[1:4]:
+        column.no_wrap, column.overflow = True, "fold"
     for p in points:
         agent = f"{p.agent_id}.{p.task_type}" if p.agent_id else ""
         event = p.event if p.restored_to is None else f"{p.event} (to version {p.restored_to})"
@@ -250,14 +263,27 @@ def checkpoints(workflow_id: str, as_json: bool) -> None:
 
 @cli.command(name="list")
 @click.option("--limit", type=int, default=20, show_default=True)
-def list_(limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the statuses as JSON.")
+def list_(limit: int, as_json: bool) -> None:
     """List recent workflows."""
     with _orchestrator() as orch:
         reports = orch.list_workflows(limit)
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in reports], indent=2))
+        return
     table = Table("workflow_id", "name", "status", "progress", "created_at")
+    _whole(table, 0)
+    table.columns[1].max_width = 24
     for r in reports:
-        table.add_row(r.workflow_id, r.name, r.status.value, r.progress, r.created_at)
+        table.add_row(r.workflow_id, r.name, r.status.value, r.progress, r.created_at[:19])
     console.print(table)
+
+
+def _whole(table: Table, column: int) -> None:
+    """Keep a column's values whole (ids): the other columns shrink or wrap instead."""
+    table.columns[column].no_wrap = True
+    table.columns[column].overflow = "fold"
+    table.columns[column].min_width = 36
 
 
 @cli.command()
@@ -280,6 +306,8 @@ def agents(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table("agent", "queue", "task types", "description")
+    for column in table.columns[:2]:
+        column.no_wrap, column.overflow = True, "fold"
     for row in rows:
         table.add_row(
             row["agent_id"], row["queue"], ", ".join(row["task_types"]), row["description"]
@@ -321,7 +349,7 @@ def demo(timeout: float) -> None:
 
     with Demo(get_settings(), console=console) as d:
         console.print(
-            f"[bold]Baton demo[/bold]: redis {d.redis_url}, "
+            f"Baton demo: redis {d.redis_url}, "
             f"{len(d.workers.names)} worker processes ({', '.join(d.queues)})"
         )
         ids = d.start()
@@ -351,11 +379,24 @@ def dashboard(host: str, port: int, flower_url: str) -> None:
 
 
 def main() -> None:
+    debug = "--debug" in sys.argv[1:] or os.environ.get("BATON_DEBUG", "") not in ("", "0")
     try:
-        cli(standalone_mode=True)
-    except BatonError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
+        code = cli.main(standalone_mode=False)
+    except click.ClickException as exc:  # usage errors: click's own line, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("baton: aborted", err=True)
+        sys.exit(FAILED)
+    except Exception as exc:
+        failure = failure_of(exc)
+        if failure is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        click.echo(failure.line(), err=True)
+        sys.exit(failure.code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ class Demo:
                     datetime.fromisoformat(ctx.finished_at) - datetime.fromisoformat(ctx.created_at)
                 ).total_seconds()
                 took = f" in {secs:.1f}s"
-            lines.append(f"[bold]{ctx.name}[/bold] {ctx.workflow_id}: {ctx.status.value}{took}")
+            lines.append(f"{ctx.name} {ctx.workflow_id}: {ctx.status.value}{took}")
             if ctx.status != WorkflowStatus.COMPLETED:
                 lines.append(f"  failed at {ctx.failed_step}: {ctx.error}")
                 continue
