@@ -169,7 +169,8 @@ class WorkflowOrchestrator:
             self.dispatch.send_on(workflow_id, t.run)
 
     def retry_workflow(self, workflow_id: str) -> None:
-        """Restart a failed workflow from its last good checkpoint; committed steps stay."""
+        """Restart a failed workflow from its last good checkpoint: the steps committed there
+        are not run again (those its saga undid, and the failed one, are)."""
         restored = self.store.restore(
             workflow_id,
             self.store.get_status(workflow_id).version,
