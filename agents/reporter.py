@@ -127,8 +127,8 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
     report.write_text(text, encoding="utf-8")
     log.info("wrote %s with %d charts", report, len(charts))
     return ReportOutput(
-        report_path=str(report),
-        chart_paths=[str(c) for c in charts],
+        report_path=str(report.resolve()),  # absolute: the worker's cwd is not the reader's
+        chart_paths=[str(c.resolve()) for c in charts],
         headline=headline,
         sections=[s.title for s in sections],
         format=p.format,

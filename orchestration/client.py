@@ -37,6 +37,8 @@ from orchestration.store import StateStore
 
 log = logging.getLogger("baton.client")
 S = WorkflowStatus
+#: ``wait`` asks whether anyone serves the workflow's queues once it has waited this long.
+UNSERVED_CHECK_AFTER = 10.0
 
 
 class WorkflowOrchestrator:
@@ -256,6 +258,19 @@ class WorkflowOrchestrator:
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkflowTimeout(f"workflows still running after {timeout}s: {workflow_ids}")
 
+    def unserved_queues(self, workflow_id: str, timeout: float = 1.0) -> list[str]:
+        """The queues a running workflow waits on that no live worker consumes, asked of
+        the workers by a broadcast that takes ``timeout`` seconds."""
+        if self.store.status_of(workflow_id) != S.RUNNING:
+            return []
+        step = self.dispatch.next_step(workflow_id)
+        if step is None:
+            return []
+        queues = self.dispatch.queues_for(workflow_id, step)
+        replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
+        served = {q["name"] for consumed in replies.values() for q in consumed}
+        return [q for q in queues if q not in served]
+
     def wait(self, workflow_id: str, timeout: float | None = None) -> WorkflowContext:
         """Block until the workflow completes, fails or is cancelled.
 
@@ -264,8 +279,12 @@ class WorkflowOrchestrator:
         became a terminal one (and once a quiet second).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        check_workers_at = time.monotonic() + UNSERVED_CHECK_AFTER
         terminal = {s.value for s in WorkflowStatus if s.is_terminal}
         for events in self.store.channels.subscribe([workflow_id], statuses_only=True):
+            if check_workers_at and time.monotonic() > check_workers_at:
+                check_workers_at = 0  # once: the answer takes a broadcast
+                self._warn_if_unserved(workflow_id)
             if events and not any(e.get("status") in terminal for e in events):
                 continue
             if events or self.store.status_of(workflow_id).is_terminal:
@@ -275,6 +294,17 @@ class WorkflowOrchestrator:
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkflowTimeout(f"workflow {workflow_id} still not finished after {timeout}s")
         raise AssertionError("unreachable: the subscription never ends")
+
+    def _warn_if_unserved(self, workflow_id: str) -> None:
+        unserved = self.unserved_queues(workflow_id)
+        if unserved:
+            log.warning(
+                "workflow %s waits on %s, which no live worker consumes: start one with "
+                "`baton worker --agents %s`",
+                workflow_id,
+                ", ".join(unserved),
+                ",".join(q.removeprefix("agent.") for q in unserved if q.startswith("agent.")),
+            )
 
     # ------------------------------------------------------------------ resources
 

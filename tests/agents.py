@@ -263,3 +263,12 @@ def _hold_aggregates(task: Any = None, args: Any = None, **_: Any) -> None:
     name = os.environ.get("BATON_TEST_AGGREGATE_GATE")
     if name and getattr(task, "name", "") == "baton.aggregate":
         wait_at_gate(name, str(args[1]), 120)
+
+
+ghost = Agent("ghost", description="No worker ever consumes its queue (agent.ghost)")
+
+
+@ghost.task(params=EchoParams)
+def haunt(step: StepInput[EchoParams]) -> dict[str, Any]:
+    """Never runs: it shows what a workflow waiting on an unserved queue looks like."""
+    return {"value": step.parameters.value}

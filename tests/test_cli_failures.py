@@ -107,3 +107,23 @@ def test_list_keeps_ids_whole_and_speaks_json(
     assert wid in narrow.stdout  # whole, at 80 columns, beside a 60-character name
     listed = baton("list", "--json", env=worker_env)
     assert wid in [r["workflow_id"] for r in json.loads(listed.stdout)]
+
+
+def test_waiting_on_a_queue_no_worker_consumes_says_so(
+    orchestrator: WorkflowOrchestrator, worker_env: dict[str, str], workers: object, tmp_path: Path
+) -> None:
+    haunted = tmp_path / "haunted.yaml"
+    haunted.write_text("name: haunted\nsteps:\n  - {agent_id: ghost, task_type: haunt}\n")
+    ran = baton("run", str(haunted), "--wait", "--timeout", "8", env=worker_env)
+    wid = ran.stdout.splitlines()[0].strip()
+    try:
+        assert ran.returncode == 4
+        lines = ran.stderr.strip().splitlines()
+        assert "Traceback" not in ran.stderr
+        assert "still running after 8.0s" in lines[-1] and wid in lines[-1]
+        assert "no live worker consumes agent.ghost" in lines[-1]
+        assert "baton worker --agents ghost" in ran.stderr
+        assert orchestrator.unserved_queues(wid) == ["agent.ghost"]
+    finally:
+        orchestrator.cancel_workflow(wid)
+        orchestrator.redis.delete("agent.ghost")

@@ -71,6 +71,7 @@ def test_cli_runs_a_workflow_and_reports_its_status(
     ran = baton("run", str(good), "--wait", env=worker_env)
     assert ran.returncode == 0, ran.stderr
     wid = ran.stdout.splitlines()[0].strip()
+    assert f"cli {wid}: completed in " in ran.stdout  # it ends with what it made
 
     shown = baton("status", wid, "--json", env=worker_env)
     assert shown.returncode == 0, shown.stderr

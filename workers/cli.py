@@ -11,7 +11,9 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.models import WorkflowStatus, WorkflowStatusReport
+from orchestration.errors import WorkflowTimeout
+from orchestration.models import WorkflowContext, WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import get_settings, redact
 from workers.failures import FAILED, failure_of
 
@@ -57,9 +60,15 @@ def render_progress(
         TextColumn("{task.fields[state]}"),
     )
     final: list[WorkflowStatusReport] = []
+    check_workers_at = time.monotonic() + 5  # then ask, once, whether anyone serves them
     with Progress(*columns, console=console, transient=False) as progress:
         bars: dict[str, Any] = {}
         for reports in orch.watch(ids, timeout):
+            if check_workers_at and time.monotonic() > check_workers_at:
+                check_workers_at = 0
+                for r in reports:
+                    if r.status == WorkflowStatus.RUNNING and not r.running_steps:
+                        _warn_unserved(orch, r.workflow_id)
             for r in reports:
                 done, total = (int(x) for x in r.progress.split("/"))
                 if r.workflow_id not in bars:
@@ -69,6 +78,44 @@ def render_progress(
                 progress.update(bars[r.workflow_id], completed=done, state=_running_text(r))
             final = reports
     return final
+
+
+def _warn_unserved(orch: Any, workflow_id: str) -> str:
+    """Say on stderr which queues the workflow waits on that no live worker consumes."""
+    unserved = orch.unserved_queues(workflow_id)
+    if not unserved:
+        return ""
+    agents = ",".join(q.removeprefix("agent.") for q in unserved if q.startswith("agent."))
+    what = f"no live worker consumes {', '.join(unserved)}"
+    click.echo(
+        f"baton: warning: {workflow_id} waits, and {what} "
+        f"(hint: start one: baton worker --agents {agents})",
+        err=True,
+    )
+    return what
+
+
+def outcome_lines(ctx: WorkflowContext) -> list[str]:
+    """What a finished workflow made: its outcome, each report (absolute path and
+    headline figures) and each parallel group's success."""
+    took = ""
+    if ctx.finished_at:
+        start, end = datetime.fromisoformat(ctx.created_at), datetime.fromisoformat(ctx.finished_at)
+        took = f" in {(end - start).total_seconds():.1f}s"
+    lines = [f"{ctx.name} {ctx.workflow_id}: {ctx.status.value}{took}"]
+    if ctx.status != WorkflowStatus.COMPLETED:
+        return [*lines, f"  failed at {ctx.failed_step}: {ctx.error}"]
+    for key, value in ctx.shared_data.items():
+        if isinstance(value, dict) and "report_path" in value:
+            lines.append(f"  report: {Path(value['report_path']).resolve()}")
+            for name, figure in (value.get("headline") or {}).items():
+                lines.append(f"    {name}: {figure}")
+        if isinstance(value, dict) and "success_rate" in value:
+            lines.append(
+                f"  parallel group '{key}': {value['successful_tasks']}/{value['total_tasks']} "
+                f"succeeded in {value['total_execution_time']:.2f}s"
+            )
+    return lines
 
 
 @click.group()
@@ -154,10 +201,16 @@ def run(file: Path, wait: bool, workflow_id: str | None, timeout: float | None) 
         click.echo(wid)
         if not (wait or embedded):
             return
-        [report] = render_progress(orch, [wid], timeout)
+        try:
+            [report] = render_progress(orch, [wid], timeout)
+        except WorkflowTimeout as exc:
+            unserved = _warn_unserved(orch, wid)
+            raise WorkflowTimeout(f"{exc}; {unserved}" if unserved else str(exc)) from exc
         if report.status != WorkflowStatus.COMPLETED:
             click.echo(f"baton: workflow {wid} {report.status.value}: {report.error}", err=True)
             sys.exit(FAILED)
+        for line in outcome_lines(orch.get_context(wid)):
+            console.print(line)
 
 
 @cli.command()
@@ -354,8 +407,9 @@ def demo(timeout: float) -> None:
         )
         ids = d.start()
         reports = render_progress(d.orchestrator, ids, timeout)
-        for line in d.summary(reports):
-            console.print(line)
+        for r in reports:
+            for line in outcome_lines(d.orchestrator.get_context(r.workflow_id)):
+                console.print(line)
         if any(r.status != WorkflowStatus.COMPLETED for r in reports):
             sys.exit(1)
 

@@ -9,7 +9,6 @@ from typing import Any
 from agents.registry import load_agents
 from orchestration.client import WorkflowOrchestrator
 from orchestration.embedded import EmbeddedRedis, LocalWorkers
-from orchestration.models import WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import BatonSettings, redact
 from workers.routing import queues_for
 
@@ -46,36 +45,6 @@ class Demo:
 
     def start(self) -> list[str]:
         return [self.orchestrator.run_workflow(EXAMPLES / name) for name in DEMO_WORKFLOWS]
-
-    def summary(self, reports: list[WorkflowStatusReport]) -> list[str]:
-        """Lines for the CLI: each workflow's outcome, the report's path and headline."""
-        lines: list[str] = []
-        for report in reports:
-            ctx = self.orchestrator.get_context(report.workflow_id)
-            took = ""
-            if ctx.finished_at:
-                from datetime import datetime
-
-                secs = (
-                    datetime.fromisoformat(ctx.finished_at) - datetime.fromisoformat(ctx.created_at)
-                ).total_seconds()
-                took = f" in {secs:.1f}s"
-            lines.append(f"{ctx.name} {ctx.workflow_id}: {ctx.status.value}{took}")
-            if ctx.status != WorkflowStatus.COMPLETED:
-                lines.append(f"  failed at {ctx.failed_step}: {ctx.error}")
-                continue
-            for key, value in ctx.shared_data.items():
-                if isinstance(value, dict) and "report_path" in value:
-                    lines.append(f"  report: {Path(value['report_path']).resolve()}")
-                    for name, figure in (value.get("headline") or {}).items():
-                        lines.append(f"    {name}: {figure}")
-                if isinstance(value, dict) and "success_rate" in value:
-                    lines.append(
-                        f"  parallel group '{key}': "
-                        f"{value['successful_tasks']}/{value['total_tasks']} "
-                        f"succeeded in {value['total_execution_time']:.2f}s"
-                    )
-        return lines
 
     def __exit__(
         self,

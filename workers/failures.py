@@ -41,7 +41,10 @@ class Failure:
 def failure_of(exc: BaseException) -> Failure | None:
     """The expected failure ``exc`` is, or None for an unexpected one."""
     if isinstance(exc, WorkflowTimeout):
-        return Failure(TIMED_OUT, str(exc), "wait longer with --timeout, or see `baton status`")
+        hint = "wait longer with --timeout, or see `baton status`"
+        if "no live worker consumes" in str(exc):
+            hint = "start a worker for it: `baton worker --agents ...`"
+        return Failure(TIMED_OUT, str(exc), hint)
     if isinstance(exc, DefinitionError):
         problems = "; ".join(f"{where}: {what}" if where else what for where, what in exc.problems)
         return Failure(REFUSED, f"invalid workflow definition: {problems}")
