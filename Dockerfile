@@ -6,7 +6,9 @@ COPY agents agents
 COPY workers workers
 COPY examples examples
 RUN pip install --no-cache-dir -e .
-RUN useradd --create-home baton && chown -R baton /app
+# The directories the named volumes mount on exist, owned by the user that writes them
+# (a new volume takes the ownership of the directory it is mounted on).
+RUN useradd --create-home baton && mkdir -p /app/.baton/reports && chown -R baton /app
 USER baton
 ENV BATON_HOME=/app/.baton
 CMD ["baton", "worker"]

@@ -55,6 +55,9 @@ class BatonSettings(BaseSettings):
     flower_basic_auth: SecretStr | None = Field(
         default=None, description="user:password for `baton flower` (Flower's basic auth)."
     )
+    dashboard_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password that every dashboard page, API and /metrics ask."
+    )
 
     @field_validator("agent_modules", mode="before")
     @classmethod

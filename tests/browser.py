@@ -122,6 +122,15 @@ def chromium(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
+def docs_shot(name: str, tmp: Path) -> Path:
+    """Where a screenshot shown in docs/ goes: docs/ itself only when asked for on purpose
+    (``./dev screenshots`` sets BATON_SCREENSHOTS=1); else the test's own directory, so
+    the suite never rewrites a tracked file."""
+    if os.environ.get("BATON_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parents[1] / "docs" / name
+    return tmp / name
+
+
 async def shoot(page: DevTools, path: Path) -> None:
     shot = await page.send("Page.captureScreenshot", format="png")
     path.write_bytes(base64.b64decode(shot["data"]))

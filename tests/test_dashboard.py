@@ -29,11 +29,10 @@ import redis
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from orchestration.embedded import free_port
-from tests.browser import DevTools, http, shoot
+from tests.browser import DevTools, docs_shot, http, shoot
 from tests.helpers import EXTRACT_AND_CLEAN, eventually, open_gate, step, wait_gate_started
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "docs" / "dashboard.png"
 FLOWER = "http://flower.example:5555"
 
 
@@ -359,13 +358,12 @@ def test_the_page_shows_a_workflow_progress_to_completed_in_headless_chromium(
         )
         assert link.startswith(f"{FLOWER}/tasks?name=testkit.gate&worker=")
 
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        await shoot(page, SCREENSHOT)
+        await shoot(page, docs_shot("dashboard.png", tmp_path))
         page.ws.close()
 
     asyncio.run(drive())
     assert orch.get_workflow_status(wid).status == WorkflowStatus.COMPLETED
-    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert docs_shot("dashboard.png", tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_failed_workflow_shows_attempts_the_failure_and_its_compensation(

@@ -137,7 +137,7 @@ def test_definitions_load_from_yaml_and_json_files(
 def test_a_broken_file_names_the_file(orchestrator: WorkflowOrchestrator, tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("steps: [unclosed\n")
-    with pytest.raises(DefinitionError, match="broken.yaml: not valid yaml"):
+    with pytest.raises(DefinitionError, match="broken.yaml:2:1: not valid YAML: expected"):
         orchestrator.create_workflow(bad)
 
 

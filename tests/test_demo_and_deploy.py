@@ -69,8 +69,11 @@ def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
         assert env["BATON_REDIS_URL"].startswith("redis://:${BATON_REDIS_PASSWORD")
         assert services[agent]["command"] == ["baton", "worker"]
         assert "inspect ping" in services[agent]["healthcheck"]["test"][1]
-    redis_cmd = services["redis"]["command"]
-    assert "--appendonly" in redis_cmd and "--requirepass" in redis_cmd
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "appendonly yes" in redis_cmd and "requirepass" in redis_cmd
+    assert "BATON_REDIS_PASSWORD" not in redis_cmd  # the password is on no command line
+    assert services["analyzer"]["stop_grace_period"] == "10m"  # a long step may finish
+    assert "/healthz" in services["dashboard"]["healthcheck"]["test"][-1]
     assert services["flower"]["ports"] == ["5555:5555"]
     assert "BATON_FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert services["dashboard"]["ports"] == ["8765:8765"]
@@ -86,5 +89,15 @@ def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
         pytest.skip(
             "neither `docker compose` nor `docker-compose` is installed (.ci/run installs it)"
         )
-    checked = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    secrets = {
+        "BATON_REDIS_PASSWORD": "p4ss",
+        "BATON_FLOWER_BASIC_AUTH": "ops:f",
+        "BATON_DASHBOARD_BASIC_AUTH": "ops:d",
+    }
+    bare = {k: v for k, v in os.environ.items() if k not in secrets}
+    checked = subprocess.run(cmd, cwd=ROOT, env={**bare, **secrets}, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+    for name in secrets:  # no default passwords: each missing secret stops compose, named
+        missing = {**bare, **{k: v for k, v in secrets.items() if k != name}}
+        refused = subprocess.run(cmd, cwd=ROOT, env=missing, capture_output=True, text=True)
+        assert refused.returncode != 0 and name in refused.stderr, refused.stderr

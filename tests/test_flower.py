@@ -124,12 +124,12 @@ def test_flower_shows_every_step_task_with_its_workflow_and_worker(
 
 
 def test_flowers_own_pages_show_the_agents_in_headless_chromium(
-    flower: str, orch: WorkflowOrchestrator, chromium: str
+    flower: str, orch: WorkflowOrchestrator, chromium: str, tmp_path: Path
 ) -> None:
-    """Drives Flower's dashboard in Chromium and keeps a screenshot in docs/."""
+    """Drives Flower's dashboard in Chromium (screenshots for docs/: ``./dev screenshots``)."""
     import asyncio
 
-    from tests.browser import DevTools, shoot
+    from tests.browser import DevTools, docs_shot, shoot
 
     ctx = orch.wait(orch.run_workflow({"steps": [
         step("echo", "a"), {"parallel": [step("echo", "m1"), step("echo", "m2")]},
@@ -148,7 +148,7 @@ def test_flowers_own_pages_show_the_agents_in_headless_chromium(
             "Array.from(document.querySelectorAll('#tasks-table tbody tr')).map(r => r.innerText)",
             30, "Flower's task list",
         )  # fmt: skip
-        await shoot(page, ROOT / "docs" / "flower-tasks.png")
+        await shoot(page, docs_shot("flower-tasks.png", tmp_path))
         await page.goto(f"{flower}/")
         rows = (
             "Array.from(document.querySelectorAll('#workers-table tbody tr')).map(r => r.innerText)"
@@ -156,7 +156,7 @@ def test_flowers_own_pages_show_the_agents_in_headless_chromium(
         workers = await page.until(
             f"{rows}.filter(t => t.includes('@')).length > 0 && {rows}", 30, "Flower's worker list"
         )
-        await shoot(page, ROOT / "docs" / "flower-workers.png")
+        await shoot(page, docs_shot("flower-workers.png", tmp_path))
         return names, workers
 
     names, workers = asyncio.run(drive())

@@ -6,6 +6,7 @@ Expected failures print one plain line on stderr and exit with a documented code
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.errors import WorkflowTimeout
+from orchestration.errors import BatonError, WorkflowTimeout
 from orchestration.models import WorkflowContext, WorkflowStatus, WorkflowStatusReport
 from orchestration.settings import get_settings, redact
 from workers.failures import FAILED, failure_of
@@ -368,20 +369,48 @@ def agents(as_json: bool) -> None:
     console.print(table)
 
 
+def _guard_address(
+    what: str, address: str, credentials: object, setting: str, insecure: bool
+) -> None:
+    """Refuse to serve ``what`` beyond this machine without credentials, unless told to."""
+    if credentials or _loopback(address):
+        return
+    if not insecure:
+        raise BatonError(
+            f"refusing to serve {what} on {address} without credentials: anyone who reaches "
+            f"the port would see every workflow. Set {setting}=user:password, listen on "
+            "127.0.0.1, or pass --insecure"
+        )
+    click.echo(f"baton: warning: {what} on {address} has no credentials (--insecure)", err=True)
+
+
+def _loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 @cli.command()
 @click.option("--port", type=int, default=5555, show_default=True)
-@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without auth.")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
+def flower(port: int, address: str, insecure: bool, flower_args: tuple[str, ...]) -> None:
     """Start Flower against the configured broker.
 
     Its state persists in $BATON_HOME/flower.db. Basic auth comes from
     BATON_FLOWER_BASIC_AUTH (user:password[,user2:password2]), passed to Flower through
     its environment, never on the command line; extra arguments go to Flower as they are.
+    Beyond 127.0.0.1 it needs those credentials (or --insecure).
     """
+    settings = get_settings()
+    _guard_address("Flower", address, settings.flower_basic_auth, "BATON_FLOWER_BASIC_AUTH",
+                   insecure)  # fmt: skip
     from orchestration.embedded import resolve_redis_url
 
-    settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BATON_REDIS_URL": resolve_redis_url(settings)}
     if settings.flower_basic_auth:
@@ -424,8 +453,14 @@ def demo(timeout: float) -> None:
     envvar="BATON_FLOWER_URL",
     help="Flower's base URL, for the links from each step to its tasks.",
 )
-def dashboard(host: str, port: int, flower_url: str) -> None:
-    """Serve the workflows dashboard (live steps, groups, checkpoints) and /metrics."""
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback host without auth.")
+def dashboard(host: str, port: int, flower_url: str, insecure: bool) -> None:
+    """Serve the workflows dashboard (live steps, groups, checkpoints) and /metrics.
+
+    With BATON_DASHBOARD_BASIC_AUTH=user:password every page, API and /metrics ask for
+    it; beyond 127.0.0.1 the dashboard needs it (or --insecure)."""
+    _guard_address("the dashboard", host, get_settings().dashboard_basic_auth,
+                   "BATON_DASHBOARD_BASIC_AUTH", insecure)  # fmt: skip
     from workers.dashboard import serve
 
     click.echo(f"baton dashboard: http://{host}:{port}/ (metrics: /metrics)", err=True)

@@ -18,6 +18,9 @@ Redis calls block, so every one runs on a thread pool: the IOLoop only ever writ
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import itertools
 import json
 import logging
@@ -46,10 +49,29 @@ T = TypeVar("T")
 class _Base(tornado.web.RequestHandler):
     reader: DashboardReader
     pool: ThreadPoolExecutor
+    credentials: bytes | None
+    open_to_all = False  # /healthz: a liveness probe needs no password, and shows nothing
 
-    def initialize(self, reader: DashboardReader, pool: ThreadPoolExecutor) -> None:
+    def initialize(
+        self, reader: DashboardReader, pool: ThreadPoolExecutor, credentials: bytes | None
+    ) -> None:
         self.reader = reader
         self.pool = pool
+        self.credentials = credentials
+
+    def prepare(self) -> None:
+        """HTTP basic auth on every page, API and ``/metrics`` when credentials are set."""
+        if self.credentials is None or self.open_to_all:
+            return
+        header = self.request.headers.get("Authorization", "")
+        given = b""
+        if header[:6].lower() == "basic ":
+            try:
+                given = base64.b64decode(header[6:].strip(), validate=True)
+            except (binascii.Error, ValueError):
+                given = b""
+        if not hmac.compare_digest(given, self.credentials):  # constant time
+            raise tornado.web.HTTPError(401, reason="credentials required")
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a Redis read off the IOLoop, so one slow read never stalls other clients."""
@@ -71,6 +93,8 @@ class _Base(tornado.web.RequestHandler):
             message = f"no workflow {exc}"
         elif isinstance(exc, redis.RedisError):
             message = "Redis is unreachable"
+        if status_code == 401:  # (send_error cleared the headers set before it)
+            self.set_header("WWW-Authenticate", 'Basic realm="baton dashboard"')
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"error": message}))
 
@@ -189,17 +213,25 @@ class MetricsHandler(_Base):
 
 
 class HealthHandler(_Base):
+    open_to_all = True
+
     async def get(self) -> None:
         ok = await self.blocking(self.reader.store.redis.ping)
         self.write_json({"ok": bool(ok)})
 
 
 def make_app(
-    store: StateReader, flower_url: str = DEFAULT_FLOWER_URL, *, threads: int = 16
+    store: StateReader,
+    flower_url: str = DEFAULT_FLOWER_URL,
+    *,
+    threads: int = 16,
+    credentials: str | None = None,
 ) -> tornado.web.Application:
+    """``credentials``: ``user:password`` that every request but ``/healthz`` must give."""
     reader = DashboardReader(store, flower_url)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dashboard")
-    args = {"reader": reader, "pool": pool}
+    secret = credentials.encode() if credentials else None
+    args = {"reader": reader, "pool": pool, "credentials": secret}
     wid = r"([^/]+)"
     return tornado.web.Application(
         [
@@ -226,7 +258,8 @@ def serve(
     url = resolve_redis_url(settings)
     client = redis.Redis.from_url(url, health_check_interval=30)
     store = StateReader(client, prefix=settings.key_prefix)
-    app = make_app(store, flower_url)
+    auth = settings.dashboard_basic_auth
+    app = make_app(store, flower_url, credentials=auth.get_secret_value() if auth else None)
 
     async def main() -> None:
         server = app.listen(port, address=host, xheaders=False)
