@@ -89,7 +89,8 @@ class WorkflowOrchestrator:
         """Validate and store a workflow as ``created``; nothing is enqueued.
 
         An invalid definition raises ``DefinitionError`` before anything is written.
-        Given a ``workflow_id`` that already exists, returns it unchanged (safe retries).
+        Given a ``workflow_id`` that already exists, returns it unchanged (safe retries), or
+        raises ``WorkflowStateError`` if it was created from a different definition.
         """
         return self._create(load_plan(definition, self.registry), workflow_id)[0]
 

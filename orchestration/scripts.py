@@ -205,9 +205,12 @@ def _flag(script: str, raw: object) -> bool:
 @dataclass(frozen=True)
 class CreateReply:
     created: bool  # False: the id existed already, nothing was written
+    conflict: bool = False  # ... and with another plan than this one
 
     @classmethod
     def decode(cls, raw: int) -> CreateReply:
+        if raw == 2 and not isinstance(raw, bool):
+            return cls(False, conflict=True)
         return cls(_flag("create", raw))
 
 

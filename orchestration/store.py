@@ -77,7 +77,8 @@ class StateStore(StateReader):
         deadline_at: float | None = None,
     ) -> bool:
         """Store a new workflow as ``created`` (or, given ``start``, as running with its first
-        messages sent, in the same script); False if the id already exists."""
+        messages sent, in the same script); False if the id already exists with this plan,
+        ``WorkflowStateError`` if it exists with another."""
         entry = HistoryEntry(event=Event.WORKFLOW_CREATED, status=S.CREATED)
         spec = CreateSpec(
             workflow_id=workflow_id,
@@ -96,7 +97,13 @@ class StateStore(StateReader):
             entry.model_dump_json(exclude_none=True),
             send=start or NOTHING,
         )
-        return CreateReply.decode(raw).created
+        reply = CreateReply.decode(raw)
+        if reply.conflict:
+            raise WorkflowStateError(
+                f"workflow {workflow_id} exists with a different definition: give the new one "
+                "another id (the same definition again returns the existing workflow)"
+            )
+        return reply.created
 
     def transition(
         self,

@@ -127,3 +127,17 @@ def test_waiting_on_a_queue_no_worker_consumes_says_so(
     finally:
         orchestrator.cancel_workflow(wid)
         orchestrator.redis.delete("agent.ghost")
+
+
+def test_an_existing_id_with_another_definition_is_refused(
+    orchestrator: WorkflowOrchestrator, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    wid = f"again-{uuid.uuid4().hex[:8]}"
+    first = orchestrator.create_workflow({"name": "one", "steps": [step("echo")]}, wid)
+    assert orchestrator.create_workflow({"name": "one", "steps": [step("echo")]}, wid) == first
+    other = tmp_path / "other.yaml"
+    other.write_text("name: two\nsteps:\n  - {agent_id: testkit, task_type: echo}\n")
+    ran = baton("run", str(other), "--id", wid, env=worker_env)
+    assert ran.returncode == 2
+    assert f"workflow {wid} exists with a different definition" in one_line(ran.stderr)
+    assert orchestrator.get_workflow_status(wid).name == "one"

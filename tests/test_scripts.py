@@ -29,6 +29,7 @@ from orchestration.scripts import (
     BeginReply,
     CommitReply,
     CreateReply,
+    CreateSpec,
     Join,
     LeaseReply,
     Outcome,
@@ -161,8 +162,13 @@ def test_create_stores_a_new_workflow_as_created_or_started_with_its_first_messa
 
 def test_create_of_an_existing_id_returns_false_and_writes_nothing(wf: Workflow) -> None:
     wf.make("running")
+    assert wf.store.create(ID, PLAN, start=wf.msg("again", ids=["t9"])) is False  # a retry
     other = PLAN.model_copy(update={"name": "other"})
-    assert wf.store.create(ID, other, start=wf.msg("again", ids=["t9"])) is False
+    spec = CreateSpec(workflow_id=ID, name="other", total_steps=2, score=0.0)
+    raw = wf.store.scripts.call("create", wf.store.keys(ID), spec, other.model_dump_json(), "{}")
+    assert CreateReply.decode(raw) == CreateReply(False, conflict=True)
+    with pytest.raises(WorkflowStateError, match="exists with a different definition"):
+        wf.store.create(ID, other, start=wf.msg("again", ids=["t9"]))
     assert Plan.model_validate_json(wf.store.redis.get(wf.store.keys(ID).plan) or "").name == "t"
     assert (wf.queued(), wf.store.outstanding(ID)) == (["first"], {"t0"})
     assert wf.events() == [Event.WORKFLOW_CREATED, Event.WORKFLOW_STARTED]
@@ -487,7 +493,7 @@ def test_send_sends_nothing_unless_running_in_its_run(
      (RestoreReply, [b"refused", b"paused", 1]), (BeginReply, [b"running", 1, []]),
      (BeginReply, [b"running"]), (CommitReply, [b"committed"]),
      (CommitReply, [b"done", 1, b"running", b"", b""]), (SendReply, [b"ok", b""]),
-     *((d, raw) for d in (CreateReply, LeaseReply) for raw in ([b"missing", b""], b"0", 2)),
+     *((d, raw) for d in (CreateReply, LeaseReply) for raw in ([b"missing", b""], b"0", 3)),
      *((d, 1) for d in (TransitionReply, RestoreReply, BeginReply, CommitReply, SendReply))],
 )  # fmt: skip
 def test_a_reply_decoder_refuses_a_reply_its_script_never_gives(decoder: Any, raw: Any) -> None:

@@ -1,10 +1,11 @@
--- Create a workflow once; an existing id is left untouched (safe client retries).
+-- Create a workflow once; an existing id is left untouched (safe client retries). Returns
+-- 1 created, 0 it existed with this very plan, 2 it exists with another (scripts.CreateReply).
 -- With spec.start it is started in the same step: running, its first messages sent.
 -- ARGV: spec {workflow_id, name, now, total_steps, score, start, deadline_at, track,
 --             sends, channel}, plan_json, history_json, outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 if redis.call('EXISTS', META) == 1 then
-  return 0
+  return redis.call('GET', PLAN) == ARGV[2] and 0 or 2
 end
 redis.call('HSET', META, 'workflow_id', spec.workflow_id, 'name', spec.name, 'status', 'created',
   'created_at', spec.now, 'updated_at', spec.now, 'current_step', 0,
