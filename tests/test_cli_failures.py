@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import free_port
+from orchestration.embedded import RedisServer, free_port
 from tests.helpers import step
 from tests.test_client import baton
 
@@ -141,3 +141,17 @@ def test_an_existing_id_with_another_definition_is_refused(
     assert ran.returncode == 2
     assert f"workflow {wid} exists with a different definition" in one_line(ran.stderr)
     assert orchestrator.get_workflow_status(wid).name == "one"
+
+
+def test_refused_credentials_are_one_line_and_exit_3(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis", password="right-one").start()
+    try:
+        wrong = f"redis://:wrong-one@127.0.0.1:{server.port}/0"
+        ran = baton("list", env={**worker_env, "BATON_REDIS_URL": wrong}, timeout=60)
+        assert ran.returncode == 3
+        line = one_line(ran.stderr)
+        assert "Redis refused the credentials" in line and "wrong-one" not in line
+    finally:
+        server.stop()
