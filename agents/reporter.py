@@ -259,20 +259,32 @@ def _extra_sections(key: str, value: Any, limit: int) -> list[Section]:
     return out
 
 
-def _flat(value: Any, limit: int, prefix: str = "", depth: int = 0) -> list[list[str]]:
-    """Scalar leaves (and short scalar lists) of a nested value, as (path, value) rows."""
+def _flat(value: Any, limit: int) -> list[list[str]]:
+    """Scalar leaves of a nested value as (path, value) rows, at most ``limit`` of them; a
+    table that is cut says how many rows it leaves out."""
+    rows = _leaves(value)
+    if len(rows) > limit:
+        rows = [*rows[:limit], [f"... {len(rows) - limit} more not shown", ""]]
+    return rows
+
+
+def _leaves(value: Any, prefix: str = "", depth: int = 0) -> list[list[str]]:
     rows: list[list[str]] = []
     if isinstance(value, dict) and depth < 3:
         for k, v in value.items():
-            rows.extend(
-                _flat(v, limit, f"{prefix}{k}" if not prefix else f"{prefix}.{k}", depth + 1)
-            )
+            rows.extend(_leaves(v, f"{prefix}.{k}" if prefix else str(k), depth + 1))
     elif isinstance(value, list):
-        if len(value) <= 10 and all(not isinstance(v, dict | list) for v in value):
-            rows.append([prefix, ", ".join(_fmt(v) for v in value)])
-    elif not isinstance(value, dict):
+        if all(not isinstance(v, dict | list) for v in value):
+            shown = ", ".join(_fmt(v) for v in value[:10])
+            more = f" ... ({len(value) - 10} more)" if len(value) > 10 else ""
+            rows.append([prefix, shown + more])
+        else:
+            rows.append([prefix, f"a list of {len(value)}"])
+    elif isinstance(value, dict):
+        rows.append([prefix, f"{len(value)} more fields"])
+    else:
         rows.append([prefix or "value", _fmt(value)])
-    return rows[:limit]
+    return rows
 
 
 def _rows(d: dict[str, Any]) -> list[list[str]]:

@@ -519,3 +519,17 @@ def test_report_needs_analysis_or_trend(shared: dict[str, Any], tmp_path: Path) 
     assert out["headline"]["total_revenue"] == shared["trend_results"]["total_revenue"]
     with pytest.raises(ValueError, match="analysis_results"):
         run("reporter", "generate_report", {"output_dir": str(tmp_path)}, {"cleaned_records": []})
+
+
+def test_a_report_table_that_is_cut_says_how_much_it_leaves_out() -> None:
+    from agents.reporter import _flat
+
+    rows = _flat({"by_region": {f"r{i}": i for i in range(15)}, "series": list(range(12))}, 10)
+    assert len(rows) == 11
+    assert rows[0] == ["by_region.r0", "0"]
+    assert rows[-1] == ["... 6 more not shown", ""]  # 15 + 1 rows, 10 shown
+    everything = _flat({"series": list(range(12)), "nested": [{"a": 1}]}, 10)
+    assert everything == [
+        ["series", "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 ... (2 more)"],
+        ["nested", "a list of 1"],
+    ]
