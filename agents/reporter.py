@@ -281,7 +281,7 @@ def _leaves(value: Any, prefix: str = "", depth: int = 0) -> list[list[str]]:
         else:
             rows.append([prefix, f"a list of {len(value)}"])
     elif isinstance(value, dict):
-        rows.append([prefix, f"{len(value)} more fields"])
+        rows.append([prefix, f"{len(value)} fields, not shown"])
     else:
         rows.append([prefix or "value", _fmt(value)])
     return rows
