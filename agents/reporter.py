@@ -20,7 +20,7 @@ from matplotlib.ticker import StrMethodFormatter
 from pydantic import BaseModel, ConfigDict
 
 from agents.base import StepInput
-from agents.records import records_from, totals_by
+from agents.records import num, records_from, totals_by
 from agents.registry import Agent
 from orchestration.settings import get_settings
 
@@ -106,6 +106,12 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
                 [("table", (["Period", "Revenue", "Orders", "Growth"], rows)), ("img", chart.name)],
             )
         )
+        if trend.get("skipped_records"):
+            sections[-1].blocks.append(
+                ("ul", [f"{trend['skipped_records']} records without a usable date are not in "
+                        f"this table: it adds up to {_fmt(trend['total_revenue'])}, not the "
+                        "total revenue of every record"])
+            )  # fmt: skip
     regions = _region_totals(analysis, records)
     if regions:
         chart = _bar_chart(regions, "Revenue by region", out_dir / "revenue_by_region.png")
@@ -160,11 +166,20 @@ def _headline(
         h["records_analysed"] = analysis["record_count"]
     elif records is not None:
         h["records_analysed"] = len(records)
+    # One definition of revenue in every report: the sum over all analysed records.
+    amounts = [v for r in records or [] if (v := num(r, "revenue")) is not None]
     if revenue:
         h["total_revenue"] = revenue["sum"]
         h["average_order_value"] = revenue["mean"]
+    elif amounts:
+        h["total_revenue"] = round(sum(amounts), 2)
+        h["average_order_value"] = round(sum(amounts) / len(amounts), 2)
     elif trend:
         h["total_revenue"] = trend["total_revenue"]
+    if trend and trend.get("skipped_records"):
+        # The period table leaves out records without a usable date: say so, and how much.
+        h["revenue_in_periods"] = trend["total_revenue"]
+        h["records_without_a_date"] = trend["skipped_records"]
     if trend:
         h["period_range"] = f"{trend['periods'][0]['period']} to {trend['periods'][-1]['period']}"
         h["growth_rate_pct"] = trend["overall_growth_pct"]

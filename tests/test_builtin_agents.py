@@ -521,6 +521,23 @@ def test_report_needs_analysis_or_trend(shared: dict[str, Any], tmp_path: Path) 
         run("reporter", "generate_report", {"output_dir": str(tmp_path)}, {"cleaned_records": []})
 
 
+def test_every_report_gives_one_total_revenue_and_says_what_periods_leave_out(
+    shared: dict[str, Any], truth: dict[str, Any], tmp_path: Path
+) -> None:
+    # Given: the records and their trend, but no statistical analysis (the second demo)...
+    sd = {k: shared[k] for k in ("cleaned_records", "trend_results")}
+    out = run("reporter", "generate_report", {"output_dir": str(tmp_path)}, sd)
+    h = out["headline"]
+    # Then: the total is every analysed record's revenue, as with the analysis...
+    assert h["total_revenue"] == pytest.approx(sum(_col(truth["clean"], "revenue")), abs=0.01)
+    trend = shared["trend_results"]
+    assert trend["skipped_records"] > 0  # the dataset has records with impossible dates
+    # ...and the period table says what it leaves out.
+    assert h["revenue_in_periods"] == trend["total_revenue"] < h["total_revenue"]
+    assert h["records_without_a_date"] == trend["skipped_records"]
+    assert f"{trend['skipped_records']} records without a usable date" in out["content"]
+
+
 def test_a_report_table_that_is_cut_says_how_much_it_leaves_out() -> None:
     from agents.reporter import _flat
 
