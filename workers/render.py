@@ -1,0 +1,108 @@
+"""What the ``baton`` command shows: progress bars while workflows run, what a finished
+workflow made, and tables that keep ids whole. (With ``cli.py``, the only code that prints.)
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestration.models import WorkflowContext, WorkflowStatus, WorkflowStatusReport
+
+# No markup: what is printed is data (errors, names), shown verbatim, brackets included.
+console = Console(soft_wrap=True, markup=False, highlight=False)
+
+
+def _running_text(r: WorkflowStatusReport) -> str:
+    if r.status != WorkflowStatus.RUNNING:
+        text = r.status.value
+        if r.error:
+            text += f" at {r.failed_step}: {r.error}"
+        return text
+    steps = ", ".join(f"{s.step_id} {s.agent_id}.{s.task_type}" for s in r.running_steps[:4])
+    more = f" +{len(r.running_steps) - 4}" if len(r.running_steps) > 4 else ""
+    return f"running {steps}{more}" if steps else "running"
+
+
+def render_progress(
+    orch: Any, ids: list[str], timeout: float | None = None
+) -> list[WorkflowStatusReport]:
+    """A progress bar per workflow, its running steps and agents, until all are terminal."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[state]}"),
+    )
+    final: list[WorkflowStatusReport] = []
+    check_workers_at = time.monotonic() + 5  # then ask, once, whether anyone serves them
+    with Progress(*columns, console=console, transient=False) as progress:
+        bars: dict[str, Any] = {}
+        for reports in orch.watch(ids, timeout):
+            if check_workers_at and time.monotonic() > check_workers_at:
+                check_workers_at = 0
+                for r in reports:
+                    if r.status == WorkflowStatus.RUNNING and not r.running_steps:
+                        warn_unserved(orch, r.workflow_id)
+            for r in reports:
+                done, total = (int(x) for x in r.progress.split("/"))
+                if r.workflow_id not in bars:
+                    bars[r.workflow_id] = progress.add_task(
+                        f"{r.name[:28]:<28} {r.workflow_id[:8]}", total=total, state=""
+                    )
+                progress.update(bars[r.workflow_id], completed=done, state=_running_text(r))
+            final = reports
+    return final
+
+
+def warn_unserved(orch: Any, workflow_id: str) -> str:
+    """Say on stderr which queues the workflow waits on that no live worker consumes."""
+    unserved = orch.unserved_queues(workflow_id)
+    if not unserved:
+        return ""
+    agents = ",".join(q.removeprefix("agent.") for q in unserved if q.startswith("agent."))
+    what = f"no live worker consumes {', '.join(unserved)}"
+    click.echo(
+        f"baton: warning: {workflow_id} waits, and {what} "
+        f"(hint: start one: baton worker --agents {agents})",
+        err=True,
+    )
+    return what
+
+
+def outcome_lines(ctx: WorkflowContext) -> list[str]:
+    """What a finished workflow made: its outcome, each report (absolute path and
+    headline figures) and each parallel group's success."""
+    took = ""
+    if ctx.finished_at:
+        start, end = datetime.fromisoformat(ctx.created_at), datetime.fromisoformat(ctx.finished_at)
+        took = f" in {(end - start).total_seconds():.1f}s"
+    lines = [f"{ctx.name} {ctx.workflow_id}: {ctx.status.value}{took}"]
+    if ctx.status != WorkflowStatus.COMPLETED:
+        return [*lines, f"  failed at {ctx.failed_step}: {ctx.error}"]
+    for key, value in ctx.shared_data.items():
+        if isinstance(value, dict) and "report_path" in value:
+            lines.append(f"  report: {Path(value['report_path']).resolve()}")
+            for name, figure in (value.get("headline") or {}).items():
+                lines.append(f"    {name}: {figure}")
+        if isinstance(value, dict) and "success_rate" in value:
+            lines.append(
+                f"  parallel group '{key}': {value['successful_tasks']}/{value['total_tasks']} "
+                f"succeeded in {value['total_execution_time']:.2f}s"
+            )
+    return lines
+
+
+def keep_whole(table: Table, column: int) -> None:
+    """Keep a column's values whole (ids): the other columns shrink or wrap instead."""
+    table.columns[column].no_wrap = True
+    table.columns[column].overflow = "fold"
+    table.columns[column].min_width = 36
