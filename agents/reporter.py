@@ -1,27 +1,30 @@
 """The reporter agent: turns earlier steps' outputs into a report file with charts.
 
-The report is built once as a small document model (sections of paragraphs, lists,
-tables and images) and rendered to Markdown or HTML, so both formats always say
-the same thing.
+What the report says is decided here; how it looks (the document model, Markdown and
+HTML, the charts) is ``agents/report_format.py``.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import StrMethodFormatter
 from pydantic import BaseModel, ConfigDict
 
 from agents.base import StepInput
 from agents.records import num, records_from, totals_by
 from agents.registry import Agent
+from agents.report_format import (
+    Section,
+    bar_chart,
+    fmt,
+    fmt_pct,
+    period_chart,
+    render,
+    rows_of,
+)
 from orchestration.settings import get_settings
 
 log = logging.getLogger("baton.agents.reporter")
@@ -54,15 +57,6 @@ class ReportOutput(BaseModel):
     content: str | None
 
 
-Block = tuple[str, Any]
-
-
-@dataclass
-class Section:
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-
 @reporter.task(params=ReportParams, output=ReportOutput)
 def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
     """Headline figures, insights, period and region tables, charts, parallel results."""
@@ -81,11 +75,11 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     headline = _headline(analysis, trend, records)
-    sections = [Section("Headline figures", [("table", (["Figure", "Value"], _rows(headline)))])]
+    sections = [Section("Headline figures", [("table", (["Figure", "Value"], rows_of(headline)))])]
     insights = list((analysis or {}).get("insights", []))
     if trend:
         insights.append(
-            f"Revenue trend is {trend['direction']}: {_fmt_pct(trend['overall_growth_pct'])} from "
+            f"Revenue trend is {trend['direction']}: {fmt_pct(trend['overall_growth_pct'])} from "
             f"{trend['periods'][0]['period']} to {trend['periods'][-1]['period']}, "
             f"best period {trend['best_period']['period']}, worst {trend['worst_period']['period']}"
         )
@@ -94,10 +88,10 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
 
     charts: list[Path] = []
     if trend:
-        chart = _period_chart(trend, out_dir / "revenue_by_period.png")
+        chart = period_chart(trend, out_dir / "revenue_by_period.png")
         charts.append(chart)
         rows = [
-            [pt["period"], _fmt(pt["revenue"]), str(pt["orders"]), _fmt_pct(pt["growth_pct"])]
+            [pt["period"], fmt(pt["revenue"]), str(pt["orders"]), fmt_pct(pt["growth_pct"])]
             for pt in trend["periods"]
         ]
         sections.append(
@@ -109,14 +103,14 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
         if trend.get("skipped_records"):
             sections[-1].blocks.append(
                 ("ul", [f"{trend['skipped_records']} records without a usable date are not in "
-                        f"this table: it adds up to {_fmt(trend['total_revenue'])}, not the "
+                        f"this table: it adds up to {fmt(trend['total_revenue'])}, not the "
                         "total revenue of every record"])
             )  # fmt: skip
     regions = _region_totals(analysis, records)
     if regions:
-        chart = _bar_chart(regions, "Revenue by region", out_dir / "revenue_by_region.png")
+        chart = bar_chart(regions, "Revenue by region", out_dir / "revenue_by_region.png")
         charts.append(chart)
-        rows = [[k, str(n), _fmt(t)] for k, (n, t) in regions.items()]
+        rows = [[k, str(n), fmt(t)] for k, (n, t) in regions.items()]
         sections.append(
             Section(
                 "Revenue by region",
@@ -128,7 +122,7 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
     for key in _extra_keys(p, shared):
         sections.extend(_extra_sections(key, shared[key], limit=40 if detailed else 10))
 
-    text = _render(p.title, step.workflow_id, sections, p.output_format)
+    text = render(p.title, step.workflow_id, sections, p.output_format)
     report = out_dir / ("report.md" if p.output_format == "markdown" else "report.html")
     report.write_text(text, encoding="utf-8")
     log.info("wrote %s with %d charts", report, len(charts))
@@ -206,20 +200,20 @@ def _region_totals(
 def _detail_sections(analysis: dict[str, Any]) -> list[Section]:
     header = ["Field", "Count", "Mean", "Std", "Min", "Median", "Max"]
     rows = [
-        [name, str(s["count"]), *(_fmt(s[k]) for k in ("mean", "std", "min", "median", "max"))]
+        [name, str(s["count"]), *(fmt(s[k]) for k in ("mean", "std", "min", "median", "max"))]
         for name, s in analysis["fields"].items()
     ]
     out = [Section("Field statistics", [("table", (header, rows))])]
     corr = analysis.get("correlations", {}).get("revenue")
     if corr:
-        rows = [[b, _fmt(r, 3)] for b, r in corr.items()]
+        rows = [[b, fmt(r, 3)] for b, r in corr.items()]
         out.append(
             Section("Correlation with revenue (Pearson r)", [("table", (["Field", "r"], rows))])
         )
     for name, slices in analysis.get("breakdowns", {}).items():
         if name != "region":
             rows = [
-                [k, str(s["count"]), _fmt(s["total"]), f"{s['share']:.1%}"]
+                [k, str(s["count"]), fmt(s["total"]), f"{s['share']:.1%}"]
                 for k, s in slices.items()
             ]
             out.append(
@@ -251,7 +245,7 @@ def _extra_sections(key: str, value: Any, limit: int) -> list[Section]:
             agent,
             str(a.get("tasks_completed")),
             str(a.get("tasks_failed")),
-            _fmt(a.get("average_time"), 3),
+            fmt(a.get("average_time"), 3),
         ]
         for agent, a in perf.items()
     ]
@@ -290,7 +284,7 @@ def _leaves(value: Any, prefix: str = "", depth: int = 0) -> list[list[str]]:
             rows.extend(_leaves(v, f"{prefix}.{k}" if prefix else str(k), depth + 1))
     elif isinstance(value, list):
         if all(not isinstance(v, dict | list) for v in value):
-            shown = ", ".join(_fmt(v) for v in value[:10])
+            shown = ", ".join(fmt(v) for v in value[:10])
             more = f" ... ({len(value) - 10} more)" if len(value) > 10 else ""
             rows.append([prefix, shown + more])
         else:
@@ -298,115 +292,5 @@ def _leaves(value: Any, prefix: str = "", depth: int = 0) -> list[list[str]]:
     elif isinstance(value, dict):
         rows.append([prefix, f"{len(value)} fields, not shown"])
     else:
-        rows.append([prefix or "value", _fmt(value)])
+        rows.append([prefix or "value", fmt(value)])
     return rows
-
-
-def _rows(d: dict[str, Any]) -> list[list[str]]:
-    return [
-        [k.replace("_", " ").removesuffix(" pct"), _fmt_pct(v) if k.endswith("_pct") else _fmt(v)]
-        for k, v in d.items()
-    ]
-
-
-def _fmt(v: Any, digits: int | None = None) -> str:
-    if isinstance(v, bool) or v is None:
-        return "–" if v is None else str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        # Money and counts read best with cents; rates and shares need more places.
-        places = digits if digits is not None else 2 if abs(v) >= 10 else 4
-        return f"{v:,.{places}f}"
-    return str(v)
-
-
-def _fmt_pct(v: float | None) -> str:
-    return "–" if v is None else f"{v:+.1f}%"
-
-
-# --------------------------------------------------------------------------- charts
-
-
-def _period_chart(trend: dict[str, Any], path: Path) -> Path:
-    labels = [pt["period"] for pt in trend["periods"]]
-    values = [pt["revenue"] for pt in trend["periods"]]
-    fig = Figure(figsize=(8, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.bar(labels, values, color="#4c78a8", label="revenue")
-    slope = trend.get("slope_per_period")
-    if slope is not None:
-        # The fitted line passes through the centroid (mean index, mean revenue).
-        mid, avg = (len(values) - 1) / 2, sum(values) / len(values)
-        fitted = [avg + slope * (i - mid) for i in range(len(values))]
-        ax.plot(labels, fitted, color="#f58518", marker="o", label="least-squares trend")
-    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    ax.set_title(f"Revenue by period ({trend['period']}) — {trend['direction']}")
-    ax.set_ylabel("Revenue")
-    ax.tick_params(axis="x", labelrotation=45)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-def _bar_chart(data: dict[str, tuple[int, float]], title: str, path: Path) -> Path:
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    names = list(data)[::-1]
-    ax.barh(names, [data[n][1] for n in names], color="#54a24b")
-    ax.set_title(title)
-    ax.set_xlabel("Revenue")
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _render(title: str, workflow_id: str, sections: list[Section], fmt: str) -> str:
-    if fmt == "html":
-        return _render_html(title, workflow_id, sections)
-    lines = [f"# {title}", "", f"Workflow `{workflow_id}`", ""]
-    for s in sections:
-        lines += [f"## {s.title}", ""]
-        for kind, body in s.blocks:
-            if kind == "ul":
-                lines += [f"- {item}" for item in body]
-            elif kind == "table":
-                header, rows = body
-                lines.append("| " + " | ".join(header) + " |")
-                lines.append("|" + "---|" * len(header))
-                lines += ["| " + " | ".join(r) + " |" for r in rows]
-            elif kind == "img":
-                lines.append(f"![{s.title}]({body})")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _render_html(title: str, workflow_id: str, sections: list[Section]) -> str:
-    e = html.escape
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title></head><body>",
-        f"<h1>{e(title)}</h1><p>Workflow <code>{e(workflow_id)}</code></p>",
-    ]
-    for s in sections:
-        parts.append(f"<h2>{e(s.title)}</h2>")
-        for kind, body in s.blocks:
-            if kind == "ul":
-                parts.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in body) + "</ul>")
-            elif kind == "table":
-                header, rows = body
-                head = "".join(f"<th>{e(h)}</th>" for h in header)
-                trs = "".join(
-                    "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows
-                )
-                parts.append(f"<table><tr>{head}</tr>{trs}</table>")
-            elif kind == "img":
-                parts.append(f"<img src='{e(body)}' alt='{e(s.title)}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
