@@ -13,13 +13,18 @@ import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from tests.helpers import step
+from tests.helpers import eventually, step
 
 pytestmark = pytest.mark.workflow_suite
 
 
-def message_sizes(r: redis.Redis, workflow_id: str) -> list[dict[str, object]]:
-    return [json.loads(m) for m in r.lrange(f"testlog:msgsize:{workflow_id}", 0, -1)]
+def message_sizes(r: redis.Redis, workflow_id: str, count: int) -> list[dict[str, object]]:
+    """The ``count`` messages the workflow's publishers recorded. On RabbitMQ a worker
+    records its message once it has published it, which may be after the next step has
+    already run and the workflow ended: wait (bounded) for the record."""
+    key = f"testlog:msgsize:{workflow_id}"
+    eventually(lambda: r.llen(key) >= count, 30, f"{count} recorded messages of {workflow_id}")
+    return [json.loads(m) for m in r.lrange(key, 0, -1)]
 
 
 def echo(value: object, output_key: str | None = None) -> dict[str, object]:
@@ -54,7 +59,8 @@ def test_message_bytes_do_not_depend_on_shared_data_size(
         ctx = orch.wait(wid, timeout=60)
         assert ctx.status == WorkflowStatus.COMPLETED
         assert ctx.shared_data["r"]["bytes"] >= size  # the state really was handed on
-        by_size[size] = {m["step"]: int(m["bytes"]) for m in message_sizes(raw_redis, wid)}  # type: ignore[call-overload]
+        sizes = message_sizes(raw_redis, wid, 3)
+        by_size[size] = {m["step"]: int(m["bytes"]) for m in sizes}  # type: ignore[call-overload]
 
     small, large = by_size[1024], by_size[1024 * 1024]
     assert small.keys() == large.keys() == {"step_1", "step_2", "step_3"}
@@ -76,7 +82,7 @@ def test_chained_groups_keep_every_message_small(
     assert ctx.status == WorkflowStatus.COMPLETED
     assert [ctx.shared_data[f"g{g}"]["successful_tasks"] for g in range(6)] == [10] * 6
 
-    sizes = message_sizes(raw_redis, wid)
+    sizes = message_sizes(raw_redis, wid, 66)
     tasks = [str(m["task"]) for m in sizes]
     # Every member and every aggregate; nothing else.
     assert sorted(set(tasks)) == ["baton.aggregate", "testkit.echo"]
