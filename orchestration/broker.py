@@ -27,6 +27,11 @@ def agent_queue(agent_id: str) -> str:
     return f"agent.{agent_id}"
 
 
+def agents_of(queues: list[str]) -> list[str]:
+    """The agents whose queues these are (``agent.<id>``; the control queue is none)."""
+    return [q.removeprefix("agent.") for q in queues if q.startswith("agent.")]
+
+
 def route_task(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
 ) -> dict[str, str]:

@@ -10,7 +10,7 @@ from types import TracebackType
 
 import redis
 
-from orchestration.broker import producer_app
+from orchestration.broker import agents_of, producer_app
 from orchestration.catalog import Catalog, load_catalog
 from orchestration.connection import connect
 from orchestration.dispatch import Dispatcher
@@ -304,7 +304,7 @@ class WorkflowOrchestrator:
                 "`baton worker --agents %s`",
                 workflow_id,
                 ", ".join(unserved),
-                ",".join(q.removeprefix("agent.") for q in unserved if q.startswith("agent.")),
+                ",".join(agents_of(unserved)),
             )
 
     # ------------------------------------------------------------------ resources

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestration.broker import agents_of
 from orchestration.models import WorkflowContext, WorkflowStatus, WorkflowStatusReport
 
 # No markup: what is printed is data (errors, names), shown verbatim, brackets included.
@@ -68,7 +69,7 @@ def warn_unserved(orch: Any, workflow_id: str) -> str:
     unserved = orch.unserved_queues(workflow_id)
     if not unserved:
         return ""
-    agents = ",".join(q.removeprefix("agent.") for q in unserved if q.startswith("agent."))
+    agents = ",".join(agents_of(unserved))
     what = f"no live worker consumes {', '.join(unserved)}"
     click.echo(
         f"baton: warning: {workflow_id} waits, and {what} "
