@@ -11,15 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.base import StepInput
 from agents.records import (
     Record,
+    ValidOnly,
     mean,
     median,
     num,
     numeric_fields,
     paired,
     parse_date,
+    passing,
     pearson,
     percentile,
     period_of,
+    record_id,
     records_from,
     rounded,
     std,
@@ -35,14 +38,13 @@ analyzer = Agent("analyzer", description="Statistics and trends computed from th
 # --------------------------------------------------------------------------- statistics
 
 
-class StatsParams(BaseModel):
+class StatsParams(ValidOnly):
     model_config = ConfigDict(extra="forbid")
 
     analysis_type: Literal["basic", "comprehensive"] = "comprehensive"
     input_key: str = "cleaned_records"
     fields: list[str] | None = None  # default: every numeric field
     value_field: str = "revenue"  # the field outliers, breakdowns and insights are about
-    id_field: str = "order_id"
     z_threshold: float = Field(default=3.0, gt=0)
     max_categories: int = Field(default=20, ge=2)
 
@@ -77,6 +79,7 @@ class Slice(BaseModel):
 class StatsOutput(BaseModel):
     analysis_type: str
     record_count: int
+    failed_validation_left_out: int = 0
     fields: dict[str, FieldStats]
     outliers: Outliers | None
     correlations: dict[str, dict[str, float | None]]
@@ -84,11 +87,13 @@ class StatsOutput(BaseModel):
     insights: list[str]
 
 
-@analyzer.task(params=StatsParams, output=StatsOutput, reads=lambda p: [p.input_key])
+@analyzer.task(params=StatsParams, output=StatsOutput, reads=lambda p: p.reads(p.input_key))
 def statistical_analysis(step: StepInput[StatsParams]) -> StatsOutput:
     """Count, mean, std, median, outliers (|z| rule) and Pearson correlations."""
     p = step.parameters
-    records = records_from(step.require(p.input_key), p.input_key)
+    records, left_out = passing(
+        records_from(step.require(p.input_key), p.input_key), step.shared_data, p
+    )
     full = p.analysis_type == "comprehensive"
     available = numeric_fields(records)
     fields = p.fields if p.fields is not None else available
@@ -106,6 +111,7 @@ def statistical_analysis(step: StepInput[StatsParams]) -> StatsOutput:
     out = StatsOutput(
         analysis_type=p.analysis_type,
         record_count=len(records),
+        failed_validation_left_out=left_out,
         fields=stats,
         outliers=outliers,
         correlations=correlations,
@@ -139,7 +145,7 @@ def _outliers(records: list[Record], p: StatsParams) -> Outliers:
         for i, r in enumerate(records):
             v = num(r, p.value_field)
             if v is not None and abs(v - m) / s > p.z_threshold:
-                hits.append((str(r.get(p.id_field, f"#{i}")), v))
+                hits.append((record_id(r, i, p.id_field), v))
     return Outliers(
         field=p.value_field,
         method=f"zscore (|x - mean| / sample std > {p.z_threshold:g})",
@@ -202,7 +208,7 @@ def _insights(out: StatsOutput, value: str) -> list[str]:
 # --------------------------------------------------------------------------- trends
 
 
-class TrendParams(BaseModel):
+class TrendParams(ValidOnly):
     model_config = ConfigDict(extra="forbid")
 
     period: Literal["monthly", "quarterly"] = "quarterly"
@@ -224,6 +230,7 @@ class TrendOutput(BaseModel):
     periods: list[PeriodPoint]
     records_used: int
     skipped_records: int
+    failed_validation_left_out: int = 0
     total_revenue: float
     overall_growth_pct: float | None
     cagr_pct: float | None
@@ -234,11 +241,13 @@ class TrendOutput(BaseModel):
     worst_period: PeriodPoint
 
 
-@analyzer.task(params=TrendParams, output=TrendOutput, reads=lambda p: [p.input_key])
+@analyzer.task(params=TrendParams, output=TrendOutput, reads=lambda p: p.reads(p.input_key))
 def trend_analysis(step: StepInput[TrendParams]) -> TrendOutput:
     """Revenue per period, growth between periods and the least-squares direction."""
     p = step.parameters
-    records = records_from(step.require(p.input_key), p.input_key)
+    records, left_out = passing(
+        records_from(step.require(p.input_key), p.input_key), step.shared_data, p
+    )
     totals: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     skipped = 0
@@ -280,6 +289,7 @@ def trend_analysis(step: StepInput[TrendParams]) -> TrendOutput:
         periods=points,
         records_used=len(records) - skipped,
         skipped_records=skipped,
+        failed_validation_left_out=left_out,
         total_revenue=round(sum(ys), 2),
         overall_growth_pct=_growth(ys[0], ys[-1]) if len(ys) > 1 else None,
         cagr_pct=cagr,

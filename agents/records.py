@@ -17,6 +17,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 Record = dict[str, Any]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -99,6 +101,43 @@ def records_from(value: Any, key: str = "input") -> list[Record]:
     if not records:
         raise ValueError(f"shared_data[{key!r}] holds an empty record list")
     return records
+
+
+class ValidOnly(BaseModel):
+    """Parameters of a task that can leave out the records a validator failed.
+
+    ``validation_key`` names the output of an earlier ``validator.validate_records``
+    step; the records whose ids it lists as failed are left out of every figure.
+    """
+
+    validation_key: str | None = None
+    id_field: str = "order_id"
+
+    def reads(self, input_key: str) -> list[str]:
+        return [input_key] if self.validation_key is None else [input_key, self.validation_key]
+
+
+def passing(
+    records: list[Record], shared: dict[str, Any], p: ValidOnly
+) -> tuple[list[Record], int]:
+    """The records the named validation did not fail, and how many it left out."""
+    if p.validation_key is None:
+        return records, 0
+    value = shared.get(p.validation_key)
+    failed = value.get("failed_ids") if isinstance(value, dict) else None
+    if not isinstance(failed, list):
+        raise ValueError(
+            f"shared_data[{p.validation_key!r}] is not a validate_records output "
+            "(it has no failed_ids list)"
+        )
+    out = set(map(str, failed))
+    kept = [r for i, r in enumerate(records) if record_id(r, i, p.id_field) not in out]
+    return kept, len(records) - len(kept)
+
+
+def record_id(record: Record, index: int, id_field: str) -> str:
+    """A record's id as the agents report it; its position when it has none."""
+    return str(record.get(id_field, f"#{index}"))
 
 
 # --------------------------------------------------------------------------- typed access

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from agents.base import StepInput
-from agents.records import num, records_from, totals_by
+from agents.records import ValidOnly, num, passing, records_from, totals_by
 from agents.registry import Agent
 from agents.report_format import (
     Section,
@@ -34,7 +34,7 @@ reporter = Agent("reporter", description="Writes a Markdown/HTML report with cha
 MAX_INLINE_CONTENT = 64 * 1024
 
 
-class ReportParams(BaseModel):
+class ReportParams(ValidOnly):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["executive_summary", "detailed"] = "executive_summary"
@@ -68,14 +68,19 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
         raise ValueError(
             f"nothing to report: shared_data has neither {p.analysis_key!r} nor {p.trend_key!r}"
         )
-    records = _optional_records(shared, p.records_key)
+    records, left_out = _optional_records(shared, p)
     detailed = p.format == "detailed"
     out_dir = Path(p.output_dir) if p.output_dir else get_settings().reports_path
     out_dir = out_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", step.workflow_id)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     headline = _headline(analysis, trend, records)
+    if p.validation_key is not None:
+        headline["records_failing_validation"] = left_out
     sections = [Section("Headline figures", [("table", (["Figure", "Value"], rows_of(headline)))])]
+    if p.validation_key is not None:
+        notes = _left_out_notes(p.validation_key, left_out, analysis, trend)
+        sections[0].blocks.append(("ul", notes))
     insights = list((analysis or {}).get("insights", []))
     if trend:
         insights.append(
@@ -140,14 +145,33 @@ def generate_report(step: StepInput[ReportParams]) -> ReportOutput:
 # --------------------------------------------------------------------------- figures
 
 
-def _optional_records(shared: dict[str, Any], key: str) -> list[dict[str, Any]] | None:
-    """The records, if present: they only add sections, so their absence is no error."""
-    if key not in shared:
-        return None
+def _optional_records(shared: dict[str, Any], p: ReportParams) -> tuple[list[Any] | None, int]:
+    """The records that passed validation, if present: they only add sections, so their
+    absence is no error (a validation_key that names no validation is)."""
+    if p.records_key not in shared:
+        return None, 0
     try:
-        return records_from(shared[key], key)
+        records = records_from(shared[p.records_key], p.records_key)
     except ValueError:
-        return None
+        return None, 0
+    return passing(records, shared, p)
+
+
+def _left_out_notes(
+    key: str, left_out: int, analysis: dict[str, Any] | None, trend: dict[str, Any] | None
+) -> list[str]:
+    """What the report leaves out, and which of its inputs did not (so no total surprises)."""
+    notes = [
+        f"{left_out} records failed validation ({key}) and are left out of every figure, "
+        "table and chart"
+    ]
+    for name, value in (("statistics", analysis), ("trend", trend)):
+        if value and value.get("failed_validation_left_out", 0) != left_out:
+            notes.append(
+                f"the {name} step did not leave them out (give it validation_key: {key}): "
+                "its figures include them"
+            )
+    return notes
 
 
 def _headline(

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.base import StepInput
-from agents.records import REGION_MARKETS, Record, num, parse_date, records_from
+from agents.records import REGION_MARKETS, Record, num, parse_date, record_id, records_from
 from agents.registry import Agent
 
 validator = Agent("validator", description="Checks records against named business rules")
@@ -52,6 +52,7 @@ class ValidateOutput(BaseModel):
     rules_applied: list[str]
     failures_by_rule: dict[str, int]
     sample_failed_ids: list[str]
+    failed_ids: list[str]  # every one, so later steps can leave them out (ValidOnly)
 
 
 Check = Callable[[Record], bool]
@@ -103,7 +104,7 @@ def validate_records(step: StepInput[ValidateParams]) -> ValidateOutput:
         for rule in broken:
             failures[rule] += 1
         if broken:
-            failed_ids.append(str(r.get(p.id_field, f"#{i}")))
+            failed_ids.append(record_id(r, i, p.id_field))
     passed = len(records) - len(failed_ids)
     return ValidateOutput(
         records_validated=len(records),
@@ -113,4 +114,5 @@ def validate_records(step: StepInput[ValidateParams]) -> ValidateOutput:
         rules_applied=list(rules),
         failures_by_rule=failures,
         sample_failed_ids=failed_ids[: p.sample_size],
+        failed_ids=failed_ids,
     )

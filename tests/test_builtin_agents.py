@@ -377,6 +377,7 @@ def test_validator_counts_each_rule(shared: dict[str, Any], truth: dict[str, Any
     assert out["passed_validation"] == len(clean) - len(failing)
     assert out["pass_rate"] == pytest.approx((len(clean) - len(failing)) / len(clean), abs=1e-4)
     assert out["sample_failed_ids"] == failing[:20]
+    assert out["failed_ids"] == failing
 
 
 def test_enricher_derives_fields(shared: dict[str, Any], truth: dict[str, Any]) -> None:
@@ -536,6 +537,69 @@ def test_every_report_gives_one_total_revenue_and_says_what_periods_leave_out(
     assert h["revenue_in_periods"] == trend["total_revenue"] < h["total_revenue"]
     assert h["records_without_a_date"] == trend["skipped_records"]
     assert f"{trend['skipped_records']} records without a usable date" in out["content"]
+
+
+def test_records_failing_validation_are_left_out_of_every_figure_and_chart(
+    shared: dict[str, Any], truth: dict[str, Any], tmp_path: Path
+) -> None:
+    # Given: a validation, and a trend and a report told to leave out what it failed...
+    sd = {"cleaned_records": shared["cleaned_records"]}
+    sd["validation"] = run("validator", "validate_records", {}, sd)
+    failed = set(sd["validation"]["failed_ids"])
+    assert len(failed) == 15
+    valid = [r for r in truth["clean"] if r["order_id"] not in failed]
+    sd["trend_results"] = run(
+        "analyzer", "trend_analysis", {"period": "quarterly", "validation_key": "validation"}, sd
+    )
+    stats = run("analyzer", "statistical_analysis", {"validation_key": "validation"}, sd)
+    out = run(
+        "reporter",
+        "generate_report",
+        {"output_dir": str(tmp_path), "validation_key": "validation"},
+        sd,
+    )
+    # Then: every figure is over the valid records only...
+    dated = [r for r in valid if _iso(r["order_date"]) is not None]
+    assert sd["trend_results"]["records_used"] == len(dated)
+    assert sd["trend_results"]["failed_validation_left_out"] == 15
+    assert stats["record_count"] == len(valid) and stats["failed_validation_left_out"] == 15
+    h = out["headline"]
+    assert h["records_analysed"] == len(valid)
+    assert h["total_revenue"] == pytest.approx(sum(_col(valid, "revenue")), abs=0.01)
+    assert h["records_failing_validation"] == 15
+    # ...the region chart's table too (an unknown region fails validation, so it is gone)...
+    regions: dict[str, float] = defaultdict(float)
+    for r in valid:
+        regions[r["region"]] += float(r["revenue"])
+    table = out["content"].split("## Revenue by region", 1)[1].split("\n\n")[1]
+    cells = [[x.strip() for x in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    rows = {region: revenue for region, _orders, revenue in cells}
+    assert rows == {region: f"{total:,.2f}" for region, total in regions.items()}
+    # ...and the report says so.
+    assert "15 records failed validation (validation) and are left out" in out["content"]
+    assert "did not leave them out" not in out["content"]
+
+
+def test_a_report_whose_inputs_kept_invalid_rows_says_so(
+    shared: dict[str, Any], tmp_path: Path
+) -> None:
+    sd = dict(shared)
+    sd["validation"] = run("validator", "validate_records", {}, sd)
+    out = run(
+        "reporter",
+        "generate_report",
+        {"output_dir": str(tmp_path), "validation_key": "validation"},
+        sd,
+    )
+    assert "the trend step did not leave them out" in out["content"]
+    assert "the statistics step did not leave them out" in out["content"]
+    with pytest.raises(ValueError, match="'nope'.*not a validate_records output"):
+        run(
+            "reporter",
+            "generate_report",
+            {"output_dir": str(tmp_path), "validation_key": "nope"},
+            sd,
+        )
 
 
 def test_a_report_table_that_is_cut_says_how_much_it_leaves_out() -> None:

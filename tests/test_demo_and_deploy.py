@@ -52,7 +52,12 @@ def test_demo_runs_with_no_configuration_and_cleans_up(tmp_path: Path) -> None:
     assert len(reports) == 2
     for report in reports:
         assert Path(report).is_absolute() and Path(report).read_text().startswith("# ")
-    assert out.count("total_revenue: 1595784.98") == 2  # one definition of revenue in both
+    # One definition of revenue (the records analysed): every cleaned record in the first,
+    # all but the 15 that failed validation in the second, which says so.
+    first, second = out.split("\nCustomer Intelligence ", 2)[1:]
+    assert "total_revenue: 1595784.98" in first and "records_failing_validation" not in first
+    assert "total_revenue: 1586443.81" in second and "records_failing_validation: 15" in second
+    assert "15 records failed validation" in Path(reports[1]).read_text()
     # Everything the demo started (embedded redis-server, workers) is gone.
     assert processes_in(tmp_path) == set()
 
