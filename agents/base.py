@@ -9,14 +9,18 @@ to run twice. Agents themselves, and the registry they join, are ``agents/regist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+import asyncio
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from orchestration.broker import agent_queue
-from orchestration.errors import AgentOutputError
+from orchestration.errors import AgentOutputError, EmitTooLarge
+from orchestration.limits import Limit
 from orchestration.models import TaskResult, dumps
 
 P = TypeVar("P", bound=BaseModel)
@@ -28,10 +32,34 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: The largest value ``step.emit`` takes, as JSON (an LLM token batch, a partial result, a
+#: log line: what a watcher shows as it arrives; results go in the step's output).
+MAX_EMIT_BYTES = 16 * 1024
+
+
+class EventSink(Protocol):
+    """Where a running step's emits and progress go (``workers/events.py`` writes them to
+    the workflow's event stream)."""
+
+    def __call__(self, step_id: str, event: str, data_json: str) -> None: ...
+
+
+@dataclass
+class KeptEvents:
+    """The sink of a step run outside a worker (an agent called as a function, in a
+    test): it keeps what the step emitted, so that it can be looked at."""
+
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __call__(self, step_id: str, event: str, data_json: str) -> None:
+        self.events.append((step_id, event, data_json))
+
+
 class StepInput(BaseModel, Generic[P]):
     """Everything a task function may look at, loaded from the state store for one step."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    _sink: EventSink = PrivateAttr(default_factory=KeptEvents)
 
     workflow_id: str
     step_id: str
@@ -48,8 +76,40 @@ class StepInput(BaseModel, Generic[P]):
             raise KeyError(f"shared_data has no {key!r} (it holds: {have})")
         return self.shared_data[key]
 
+    def emit(self, data: Any) -> None:
+        """Stream a small JSON value to whoever watches the workflow, while the step runs.
 
-TaskFn = Callable[[StepInput[Any]], Any]
+        Watchers (``orchestrator.stream``, ``baton watch``, the dashboard) get it in order
+        with the step's other events; a slow watcher never slows the step. Over
+        ``MAX_EMIT_BYTES`` or not JSON: ``EmitTooLarge``.
+        """
+        self._send("emitted", data)
+
+    def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """Report how far the step has got (``done`` of ``total``), with an optional line."""
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in (done, total or 0)):
+            raise EmitTooLarge(f"progress needs finite numbers, not {done!r} of {total!r}")
+        self._send("progress", {"done": done, "total": total, "message": str(message)})
+
+    def _send(self, event: str, data: Any) -> None:
+        try:
+            encoded = dumps(data)
+        except (TypeError, ValueError) as exc:
+            raise EmitTooLarge(f"step.emit takes JSON values: {exc}") from exc
+        if len(encoded) > MAX_EMIT_BYTES:
+            raise EmitTooLarge(
+                f"step.emit got {len(encoded):,} bytes of JSON, over the cap of "
+                f"{MAX_EMIT_BYTES:,}: emit smaller pieces, or return it as the output"
+            )
+        self._sink(self.step_id, event, encoded)
+
+    @property
+    def emitted(self) -> list[tuple[str, str, str]]:
+        """What the step emitted, when it ran outside a worker: (step, event, JSON)."""
+        return self._sink.events if isinstance(self._sink, KeptEvents) else []
+
+
+TaskFn = Callable[[StepInput[Any]], Any | Awaitable[Any]]
 Reads = Sequence[str] | Callable[[Any], Iterable[str]]
 
 
@@ -91,6 +151,13 @@ class TaskType:
     description: str = ""
     reads: Reads = ()
     compensation: str | None = None
+    limits: tuple[Limit, ...] = ()
+
+    @property
+    def is_async(self) -> bool:
+        """An ``async def`` task: a worker awaits it on its event loop (``--pool asyncio``
+        runs hundreds at once in one process)."""
+        return inspect.iscoroutinefunction(self.fn)
 
     @property
     def celery_name(self) -> str:
@@ -110,9 +177,10 @@ class TaskType:
         parameters: dict[str, Any],
         shared_data: dict[str, Any],
         previous_results: list[TaskResult],
+        sink: EventSink | None = None,
     ) -> StepInput[Any]:
         """The step's input, its parameters validated against this task type's model."""
-        return StepInput(
+        step = StepInput[Any](
             workflow_id=workflow_id,
             step_id=step_id,
             agent_id=self.agent_id,
@@ -121,18 +189,32 @@ class TaskType:
             shared_data=shared_data,
             previous_results=previous_results,
         )
+        if sink is not None:
+            step._sink = sink
+        return step
 
     def reads_for(self, params: BaseModel) -> list[str]:
         """The shared_data keys this task reads, given its parameters."""
         return list(self.reads(params) if callable(self.reads) else self.reads)
 
     def run(self, step: StepInput[Any]) -> StepOutput:
-        """Call the task function and return its output as JSON-ready data.
+        """Call the task function and return its output as JSON-ready data (an async one
+        on a loop of its own: workers await it with ``arun`` on theirs).
 
         Output is checked against the declared model *before* anyone commits it,
         so an invalid result fails its own step instead of the next one.
         """
+        if self.is_async:
+            return asyncio.run(self.arun(step))
+        return self.finish(self.fn(step))
+
+    async def arun(self, step: StepInput[Any]) -> StepOutput:
+        """Await an async task function; its output as ``run`` gives it."""
         out = self.fn(step)
+        return self.finish(await out if inspect.isawaitable(out) else out)
+
+    def finish(self, out: Any) -> StepOutput:
+        """A task function's return value, checked and encoded for the commit."""
         handoff = None
         if isinstance(out, Handoff):
             handoff, out = out, out.output

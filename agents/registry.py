@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from agents.base import NoParams, Reads, TaskFn, TaskType
 from orchestration.broker import agent_queue
 from orchestration.errors import AgentModuleError, DuplicateAgent, UnknownAgent, UnknownTaskType
+from orchestration.limits import KeyFn, Limit, declare
 
 BUILTIN_MODULES = (
     "agents.data_processor",
@@ -79,14 +80,21 @@ class Agent:
 
         @scorer.task(params=ScoreParams)
         def score_records(step: StepInput[ScoreParams]) -> dict: ...
+
+    ``rate_limit`` ("60/m") and ``concurrency_limit`` (10) hold for all the agent's steps
+    together, across every worker process and machine (``orchestration/limits.py``).
     """
 
     agent_id: str
     description: str = ""
     task_types: dict[str, TaskType] = field(default_factory=dict)
     register: bool = True
+    rate_limit: str | None = None
+    concurrency_limit: int | None = None
+    limit: Limit | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.limit = declare(self.agent_id, self.rate_limit, self.concurrency_limit)
         if self.register:
             registry.add(self)
 
@@ -103,6 +111,9 @@ class Agent:
         description: str | None = None,
         reads: Reads = (),
         compensation: str | None = None,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        limit_key: KeyFn | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         """Register ``fn`` as task type ``name`` (default: the function's name).
 
@@ -110,6 +121,10 @@ class Agent:
         giving them; a workflow where no earlier step produces one is refused at creation.
         ``compensation``: the name of another task type of this agent that undoes this
         one; it runs (in reverse step order) when a later step fails the workflow.
+        ``rate_limit``/``concurrency_limit``: this task type's own limits, on top of the
+        agent's; with ``limit_key`` (a function of the validated parameters, e.g.
+        ``lambda p: p.api_key_id``) each key has its own budget. Malformed: ``LimitError``.
+        An ``async def`` function is awaited on the worker's event loop.
         """
 
         def decorate(fn: TaskFn) -> TaskFn:
@@ -117,6 +132,8 @@ class Agent:
             if task_name in self.task_types:
                 raise DuplicateAgent(f"{self.agent_id}.{task_name} is registered twice")
             doc = description if description is not None else (fn.__doc__ or "").strip()
+            own = declare(f"{self.agent_id}.{task_name}", rate_limit, concurrency_limit, limit_key)
+            limits = tuple(lim for lim in (self.limit, own) if lim is not None)
             self.task_types[task_name] = TaskType(
                 self.agent_id,
                 task_name,
@@ -126,6 +143,7 @@ class Agent:
                 doc.split("\n")[0],
                 reads,
                 compensation,
+                limits,
             )
             return fn
 

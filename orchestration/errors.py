@@ -86,6 +86,17 @@ class OutputTooLarge(StepError):
     retryable = False
 
 
+class EmitTooLarge(StepError):
+    """``step.emit``/``step.progress`` was given a value over the cap (``MAX_EMIT_BYTES``)
+    or one that is not JSON; the step may catch it, else it fails (not retried)."""
+
+    retryable = False
+
+
+class LimitError(BatonError, ValueError):
+    """A rate or concurrency limit is malformed, or names no limit that exists."""
+
+
 class HandoffRefused(StepError):
     """A step handed off to a step that its workflow could not run; not retried."""
 

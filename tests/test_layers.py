@@ -106,9 +106,12 @@ def test_the_public_surface_is_the_documented_one() -> None:
         "WorkflowTimeout",
     }
     assert set(agents.__all__) == {
+        "MAX_EMIT_BYTES",
         "Agent",
         "AgentRegistry",
+        "EmitTooLarge",
         "Handoff",
+        "LimitError",
         "NoParams",
         "StepError",
         "StepInput",
