@@ -272,3 +272,57 @@ ghost = Agent("ghost", description="No worker ever consumes its queue (agent.gho
 def haunt(step: StepInput[EchoParams]) -> dict[str, Any]:
     """Never runs: it shows what a workflow waiting on an unserved queue looks like."""
     return {"value": step.parameters.value}
+
+
+# --------------------------------------------------------------------------- async agents
+
+aio = Agent("aio", description="Async test agent: waits on Redis without holding a thread")
+
+
+class AsyncGateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    wait: float = 60.0
+    emits: int = 0
+
+
+@aio.task(params=AsyncGateParams)
+async def await_gate(step: StepInput[AsyncGateParams]) -> dict[str, Any]:
+    """``gate``, awaited: announces itself, waits for the test to open the gate (a BLPOP on
+    an asyncio connection), records a cancellation if its timeout cancels it."""
+    import asyncio
+    import threading
+
+    import redis.asyncio as aredis
+
+    p = step.parameters
+    record_execution(step)
+    r = aredis.Redis.from_url(os.environ["BATON_TEST_REDIS"])
+    try:
+        await r.rpush(f"testlog:gate:{p.name}:started", f"{step.step_id}:{os.getpid()}")
+        logging.getLogger("tests.aio").info("awaiting gate %s", p.name)
+        for i in range(p.emits):
+            step.emit({"token": f"t{i}"})
+            step.progress(i + 1, p.emits, f"token {i + 1}")
+        try:
+            opened = await r.blpop([f"testlog:gate:{p.name}:open"], timeout=p.wait)
+        except asyncio.CancelledError:
+            await r.rpush(f"testlog:gate:{p.name}:cancelled", step.step_id)
+            raise
+        await r.rpush(f"testlog:gate:{p.name}:passed", step.step_id)
+        return {
+            "gate": p.name,
+            "opened": opened is not None,
+            "pid": os.getpid(),
+            "thread": threading.current_thread().name,
+        }
+    finally:
+        await r.aclose()
+
+
+@aio.task(params=EchoParams)
+def plain_echo(step: StepInput[EchoParams]) -> dict[str, Any]:
+    """A plain function on the async agent's worker: it runs on the pool's threads."""
+    import threading
+
+    return {"value": step.parameters.value, "thread": threading.current_thread().name}

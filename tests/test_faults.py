@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,13 +40,17 @@ class Harness:
     ledger: Path
     pools: list[LocalWorkers] = field(default_factory=list)
 
-    def worker(self, agents: list[str], name: str, **env: str) -> LocalWorkers:
+    def worker(
+        self, agents: list[str], name: str, pool_name: str = "prefork", concurrency: int = 1,
+        **env: str,
+    ) -> LocalWorkers:  # fmt: skip
         pool = LocalWorkers(
             self.server.url,
             [agents],
-            concurrency=1,
+            concurrency=concurrency,
             env={**self.env, **env},
             log_dir=Path(self.env["BATON_HOME"]) / f"logs-{name}",
+            pool=pool_name,
         )
         pool.start(self.orch.app)
         self.pools.append(pool)
@@ -194,6 +199,58 @@ def test_a_worker_told_to_stop_mid_step_finishes_it_first(
     assert ctx.status == WorkflowStatus.COMPLETED
     assert harness.executions(wid, "step_2") == 1  # finished, not redone
     assert not [h for h in ctx.execution_history if h.event == "attempt_lost"]
+    harness.check_invariants(ctx)
+
+
+def aio_gates(name: str, n: int) -> dict[str, object]:
+    member = {"agent_id": "aio", "task_type": "await_gate", "parameters": {"name": name}}
+    return {"name": "async group", "steps": [{"parallel": [member] * n, "output_key": "g"}]}
+
+
+def test_an_asyncio_worker_killed_mid_step_loses_nothing(
+    harness: Harness, raw_redis: redis.Redis
+) -> None:
+    g = f"aio-kill-{uuid.uuid4().hex[:6]}"
+    first = harness.worker(["aio"], "aio-a", "asyncio", 20)
+    wid = harness.orch.run_workflow(aio_gates(g, 10))
+    wait_gate_started(raw_redis, g, count=10)
+    [proc] = first.processes
+    os.killpg(proc.pid, signal.SIGKILL)  # ten coroutines in flight, gone at once
+    proc.wait()
+
+    harness.worker(["aio"], "aio-b", "asyncio", 20)
+    wait_gate_started(raw_redis, g, count=20, timeout=60)  # each redelivered once
+    open_gate(raw_redis, g, 10)
+    ctx = harness.orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert ctx.shared_data["g"]["successful_tasks"] == 10
+    lost = {h.step for h in ctx.execution_history if h.event == "attempt_lost"}
+    assert lost == {f"step_1.{i}" for i in range(1, 11)}
+    for i in range(1, 11):
+        assert harness.executions(wid, f"step_1.{i}") == 2  # the lost one and the committed
+    harness.check_invariants(ctx)
+
+
+def test_an_asyncio_worker_told_to_stop_finishes_its_running_steps(
+    harness: Harness, raw_redis: redis.Redis
+) -> None:
+    g = f"aio-term-{uuid.uuid4().hex[:6]}"
+    pool = harness.worker(["aio"], "aio-c", "asyncio", 20)
+    wid = harness.orch.run_workflow(aio_gates(g, 5))
+    wait_gate_started(raw_redis, g, count=5)
+    [proc] = pool.processes
+
+    proc.terminate()  # SIGTERM: warm shutdown waits for the running steps
+    time.sleep(0.5)  # (the signal is handled before the gate opens)
+    open_gate(raw_redis, g, 5)
+    proc.wait(timeout=60)
+    ctx = harness.orch.wait(wid, timeout=30)
+
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert not [h for h in ctx.execution_history if h.event == "attempt_lost"]
+    for i in range(1, 6):
+        assert harness.executions(wid, f"step_1.{i}") == 1  # finished, not redone
     harness.check_invariants(ctx)
 
 

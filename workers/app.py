@@ -6,6 +6,7 @@ the module attribute ``app`` is built on first access from ``BATON_*`` settings.
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from typing import Any
 
@@ -18,6 +19,7 @@ from orchestration.connection import connect
 from orchestration.embedded import resolve_redis_url
 from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
+from workers.aio import register as register_asyncio_pool
 from workers.engine import Engine
 from workers.groups import run_aggregate
 from workers.logs import configure as configure_logging
@@ -26,6 +28,8 @@ from workers.steps import StepRun
 from workers.transport import install as install_safe_redis_transport
 
 _engines: dict[int, Engine] = {}
+_engines_lock = threading.Lock()
+register_asyncio_pool()
 
 
 def create_app(
@@ -62,14 +66,20 @@ def create_app(
 def engine_for(app: Celery, reg: AgentRegistry) -> Engine:
     """The process's engine for this app, made after fork so each child has its own pool."""
     engine = _engines.get(id(app))
-    if engine is None:
-        client = connect(app.conf.baton_redis_url)
-        store = StateStore(client, prefix=app.conf.baton_prefix, retention=app.conf.baton_retention)
-        settings = get_settings()
-        engine = _engines[id(app)] = Engine(
-            app, store, reg, lease_seconds=settings.step_lease_seconds,
-            max_output_bytes=settings.max_output_bytes,
-        )  # fmt: skip
+    if engine is not None:
+        return engine
+    with _engines_lock:  # the asyncio pool's threads may all ask at once
+        return _engines.get(id(app)) or _make_engine(app, reg)
+
+
+def _make_engine(app: Celery, reg: AgentRegistry) -> Engine:
+    client = connect(app.conf.baton_redis_url)
+    store = StateStore(client, prefix=app.conf.baton_prefix, retention=app.conf.baton_retention)
+    settings = get_settings()
+    engine = _engines[id(app)] = Engine(
+        app, store, reg, lease_seconds=settings.step_lease_seconds,
+        max_output_bytes=settings.max_output_bytes,
+    )  # fmt: skip
     return engine
 
 

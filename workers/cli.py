@@ -58,7 +58,13 @@ def cli(verbose: bool, debug: bool) -> None:
     envvar="BATON_WORKER_HOSTNAME",
     help="Node name (default: <agents>.<pid>@<host>).",
 )
-@click.option("--pool", "-P", default="prefork", show_default=True)
+@click.option(
+    "--pool",
+    "-P",
+    default="prefork",
+    show_default=True,
+    help="prefork for CPU-bound agents; asyncio for async ones (hundreds per process).",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option(
     "--no-control",
@@ -76,6 +82,7 @@ def worker(
     no_control: bool,
 ) -> None:
     """Consume the queues of the given agents (one queue per agent: agent.<id>)."""
+    from workers.aio import check_pool
     from workers.app import default_app
     from workers.routing import queues_for
 
@@ -84,6 +91,7 @@ def worker(
 
     ids = [a.strip() for a in agents.split(",") if a.strip()] or None
     queues = queues_for(registry, ids, control=not no_control)
+    check_pool(pool, [registry.get_agent(a) for a in ids] if ids else list(registry), autoscale)
     label = "-".join(ids) if ids else "all"
     name = hostname or f"{label}.{os.getpid()}@%h"
     argv = ["worker", "-Q", ",".join(queues), "-n", name, "-P", pool, "-l", loglevel, "-E"]

@@ -1,5 +1,6 @@
 """What one worker process holds to run steps: its app, state store, agents, dispatcher,
-lease keeper and saga; made once per process, after the fork (``workers.app.engine_for``)."""
+lease keeper, saga and event loop; made once per process, after the fork
+(``workers.app.engine_for``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from celery import Celery
 from agents.registry import AgentRegistry
 from orchestration.dispatch import Dispatcher
 from orchestration.store import StateStore
+from workers.aio import EventLoop, event_loop
 from workers.leases import LeaseKeeper
 from workers.saga import Saga
 
@@ -21,6 +23,7 @@ class Engine:
     registry: AgentRegistry
     lease_seconds: float = 30.0
     max_output_bytes: int = 64 * 2**20
+    loop: EventLoop = field(default=event_loop)
     dispatch: Dispatcher = field(init=False)
     leases: LeaseKeeper = field(init=False)
     saga: Saga = field(init=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from typing import NoReturn
@@ -185,7 +186,15 @@ class StepRun:
             state.shared_data,
             list(state.results.values()),
         )
-        out = tt.run(step_input)
+        if tt.is_async:
+            out = self.engine.loop.run(tt.arun(step_input), task.timeout)
+        else:
+            t0 = time.monotonic()
+            out = tt.run(step_input)
+            on_a_thread = threading.current_thread() is not threading.main_thread()
+            if on_a_thread and task.timeout and time.monotonic() - t0 > task.timeout:
+                # Celery cannot interrupt a thread (asyncio, threads pools): it holds here.
+                raise SoftTimeLimitExceeded()
         limit = self.engine.max_output_bytes
         if len(out.encoded) > limit:
             raise OutputTooLarge(
