@@ -18,6 +18,7 @@ from orchestration.errors import (
 )
 from orchestration.models import (
     ParallelStep,
+    StreamEvent,
     TaskResult,
     TaskStatus,
     TaskStep,
@@ -28,6 +29,7 @@ from orchestration.models import (
 )
 
 __all__ = [
+    "StreamEvent",
     "BatonError",
     "DefinitionError",
     "StateStoreError",

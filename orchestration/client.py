@@ -26,6 +26,7 @@ from orchestration.loader import DefinitionSource, load_plan
 from orchestration.models import (
     WORKFLOW_ID,
     Checkpoint,
+    StreamEvent,
     WorkflowContext,
     WorkflowStatus,
     WorkflowStatusReport,
@@ -258,6 +259,38 @@ class WorkflowOrchestrator:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkflowTimeout(f"workflows still running after {timeout}s: {workflow_ids}")
+
+    def stream(
+        self, workflow_id: str, since: str | None = None, timeout: float | None = None
+    ) -> Iterator[StreamEvent]:
+        """Yield the workflow's events in order, from the beginning or after the event id
+        ``since``, as they happen, until the workflow ends (completed, failed, cancelled).
+
+        Steps starting, what they emit and their progress, commits, status changes: all
+        kept in a bounded Redis Stream per workflow (``names.STREAM_MAXLEN``), so a reader
+        that reconnects with the last id it saw misses nothing; it expires with the
+        workflow. A slow reader never slows a step.
+        """
+        status = self.store.status_of(workflow_id)  # WorkflowNotFound for an unknown id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = since or "0-0"
+        while True:
+            events = self.store.events(workflow_id, last, block=1.0)
+            for event in events:
+                last = event.id
+                yield event
+            if events and events[-1].ends and self.store.status_of(workflow_id).is_terminal:
+                return  # (an end followed by more events was a run that was retried)
+            if not events:
+                # Nothing after ``last``: if it has ended, every event has been read (the
+                # script that ends a workflow writes its last event in the same step).
+                status = self.store.status_of(workflow_id)
+                if status.is_terminal:
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    raise WorkflowTimeout(
+                        f"workflow {workflow_id} still {status.value} after {timeout}s"
+                    )
 
     def unserved_queues(self, workflow_id: str, timeout: float = 1.0) -> list[str]:
         """The queues a running workflow waits on that no live worker consumes, asked of

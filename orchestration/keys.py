@@ -83,6 +83,12 @@ class WorkflowKeys:
         return f"{self._base}:events"
 
     @property
+    def stream(self) -> str:
+        """Stream: the workflow's events in order (what ``events`` publishes, and what its
+        steps emit), bounded, expiring with the workflow; read by ``orchestrator.stream``."""
+        return f"{self._base}:stream"
+
+    @property
     def statuses(self) -> str:
         """Pub/sub channel: one message per change of the workflow's status (wakes ``wait``,
         which has no use for the rest)."""
@@ -102,6 +108,7 @@ class WorkflowKeys:
             self.tasks,
             self.dynamic,
             self.steps,
+            self.stream,
         ]
 
 

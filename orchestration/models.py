@@ -237,6 +237,37 @@ class RunningStep(BaseModel):
     worker: str | None = None
 
 
+class StreamEvent(BaseModel):
+    """One event of a workflow's stream (``orchestrator.stream``), in the order it happened.
+
+    ``event`` is ``step_started``, ``emitted`` (``data``: what ``step.emit`` gave),
+    ``progress`` (``data``: done, total, message), ``committed`` (``result``: the step's
+    status, ``error``), ``status`` (the workflow's new ``status``), or a history event
+    (``step_retry``, ...). ``id`` is the stream id to resume from (``since=``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    id: str
+    event: str
+    step: str | None = None
+    data: Any = None
+    status: str | None = None  # the workflow's status, when the event set it
+    result: str | None = None
+    error: str | None = None
+    version: int | None = None
+
+    @property
+    def at(self) -> datetime:
+        """When Redis recorded it (a stream id starts with its milliseconds)."""
+        return datetime.fromtimestamp(int(self.id.split("-", 1)[0]) / 1000, UTC)
+
+    @property
+    def ends(self) -> bool:
+        """The workflow ended here (completed, failed or cancelled)."""
+        return self.status in ("completed", "failed", "cancelled")
+
+
 class WorkflowStatusReport(BaseModel):
     """``get_workflow_status``'s answer; indexable like the original design's dict."""
 

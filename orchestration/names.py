@@ -43,6 +43,9 @@ class Event(StrEnum):
     STEP_STARTED = "step_started"
     COMMITTED = "committed"
     STATUS = "status"
+    # written by a running step (``step.emit``, ``step.progress``): the stream only
+    EMITTED = "emitted"
+    PROGRESS = "progress"
 
 
 #: Where a run (re)starts: the attempts and retries the dashboard shows count from here.
@@ -64,6 +67,10 @@ class Metric(StrEnum):
     STEP_SECONDS_IN = "step_seconds_in"
 
 
+#: Events kept per workflow stream (approximately: Redis trims whole nodes); a reader that
+#: falls further behind than this misses the oldest.
+STREAM_MAXLEN = 10_000
+
 #: Upper bounds (seconds) of the step duration histogram's buckets.
 STEP_BUCKETS: tuple[float, ...] = (0.05, 0.25, 1, 5, 30, 120, 600)
 
@@ -77,7 +84,8 @@ def _lua_table(name: str, values: dict[str, str]) -> str:
 
 
 def lua_prelude() -> str:
-    """The Lua tables ``EVENT``, ``METRIC`` and ``BUCKETS`` that every script starts with."""
+    """The Lua tables ``EVENT``, ``METRIC`` and ``BUCKETS`` (and ``STREAM_MAXLEN``) that
+    every script starts with."""
     buckets = ", ".join(repr(b) for b in STEP_BUCKETS)
     return "\n".join(
         [
@@ -85,5 +93,6 @@ def lua_prelude() -> str:
             _lua_table("EVENT", {e.value: e.value for e in Event}),
             _lua_table("METRIC", {m.value: m.value for m in Metric}),
             f"local BUCKETS = {{{buckets}}}",
+            f"local STREAM_MAXLEN = {STREAM_MAXLEN}",
         ]
     )

@@ -23,6 +23,7 @@ from orchestration.models import (
     CompensationOutcome,
     HistoryEntry,
     RunningStep,
+    StreamEvent,
     TaskResult,
     TaskStatus,
     WorkflowContext,
@@ -135,6 +136,29 @@ class StateReader:
         """The version that wrote each live item (see ``WorkflowKeys.versions``)."""
         raw = self.redis.hgetall(self.keys(workflow_id).versions)
         return {text(k): int(v) for k, v in raw.items()}
+
+    def events(
+        self, workflow_id: str, since: str = "0-0", block: float | None = None, count: int = 500
+    ) -> list[StreamEvent]:
+        """The workflow's stream events after ``since``; with ``block``, wait up to that
+        many seconds for one when there are none yet."""
+        key = self.keys(workflow_id).stream
+        ms = None if block is None else max(1, int(block * 1000))
+        reply = self.redis.xread({key: since}, count=count, block=ms)
+        return [
+            StreamEvent.model_validate({**json.loads(fields[b"data"]), "id": text(entry_id)})
+            for _, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    def live(self, workflow_id: str) -> dict[str, dict[str, Any]]:
+        """The latest ``emitted`` and ``progress`` of each step that wrote any."""
+        out: dict[str, dict[str, Any]] = {}
+        for field, raw in self.redis.hgetall(self.keys(workflow_id).steps).items():
+            kind, _, step = text(field).partition(":")
+            if kind in (Event.EMITTED, Event.PROGRESS):
+                out.setdefault(step, {})[kind] = json.loads(raw).get("data")
+        return out
 
     def history(self, workflow_id: str) -> list[HistoryEntry]:
         raw = self.redis.lrange(self.keys(workflow_id).history, 0, -1)

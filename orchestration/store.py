@@ -15,6 +15,7 @@ from typing import TypeVar
 import redis
 
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
+from orchestration.keys import WorkflowKeys
 from orchestration.models import (
     CompensationOutcome,
     HistoryEntry,
@@ -24,7 +25,7 @@ from orchestration.models import (
     WorkflowStatus,
     dumps,
 )
-from orchestration.names import Event
+from orchestration.names import STREAM_MAXLEN, Event
 from orchestration.plan import Plan, PlannedTask
 from orchestration.reads import StateReader, StepState, decode_results
 from orchestration.scripts import (
@@ -304,8 +305,26 @@ class StateStore(StateReader):
         k = self.keys(workflow_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.rpush(k.history, entry.model_dump_json(exclude_none=True))
-        pipe.publish(k.events, dumps({"event": entry.event, "step": entry.step}))
+        message = {"event": entry.event, "step": entry.step, "error": entry.error}
+        self._record(pipe, k, dumps({k: v for k, v in message.items() if v is not None}))
         pipe.execute()
+
+    def record_events(self, events: Sequence[tuple[str, str, str, str]]) -> None:
+        """What running steps emitted, ``(workflow_id, step_id, event, data JSON)`` each, in
+        order and in one round trip: into each workflow's stream and onto its channel; the
+        latest ``emitted`` and ``progress`` of a step also where the dashboard looks."""
+        pipe = self.redis.pipeline(transaction=False)
+        for workflow_id, step_id, event, data in events:
+            k = self.keys(workflow_id)
+            message = f'{{"event":{dumps(event)},"step":{dumps(step_id)},"data":{data}}}'
+            self._record(pipe, k, message)
+            pipe.hset(k.steps, f"{event}:{step_id}", message)
+        pipe.execute()
+
+    @staticmethod
+    def _record(pipe: redis.client.Pipeline[bytes], k: WorkflowKeys, message: str) -> None:
+        pipe.xadd(k.stream, {"data": message}, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.publish(k.events, message)
 
 
 R = TypeVar("R", bound=StatusRefusal)

@@ -326,3 +326,28 @@ def plain_echo(step: StepInput[EchoParams]) -> dict[str, Any]:
     import threading
 
     return {"value": step.parameters.value, "thread": threading.current_thread().name}
+
+
+class EmitParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    count: int = 3
+    size: int = 10  # characters per emitted string
+    catch: bool = False  # catch EmitTooLarge and carry on
+
+
+@testkit.task(params=EmitParams)
+def emit_many(step: StepInput[EmitParams]) -> dict[str, Any]:
+    """Emits ``count`` strings of ``size`` characters, with progress after each."""
+    from agents import EmitTooLarge
+
+    p = step.parameters
+    refused = 0
+    for i in range(p.count):
+        try:
+            step.emit(f"{i}:".ljust(p.size, "x"))
+        except EmitTooLarge:
+            if not p.catch:
+                raise
+            refused += 1
+        step.progress(i + 1, p.count)
+    return {"emitted": p.count - refused, "refused": refused}

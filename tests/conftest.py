@@ -85,6 +85,21 @@ def workers(
     pool.stop()
 
 
+@pytest.fixture(scope="session")
+def aio_worker(
+    orchestrator: WorkflowOrchestrator, worker_env: dict[str, str], settings: BatonSettings
+) -> Iterator[LocalWorkers]:
+    """ONE worker process for the async agent, asyncio pool, 100 wide."""
+    assert settings.redis_url
+    pool = LocalWorkers(
+        settings.redis_url, [["aio"]], concurrency=100, pool="asyncio", env=worker_env,
+        log_dir=settings.home / "logs-aio",
+    )  # fmt: skip
+    pool.start(orchestrator.app)
+    yield pool
+    pool.stop()
+
+
 AMQP_URL = os.environ.get("BATON_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 

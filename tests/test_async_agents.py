@@ -11,9 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from orchestration import WorkflowOrchestrator, WorkflowStatus
@@ -22,21 +20,6 @@ from orchestration.settings import BatonSettings
 from tests.helpers import open_gate, wait_gate_started
 
 N = 60
-
-
-@pytest.fixture(scope="module")
-def aio_worker(
-    orchestrator: WorkflowOrchestrator, worker_env: dict[str, str], settings: BatonSettings
-) -> Iterator[LocalWorkers]:
-    """ONE worker process for the async agent, asyncio pool, 100 wide."""
-    assert settings.redis_url
-    pool = LocalWorkers(
-        settings.redis_url, [["aio"]], concurrency=100, pool="asyncio", env=worker_env,
-        log_dir=settings.home / "logs-aio",
-    )  # fmt: skip
-    pool.start(orchestrator.app)
-    yield pool
-    pool.stop()
 
 
 def gate_step(name: str, **extra: object) -> dict[str, object]:

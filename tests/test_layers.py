@@ -104,6 +104,7 @@ def test_the_public_surface_is_the_documented_one() -> None:
         "WorkflowStatus",
         "WorkflowStatusReport",
         "WorkflowTimeout",
+        "StreamEvent",
     }
     assert set(agents.__all__) == {
         "MAX_EMIT_BYTES",

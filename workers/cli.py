@@ -23,7 +23,14 @@ from orchestration.errors import BatonError, WorkflowTimeout
 from orchestration.models import WorkflowStatus
 from orchestration.settings import get_settings, redact
 from workers.failures import FAILED, failure_of
-from workers.render import console, keep_whole, outcome_lines, render_progress, warn_unserved
+from workers.render import (
+    console,
+    event_line,
+    keep_whole,
+    outcome_lines,
+    render_progress,
+    warn_unserved,
+)
 
 
 def _orchestrator(local_workers: bool | None = False) -> Any:
@@ -164,6 +171,23 @@ def status(workflow_id: str, as_json: bool) -> None:
         if value not in (None, []):
             table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(table)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--since", default=None, help="Only events after this event id.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+def watch(workflow_id: str, since: str | None, as_json: bool, timeout: float | None) -> None:
+    """Print a workflow's events as they happen (steps, what they emit, their progress)
+    until it ends; exit 0 if it completed, 1 if not."""
+    with _orchestrator() as orch:
+        wid = orch.resolve_id(workflow_id)
+        for event in orch.stream(wid, since=since, timeout=timeout):
+            click.echo(event.model_dump_json() if as_json else event_line(event))
+        status = orch.store.status_of(wid)
+    if status != WorkflowStatus.COMPLETED:
+        sys.exit(FAILED)
 
 
 def _control(action: str, workflow_id: str) -> None:

@@ -12,6 +12,7 @@ from agents.registry import AgentRegistry
 from orchestration.dispatch import Dispatcher
 from orchestration.store import StateStore
 from workers.aio import EventLoop, event_loop
+from workers.events import EventWriter
 from workers.leases import LeaseKeeper
 from workers.saga import Saga
 
@@ -26,9 +27,11 @@ class Engine:
     loop: EventLoop = field(default=event_loop)
     dispatch: Dispatcher = field(init=False)
     leases: LeaseKeeper = field(init=False)
+    events: EventWriter = field(init=False)
     saga: Saga = field(init=False)
 
     def __post_init__(self) -> None:
         self.dispatch = Dispatcher(self.app, self.store)
         self.leases = LeaseKeeper(self.store, self.lease_seconds)
+        self.events = EventWriter(self.store)
         self.saga = Saga(self.app, self.store, self.registry)

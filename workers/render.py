@@ -15,7 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestration.broker import agents_of
-from orchestration.models import WorkflowContext, WorkflowStatus, WorkflowStatusReport
+from orchestration.models import (
+    StreamEvent,
+    WorkflowContext,
+    WorkflowStatus,
+    WorkflowStatusReport,
+    dumps,
+)
 
 # No markup: what is printed is data (errors, names), shown verbatim, brackets included.
 console = Console(soft_wrap=True, markup=False, highlight=False)
@@ -107,3 +113,24 @@ def keep_whole(table: Table, column: int) -> None:
     table.columns[column].no_wrap = True
     table.columns[column].overflow = "fold"
     table.columns[column].min_width = 36
+
+
+def event_line(e: StreamEvent) -> str:
+    """One stream event as one line: time, step, what happened."""
+    at = e.at.strftime("%H:%M:%S.%f")[:-3]
+    step = f" {e.step}" if e.step else ""
+    if e.event == "emitted":
+        what = e.data if isinstance(e.data, str) else dumps(e.data)
+    elif e.event == "progress" and isinstance(e.data, dict):
+        total = e.data.get("total")
+        what = f"progress {e.data.get('done')}" + (f"/{total}" if total is not None else "")
+        what += f" {e.data['message']}" if e.data.get("message") else ""
+    elif e.event == "committed":
+        what = f"{e.result or 'committed'} (version {e.version})"
+        what += f": {e.error}" if e.error else ""
+        what += f"; workflow {e.status}" if e.status and e.status != "running" else ""
+    elif e.event == "status":
+        what = f"workflow {e.status}"
+    else:
+        what = e.event.replace("_", " ") + (f": {e.error}" if e.error else "")
+    return f"{at}{step} {what}"

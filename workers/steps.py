@@ -18,12 +18,12 @@ import random
 import threading
 import time
 import uuid
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from agents.base import StepOutput
+from agents.base import StepInput, StepOutput, TaskType
 from orchestration.compiler import Next, next_messages, step_signature
 from orchestration.errors import (
     BatonError,
@@ -185,7 +185,15 @@ class StepRun:
             task.parameters,
             state.shared_data,
             list(state.results.values()),
+            sink=self.engine.events.sink(self.workflow_id),
         )
+        try:
+            return self._run_and_check(tt, step_input)
+        finally:
+            self.engine.events.flush()  # its emits come before its commit
+
+    def _run_and_check(self, tt: TaskType, step_input: StepInput[Any]) -> StepOutput:
+        task = self.task
         if tt.is_async:
             out = self.engine.loop.run(tt.arun(step_input), task.timeout)
         else:

@@ -3,10 +3,10 @@
 -- the index of workflows, the metrics hash and the set of active workflows.
 local META, PLAN, DATA, RESULTS, HISTORY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local STEPS = KEYS[11]
-local N_WORKFLOW_KEYS = 11
-local INDEX, METRICS, ACTIVE = KEYS[12], KEYS[13], KEYS[14]
-local N_FIXED_KEYS = 14
+local STEPS, STREAM = KEYS[11], KEYS[12]
+local N_WORKFLOW_KEYS = 12
+local INDEX, METRICS, ACTIVE = KEYS[13], KEYS[14], KEYS[15]
+local N_FIXED_KEYS = 15
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -35,13 +35,22 @@ local function expire_all(ttl)
   end
 end
 
+-- Every event is kept in the workflow's stream (in order, bounded: a reader that comes
+-- back misses nothing) and published on its channel (which wakes watchers at once).
+local function record(encoded)
+  redis.call('XADD', STREAM, 'MAXLEN', '~', STREAM_MAXLEN, '*', 'data', encoded)
+end
+
 local function publish(channel, message)
-  redis.call('PUBLISH', channel, cjson.encode(message))
+  local encoded = cjson.encode(message)
+  record(encoded)
+  redis.call('PUBLISH', channel, encoded)
 end
 
 -- A change of the workflow's status goes to its status channel as well as its events.
 local function publish_status(spec, message)
   local encoded = cjson.encode(message)
+  record(encoded)
   redis.call('PUBLISH', spec.channel, encoded)
   redis.call('PUBLISH', spec.status_channel, encoded)
 end

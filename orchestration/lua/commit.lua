@@ -129,7 +129,8 @@ elseif final == 'paused' and (#(spec.track or {}) > 0 or joined) then
   -- What would go next is held back: resume sends it.
   redis.call('HSETNX', META, 'paused_at', spec.step)
 end
-local committed = {event = EVENT.committed, step = spec.step, version = version, status = final}
+local committed = {event = EVENT.committed, step = spec.step, version = version, status = final,
+  result = entry.status, error = entry.error}
 if final ~= status then
   publish_status(spec, committed)
 else

@@ -41,6 +41,7 @@ from orchestration.settings import BatonSettings, get_settings, redact
 from workers.dashboard.prometheus import render_metrics
 from workers.dashboard.views import DEFAULT_FLOWER_URL, DashboardReader
 
+MIN_INTERVAL = 0.2  # seconds between two documents of one workflow's event stream
 log = logging.getLogger("baton.dashboard")
 
 T = TypeVar("T")
@@ -197,6 +198,9 @@ class EventsHandler(_Base):
                     await self.flush()
                     break
                 await self.flush()
+                # A step that emits tokens fast changes the document often: send at most
+                # a few a second (the next one carries the latest output).
+                await asyncio.sleep(MIN_INTERVAL)
         except tornado.iostream.StreamClosedError:
             pass
         finally:

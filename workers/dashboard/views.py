@@ -98,6 +98,7 @@ class DashboardReader:
         inserted = self.store.inserted(workflow_id)
         checkpoints = self.store.get_checkpoints(workflow_id)
         running = {r.step_id: r for r in report.running_steps}
+        live = self.store.live(workflow_id) if running else {}
         compensated = set(ctx.compensation.compensated) if ctx.compensation else set()
 
         # Attempts and retries of the current run: history since it (re)started.
@@ -159,6 +160,7 @@ class DashboardReader:
                     started_at=run.started_at,
                     worker=run.worker,
                     error=last_error.get(sid),
+                    live=live.get(sid),  # its latest step.emit and step.progress
                 )
             elif sid in past:
                 h = past[sid]  # committed once, then undone by a restore (saga, rollback)
