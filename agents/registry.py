@@ -62,6 +62,9 @@ class AgentRegistry:
     def __contains__(self, agent_id: object) -> bool:
         return agent_id in self._agents
 
+    def declared_limits(self) -> dict[str, Limit]:
+        return {lim.name: lim for tt in self.task_types() for lim in tt.limits}
+
     def task_types(self) -> Iterator[TaskType]:
         for agent in self:
             yield from agent.task_types.values()

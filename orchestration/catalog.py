@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from orchestration.limits import Limit
+
 
 class TaskSpec(Protocol):
     """A registered task type, as far as planning a step needs it."""
@@ -29,6 +31,10 @@ class Catalog(Protocol):
         ...
 
     def __contains__(self, agent_id: object) -> bool: ...
+
+    def declared_limits(self) -> dict[str, Limit]:
+        """Every rate/concurrency limit its agents and task types declare, by name."""
+        ...
 
 
 def load_catalog(modules: Iterable[str] = ()) -> Catalog:

@@ -18,10 +18,13 @@ from orchestration.embedded import EmbeddedRedis, LocalWorkers
 from orchestration.errors import (
     AmbiguousWorkflowId,
     DefinitionError,
+    LimitError,
     StateStoreError,
     WorkflowNotFound,
     WorkflowTimeout,
 )
+from orchestration.limiter import BudgetUse, Limiter
+from orchestration.limits import Limit, LimitValues
 from orchestration.loader import DefinitionSource, load_plan
 from orchestration.models import (
     WORKFLOW_ID,
@@ -77,6 +80,7 @@ class WorkflowOrchestrator:
         )
         self.app = producer_app(url, self.settings)
         self.dispatch = Dispatcher(self.app, self.store)
+        self.limiter = Limiter(self.redis, self.settings.key_prefix)
         if local_workers:
             self._workers = LocalWorkers(
                 url, [[]], concurrency=2, log_dir=self.settings.home / "logs"
@@ -291,6 +295,31 @@ class WorkflowOrchestrator:
                     raise WorkflowTimeout(
                         f"workflow {workflow_id} still {status.value} after {timeout}s"
                     )
+
+    # ------------------------------------------------------------------ limits
+
+    def limits(self) -> list[BudgetUse]:
+        """Each declared limit, its values now, and per budget (key): steps running under
+        it, steps waiting for it, and when its rate admits the next."""
+        return self.limiter.usage(self.registry.declared_limits())
+
+    def set_limit(
+        self, name: str, *, rate: str | None = None, concurrency: int | None = None
+    ) -> LimitValues:
+        """Change a limit for every worker at once, without restarting anything: ``rate``
+        ``"120/m"`` (``"none"`` lifts it), ``concurrency`` 20 (0 lifts it)."""
+        return self.limiter.set(self._limit(name), rate, concurrency)
+
+    def reset_limit(self, name: str) -> bool:
+        """Back to the values the agent declares; False if none were set."""
+        return self.limiter.reset(self._limit(name).name)
+
+    def _limit(self, name: str) -> Limit:
+        declared = self.registry.declared_limits()
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none is declared"
+            raise LimitError(f"no limit named {name!r} (limits: {known})")
+        return declared[name]
 
     def unserved_queues(self, workflow_id: str, timeout: float = 1.0) -> list[str]:
         """The queues a running workflow waits on that no live worker consumes, asked of

@@ -89,6 +89,12 @@ class WorkflowKeys:
         return f"{self._base}:stream"
 
     @property
+    def throttled(self) -> str:
+        """Hash: step_id -> why and until when a step waits for its rate or concurrency
+        limit (``lua/limit.lua`` writes it, admission removes it)."""
+        return f"{self._base}:throttled"
+
+    @property
     def statuses(self) -> str:
         """Pub/sub channel: one message per change of the workflow's status (wakes ``wait``,
         which has no use for the rest)."""
@@ -109,6 +115,7 @@ class WorkflowKeys:
             self.dynamic,
             self.steps,
             self.stream,
+            self.throttled,
         ]
 
 

@@ -100,8 +100,11 @@ class Limit:
                 f"limit_key of {self.name} gave {value!r}: it must give a non-empty string"
             )
         text = str(value)
-        if len(text) > MAX_KEY_LENGTH:
-            raise LimitError(f"limit_key of {self.name} gave a key over {MAX_KEY_LENGTH} chars")
+        if not text.isprintable() or len(text) > MAX_KEY_LENGTH:
+            raise LimitError(
+                f"limit_key of {self.name} gave {text[:40]!r}: a key is printable text of at "
+                f"most {MAX_KEY_LENGTH} characters"
+            )
         return text
 
 

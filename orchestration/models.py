@@ -268,6 +268,17 @@ class StreamEvent(BaseModel):
         return self.status in ("completed", "failed", "cancelled")
 
 
+class ThrottledStep(BaseModel):
+    """A step waiting for its turn under a rate or concurrency limit (it holds no worker)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: str
+    limit: str
+    why: Literal["rate", "concurrency"]
+    until: float  # epoch milliseconds of its next turn (or next look, for concurrency)
+
+
 class WorkflowStatusReport(BaseModel):
     """``get_workflow_status``'s answer; indexable like the original design's dict."""
 
@@ -282,6 +293,7 @@ class WorkflowStatusReport(BaseModel):
     shared_data_keys: list[str]
     current_agent: str | None = None
     running_steps: list[RunningStep] = Field(default_factory=list)
+    throttled_steps: list[ThrottledStep] = Field(default_factory=list)
     error: str | None = None
     failed_step: str | None = None
     created_at: str

@@ -26,6 +26,7 @@ from orchestration.models import (
     StreamEvent,
     TaskResult,
     TaskStatus,
+    ThrottledStep,
     WorkflowContext,
     WorkflowStatus,
     WorkflowStatusReport,
@@ -281,8 +282,14 @@ class StateReader:
         pipe.hkeys(k.data)
         pipe.hlen(k.results)
         pipe.hvals(k.running)
-        meta_raw, data_keys, n_results, running_raw = pipe.execute()
+        pipe.hvals(k.throttled)
+        meta_raw, data_keys, n_results, running_raw, throttled_raw = pipe.execute()
         meta = Meta.decode(workflow_id, meta_raw)
+        throttled = (
+            [ThrottledStep.model_validate_json(t) for t in throttled_raw]
+            if meta.status == WorkflowStatus.RUNNING
+            else []
+        )
         done, total = meta.number("current_step"), meta.number("total_steps")
         running = sorted(
             (RunningStep.model_validate_json(r) for r in running_raw),
@@ -298,6 +305,7 @@ class StateReader:
             shared_data_keys=sorted(text(key) for key in data_keys),
             current_agent=running[0].agent_id if running else None,
             running_steps=running,
+            throttled_steps=sorted(throttled, key=lambda t: step_sort_key(t.step)),
             error=meta.get("error"),
             failed_step=meta.get("failed_step"),
             created_at=meta.fields["created_at"],

@@ -351,3 +351,37 @@ def emit_many(step: StepInput[EmitParams]) -> dict[str, Any]:
             refused += 1
         step.progress(i + 1, p.count)
     return {"emitted": p.count - refused, "refused": refused}
+
+
+# --------------------------------------------------------------------------- limits
+
+throttle = Agent(
+    "throttle", description="Limited test agent: 3 steps at once everywhere", concurrency_limit=3
+)
+
+
+@throttle.task(params=AsyncGateParams)
+async def hold(step: StepInput[AsyncGateParams]) -> dict[str, Any]:
+    """``aio.await_gate`` under the agent's concurrency limit."""
+    return await await_gate(step)
+
+
+class TickParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str
+
+
+@throttle.task(params=TickParams, rate_limit="10/s", limit_key=lambda p: p.tenant)
+async def tick(step: StepInput[TickParams]) -> dict[str, Any]:
+    """Records when it ran, per tenant: each tenant has its own 10/s."""
+    import time
+
+    import redis.asyncio as aredis
+
+    r = aredis.Redis.from_url(os.environ["BATON_TEST_REDIS"])
+    try:
+        now = time.time()
+        await r.rpush(f"testlog:tick:{step.workflow_id}:{step.parameters.tenant}", repr(now))
+        return {"at": now}
+    finally:
+        await r.aclose()

@@ -25,7 +25,13 @@ from tests.browser import chromium  # noqa: F401  (a fixture, shared by browser 
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL_AGENTS = ["validator", "enricher", "classifier", "scorer", "testkit"]
-OWN_WORKERS = {"slowapi", "solo", "ghost", "aio"}  # consumed only by workers a test starts itself
+OWN_WORKERS = {
+    "slowapi",
+    "solo",
+    "ghost",
+    "aio",
+    "throttle",
+}  # consumed only by workers a test starts itself
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,13 @@ def create_app(
     app = producer_app(redis_url, settings)
 
     def step(
-        task: Task, workflow_id: str, step_id: str, run: int = 1, *, compensate: bool = False
+        task: Task,
+        workflow_id: str,
+        step_id: str,
+        run: int = 1,
+        *,
+        compensate: bool = False,
+        reserved: bool = False,  # set when a limit put it back with its rate slot held
     ) -> str | None:
         engine = engine_for(task.app, reg)
         if compensate:
@@ -57,7 +63,9 @@ def create_app(
         engine_for(task.app, reg).saga.finish_failure(workflow_id, run)
 
     for tt in reg.task_types():
-        app.task(name=tt.celery_name, bind=True, shared=False)(step)
+        # max_retries=None: Baton counts a step's attempts itself; Celery's retries here are
+        # waits (a limit's turn, a lease held elsewhere), which must not run out.
+        app.task(name=tt.celery_name, bind=True, shared=False, max_retries=None)(step)
     app.task(name=AGGREGATE_TASK, bind=True, shared=False, ignore_result=True)(aggregate)
     app.task(name=FINISH_FAILURE_TASK, bind=True, shared=False, ignore_result=True)(finish_failure)
     return app

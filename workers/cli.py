@@ -27,6 +27,7 @@ from workers.render import (
     console,
     event_line,
     keep_whole,
+    limits_table,
     outcome_lines,
     render_progress,
     warn_unserved,
@@ -170,6 +171,8 @@ def status(workflow_id: str, as_json: bool) -> None:
         value = getattr(r, key)
         if value not in (None, []):
             table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    for t in r.throttled_steps:
+        table.add_row("throttled", f"{t.step} waits for {t.limit} ({t.why} limit)")
     console.print(table)
 
 
@@ -188,6 +191,43 @@ def watch(workflow_id: str, since: str | None, as_json: bool, timeout: float | N
         status = orch.store.status_of(wid)
     if status != WorkflowStatus.COMPLETED:
         sys.exit(FAILED)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def limits(ctx: click.Context, as_json: bool) -> None:
+    """Show each rate/concurrency limit: its values, steps running and waiting per key."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _orchestrator() as orch:
+        uses = orch.limits()
+    if as_json:
+        click.echo(json.dumps([u.model_dump() for u in uses], indent=2))
+        return
+    console.print(limits_table(uses))
+
+
+@limits.command(name="set")
+@click.argument("name")
+@click.option("--rate", default=None, help="N/s, N/m or N/h; 'none' lifts it.")
+@click.option("--concurrency", type=int, default=None, help="Steps at once; 0 lifts it.")
+def limits_set(name: str, rate: str | None, concurrency: int | None) -> None:
+    """Change limit NAME (an agent id, or agent.task) for every worker, at once."""
+    if rate is None and concurrency is None:
+        raise click.UsageError("give --rate and/or --concurrency")
+    with _orchestrator() as orch:
+        values = orch.set_limit(name, rate=rate, concurrency=concurrency)
+    click.echo(f"{name}: rate {values.rate or 'none'}, concurrency {values.concurrency or 'none'}")
+
+
+@limits.command(name="reset")
+@click.argument("name")
+def limits_reset(name: str) -> None:
+    """Back to the values the agent declares."""
+    with _orchestrator() as orch:
+        changed = orch.reset_limit(name)
+    click.echo(f"{name}: {'back to its declared values' if changed else 'was not changed'}")
 
 
 def _control(action: str, workflow_id: str) -> None:

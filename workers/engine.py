@@ -10,6 +10,7 @@ from celery import Celery
 
 from agents.registry import AgentRegistry
 from orchestration.dispatch import Dispatcher
+from orchestration.limiter import Limiter
 from orchestration.store import StateStore
 from workers.aio import EventLoop, event_loop
 from workers.events import EventWriter
@@ -28,10 +29,12 @@ class Engine:
     dispatch: Dispatcher = field(init=False)
     leases: LeaseKeeper = field(init=False)
     events: EventWriter = field(init=False)
+    limiter: Limiter = field(init=False)
     saga: Saga = field(init=False)
 
     def __post_init__(self) -> None:
         self.dispatch = Dispatcher(self.app, self.store)
         self.leases = LeaseKeeper(self.store, self.lease_seconds)
         self.events = EventWriter(self.store)
+        self.limiter = Limiter(self.store.redis, self.store.prefix)
         self.saga = Saga(self.app, self.store, self.registry)

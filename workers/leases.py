@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from orchestration.store import StateStore
@@ -20,14 +20,22 @@ class LeaseKeeper:
 
     def __init__(self, store: StateStore, seconds: float) -> None:
         self.store, self.seconds = store, seconds
-        self._held: dict[tuple[str, str], str] = {}
+        self._held: dict[tuple[str, str], tuple[str, Callable[[], None] | None]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def holding(self, workflow_id: str, step_id: str, owner: str) -> Iterator[None]:
+    def holding(
+        self,
+        workflow_id: str,
+        step_id: str,
+        owner: str,
+        also: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
+        """Renew the step's lease while the block runs; ``also`` is renewed with it (the
+        step's concurrency slots)."""
         with self._lock:
-            self._held[(workflow_id, step_id)] = owner
+            self._held[(workflow_id, step_id)] = (owner, also)
             if self._thread is None or not self._thread.is_alive():  # a fork has none
                 self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
                 self._thread.start()
@@ -42,11 +50,13 @@ class LeaseKeeper:
         while not tick.wait(self.seconds / 3):
             with self._lock:
                 held = list(self._held.items())
-            for (workflow_id, step_id), owner in held:
+            for (workflow_id, step_id), (owner, also) in held:
                 try:
                     if not self.store.lease(workflow_id, step_id, owner, self.seconds):
                         with self._lock:  # lost (its commit came, or another took it over)
-                            if self._held.get((workflow_id, step_id)) == owner:
+                            if self._held.get((workflow_id, step_id), ("",))[0] == owner:
                                 del self._held[(workflow_id, step_id)]
+                    elif also is not None:
+                        also()
                 except Exception as exc:  # Redis away for a moment: the next beat retries
                     log.warning("lease renewal for %s %s failed: %s", workflow_id, step_id, exc)

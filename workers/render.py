@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestration.broker import agents_of
+from orchestration.limiter import BudgetUse
 from orchestration.models import (
     StreamEvent,
     WorkflowContext,
@@ -134,3 +135,20 @@ def event_line(e: StreamEvent) -> str:
     else:
         what = e.event.replace("_", " ") + (f": {e.error}" if e.error else "")
     return f"{at}{step} {what}"
+
+
+def limits_table(uses: list[BudgetUse]) -> Table:
+    """``baton limits``: one row per limit and key."""
+    table = Table("limit", "key", "rate", "concurrency", "running", "waiting", "next in")
+    for u in uses:
+        table.add_row(
+            u.name + (" *" if u.overridden else ""),
+            u.key or "–",
+            u.rate or "–",
+            str(u.concurrency or "–"),
+            str(u.running),
+            str(u.waiting),
+            f"{u.next_free_in:.2f}s" if u.next_free_in else "now",
+        )
+    table.caption = "* set at run time (baton limits set); baton limits reset NAME undoes it"
+    return table

@@ -22,16 +22,19 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
 
 from agents.base import StepInput, StepOutput, TaskType
 from orchestration.compiler import Next, next_messages, step_signature
 from orchestration.errors import (
     BatonError,
+    LimitError,
     OutputTooLarge,
     StepError,
     StepFailed,
     is_retryable,
 )
+from orchestration.limiter import Budget
 from orchestration.loader import plan_handoff
 from orchestration.models import (
     HistoryEntry,
@@ -50,6 +53,9 @@ from workers.saga import describe
 
 log = logging.getLogger("baton.runner")
 S = WorkflowStatus
+#: A throttled step's message waits (as a Celery ETA) at most this long; a turn further
+#: off is asked for again then, holding nothing meanwhile.
+THROTTLE_HORIZON = 30.0
 
 
 def backoff(task: PlannedTask, attempt: int) -> float:
@@ -90,8 +96,18 @@ class StepRun:
         self.worker = ctask.request.hostname
         self.owner = f"{self.worker}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this execution
         self.started_at = utcnow()
+        self.limit_owner = f"{workflow_id}:{step_id}:{run}"  # one place in line per step
+        self.refused: Exception | None = None  # its limit_key failed
 
     def __call__(self) -> str:
+        budgets = self.admit()  # (throttled: put back to run when its turn comes)
+        try:
+            return self._run()
+        finally:
+            if budgets:
+                self.engine.limiter.release(self.limit_owner, budgets)
+
+    def _run(self) -> str:
         state = self.begin()
         if isinstance(state, str):
             return state
@@ -104,6 +120,44 @@ class StepRun:
         self.send_on(reply, nxt, result)
         ok = result.status == TaskStatus.COMPLETED
         return outcome_word("completed" if ok else "failed", result.error)
+
+    # ------------------------------------------------------------------ limits
+
+    def admit(self) -> list[Budget]:
+        """Take the step's turn under its agent's limits, or put it back to run when its
+        turn comes (a Celery retry that is not one of the step's attempts: it holds no
+        worker slot while it waits, and its wait shows in status as throttled)."""
+        tt = self.engine.registry.get_task(self.task.agent_id, self.task.task_type)
+        if not tt.limits:
+            return []
+        try:
+            params = tt.validate_params(self.task.parameters)
+            budgets = [Budget(lim, lim.key_for(params)) for lim in tt.limits]
+        except (LimitError, ValidationError) as exc:  # the step fails with it, when it runs
+            self.refused = exc
+            return []
+        tries = self.ctask.request.retries or 0
+        admission = self.engine.limiter.admit(
+            self.store.keys(self.workflow_id),
+            self.step_id,
+            self.limit_owner,
+            budgets,
+            reserved=bool(self.ctask.request.kwargs.get("reserved")),
+            slot_ttl=self.engine.lease_seconds,
+            horizon=THROTTLE_HORIZON,
+            retry=min(2.0, 0.25 * 2 ** min(tries, 3)) * random.uniform(0.8, 1.2),
+        )
+        if admission.state == "admitted":
+            return budgets
+        log.info(
+            "step %s of %s throttled by %s (%s) for %.2fs",
+            self.step_id, self.workflow_id, admission.limit, admission.why, admission.wait,
+        )  # fmt: skip
+        raise self.ctask.retry(
+            countdown=admission.wait,
+            kwargs={**self.ctask.request.kwargs, "reserved": admission.state == "reserved"},
+            max_retries=None,
+        )
 
     # ------------------------------------------------------------------ begin
 
@@ -159,8 +213,12 @@ class StepRun:
         upstream = state.results.get(task.after) if task.after else None
         if task.after and (upstream is None or upstream.status != TaskStatus.COMPLETED):
             return None, UpstreamFailed(task.after), time.perf_counter() - t0
+        if self.refused is not None:
+            return None, StepError(str(self.refused), retryable=False), 0.0
         try:
-            with self.engine.leases.holding(self.workflow_id, self.step_id, self.owner):
+            with self.engine.leases.holding(
+                self.workflow_id, self.step_id, self.owner, self._renew_slots
+            ):
                 return self._call_agent(state), None, time.perf_counter() - t0
         except SoftTimeLimitExceeded:
             timeout = TimeoutError(f"step exceeded its timeout of {task.timeout}s")
@@ -175,6 +233,13 @@ class StepRun:
                 exc_info=not isinstance(exc, BatonError),
             )
             return None, exc, time.perf_counter() - t0
+
+    def _renew_slots(self) -> None:
+        tt = self.engine.registry.get_task(self.task.agent_id, self.task.task_type)
+        if tt.limits and self.refused is None:
+            params = tt.validate_params(self.task.parameters)
+            budgets = [Budget(lim, lim.key_for(params)) for lim in tt.limits]
+            self.engine.limiter.renew(self.limit_owner, budgets, self.engine.lease_seconds)
 
     def _call_agent(self, state: StepState) -> StepOutput:
         task = self.task

@@ -3,10 +3,10 @@
 -- the index of workflows, the metrics hash and the set of active workflows.
 local META, PLAN, DATA, RESULTS, HISTORY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local STEPS, STREAM = KEYS[11], KEYS[12]
-local N_WORKFLOW_KEYS = 12
-local INDEX, METRICS, ACTIVE = KEYS[13], KEYS[14], KEYS[15]
-local N_FIXED_KEYS = 15
+local STEPS, STREAM, THROTTLED = KEYS[11], KEYS[12], KEYS[13]
+local N_WORKFLOW_KEYS = 13
+local INDEX, METRICS, ACTIVE = KEYS[14], KEYS[15], KEYS[16]
+local N_FIXED_KEYS = 16
 
 local function now_ms()
   local t = redis.call('TIME')

@@ -24,6 +24,7 @@ import hmac
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -36,12 +37,14 @@ import tornado.web
 from orchestration.embedded import resolve_redis_url
 from orchestration.errors import WorkflowNotFound
 from orchestration.models import WORKFLOW_ID, WorkflowStatus
+from orchestration.names import Event
 from orchestration.reads import StateReader
 from orchestration.settings import BatonSettings, get_settings, redact
 from workers.dashboard.prometheus import render_metrics
 from workers.dashboard.views import DEFAULT_FLOWER_URL, DashboardReader
 
-MIN_INTERVAL = 0.2  # seconds between two documents of one workflow's event stream
+MIN_INTERVAL = 0.2  # seconds between two documents sent for a running step's output
+LIVE_EVENTS = (Event.EMITTED, Event.PROGRESS)
 log = logging.getLogger("baton.dashboard")
 
 T = TypeVar("T")
@@ -179,14 +182,21 @@ class EventsHandler(_Base):
         last, quiet = "", 0
         try:
             self.write("retry: 2000\n\n")
+            sent_at = 0.0
             while not self.closed:
-                await self.blocking(next, changes)
+                events = await self.blocking(next, changes)
+                if (
+                    events
+                    and all(e.get("event") in LIVE_EVENTS for e in events)
+                    and time.monotonic() - sent_at < MIN_INTERVAL
+                ):
+                    continue  # a step emitting fast: a few documents a second carry it
                 doc = await self.blocking(self.reader.workflow, wid)
                 key = _fingerprint(doc)
                 if key != last:
                     body = json.dumps(doc, separators=(",", ":"))
                     self.write(f"event: workflow\ndata: {body}\n\n")
-                    last, quiet = key, 0
+                    last, quiet, sent_at = key, 0, time.monotonic()
                 else:
                     quiet += 1
                     if quiet < 15:
@@ -198,9 +208,6 @@ class EventsHandler(_Base):
                     await self.flush()
                     break
                 await self.flush()
-                # A step that emits tokens fast changes the document often: send at most
-                # a few a second (the next one carries the latest output).
-                await asyncio.sleep(MIN_INTERVAL)
         except tornado.iostream.StreamClosedError:
             pass
         finally:

@@ -99,6 +99,7 @@ class DashboardReader:
         checkpoints = self.store.get_checkpoints(workflow_id)
         running = {r.step_id: r for r in report.running_steps}
         live = self.store.live(workflow_id) if running else {}
+        throttled = {t.step: t for t in report.throttled_steps}
         compensated = set(ctx.compensation.compensated) if ctx.compensation else set()
 
         # Attempts and retries of the current run: history since it (re)started.
@@ -175,6 +176,12 @@ class DashboardReader:
                 if h.execution_time is not None and (end := _parse(h.timestamp)):
                     start = end.timestamp() - h.execution_time
                     doc["started_at"] = datetime.fromtimestamp(start, UTC).isoformat()
+            elif sid in throttled:
+                t = throttled[sid]
+                doc.update(
+                    status="throttled",
+                    throttled={"limit": t.limit, "why": t.why, "until": t.until},
+                )
             elif sid in retries:
                 doc.update(status="retrying", attempt=retries[sid], error=last_error.get(sid))
             if doc["status"] in ("running", "compensating"):

@@ -1,0 +1,198 @@
+"""Rate and concurrency limits in Redis: admission of a step (``lua/limit.lua``), the
+release of its slots, run-time overrides and what each budget is using.
+
+A budget is one limit (``orchestration/limits.py``) and one key of it. Its keys live
+under ``<prefix>:limit:<name>:<key>``: its rate state (the GCRA theoretical arrival time
+and the latest admission), the concurrency
+slots held (owner -> expiry, renewed with the step's lease, so a dead worker's slot comes
+back by itself) and the steps waiting for one, oldest first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel
+
+from orchestration.connection import text
+from orchestration.errors import LimitError
+from orchestration.keys import WorkflowKeys
+from orchestration.limits import Limit, LimitValues, Rate
+from orchestration.names import STREAM_MAXLEN
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one step draws on: a limit, the key its parameters gave, and its values now."""
+
+    limit: Limit
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.limit.name
+
+
+class Admission(BaseModel):
+    """``admitted``: run now. ``reserved``: run in ``wait`` seconds (its rate slot is held).
+    ``wait``: ask again in ``wait`` seconds (nothing is held)."""
+
+    state: Literal["admitted", "reserved", "wait"]
+    wait: float = 0.0
+    limit: str | None = None
+    why: Literal["rate", "concurrency"] | None = None
+
+
+class BudgetUse(BaseModel):
+    """A budget as ``baton limits`` shows it."""
+
+    name: str
+    key: str
+    rate: str | None
+    concurrency: int | None
+    overridden: bool
+    running: int
+    waiting: int
+    next_free_in: float  # seconds until the rate admits the next step (0: now)
+
+
+class Limiter:
+    def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
+        self.redis, self.prefix = client, prefix
+        source = resources.files("orchestration").joinpath("lua", "limit.lua").read_text()
+        self._admit = client.register_script(source)
+        self.overrides_key = f"{prefix}:limits"
+        self.known_key = f"{prefix}:limit-budgets"
+
+    def _base(self, name: str, key: str) -> str:
+        return f"{self.prefix}:limit:{name}:{key}"
+
+    def _keys(self, b: Budget) -> list[str]:
+        base = self._base(b.name, b.key)
+        return [f"{base}:rate", f"{base}:slots", f"{base}:waiting", f"{base}:polled"]
+
+    # ------------------------------------------------------------------ a step
+
+    def admit(
+        self,
+        wf: WorkflowKeys,
+        step_id: str,
+        owner: str,
+        budgets: list[Budget],
+        *,
+        reserved: bool,
+        slot_ttl: float,
+        horizon: float,
+        retry: float,
+    ) -> Admission:
+        spec = {
+            "owner": owner,
+            "step": step_id,
+            "reserved": reserved,
+            "slot_ttl_ms": int(slot_ttl * 1000),
+            "horizon_ms": int(horizon * 1000),
+            "retry_ms": int(retry * 1000),
+            "stream_maxlen": STREAM_MAXLEN,
+            "limits": [_values(b) for b in budgets],
+        }
+        keys = [self.overrides_key, self.known_key, wf.throttled, wf.stream]
+        reply = self._admit(
+            keys=keys + [k for b in budgets for k in self._keys(b)], args=[json.dumps(spec)]
+        )
+        state = text(reply[0])
+        if state == "admitted":
+            return Admission(state="admitted")
+        wait = int(reply[1]) / 1000
+        why = "rate" if state == "reserved" else text(reply[3])
+        return Admission(state=state, wait=wait, limit=text(reply[2]), why=why)
+
+    def renew(self, owner: str, budgets: list[Budget], ttl: float) -> None:
+        """Keep this step's concurrency slots while it runs (with its lease); a slot it does
+        not hold is not added."""
+        until = (time.time() + ttl) * 1000
+        pipe = self.redis.pipeline(transaction=False)
+        for b in budgets:
+            pipe.zadd(self._keys(b)[1], {owner: until}, xx=True)
+        pipe.execute()
+
+    def release(self, owner: str, budgets: list[Budget]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for b in budgets:
+            pipe.zrem(self._keys(b)[1], owner)
+        pipe.execute()
+
+    # ------------------------------------------------------------------ run-time values
+
+    def overrides(self) -> dict[str, LimitValues]:
+        raw = self.redis.hgetall(self.overrides_key)
+        return {text(k): LimitValues.model_validate_json(v) for k, v in raw.items()}
+
+    def set(self, limit: Limit, rate: str | None, concurrency: int | None) -> LimitValues:
+        """Override a declared limit's values, for every worker, from its next admission.
+        ``rate``/``concurrency``: a new value, ``"none"``/``0`` to lift it, None to keep."""
+        now = self.overrides().get(limit.name, limit.values)
+        values = LimitValues(
+            rate=now.rate if rate is None else None if rate == "none" else Rate.parse(rate),
+            concurrency=(
+                now.concurrency if concurrency is None else concurrency if concurrency > 0 else None
+            ),
+        )
+        if concurrency is not None and concurrency < 0:
+            raise LimitError(f"--concurrency {concurrency}: give a number of steps, 0 to lift it")
+        body = values.model_dump(mode="json") | {
+            "rate_ms": values.rate.interval * 1000 if values.rate else None
+        }
+        self.redis.hset(self.overrides_key, limit.name, json.dumps(body))
+        return values
+
+    def reset(self, name: str) -> bool:
+        """Back to the declared values."""
+        return bool(self.redis.hdel(self.overrides_key, name))
+
+    def usage(self, declared: dict[str, Limit]) -> list[BudgetUse]:
+        """Every declared limit with each budget it has used: values, running, waiting."""
+        overrides = self.overrides()
+        budgets: dict[str, set[str]] = {name: set() for name in declared}
+        for member in self.redis.smembers(self.known_key):
+            name, _, key = text(member).partition("\t")
+            if name in budgets:
+                budgets[name].add(key)
+        now_ms = time.time() * 1000
+        out: list[BudgetUse] = []
+        for name in sorted(budgets):
+            values = overrides.get(name, declared[name].values)
+            for key in sorted(budgets[name]) or [""]:
+                tat_key, slots, waiting, _ = self._keys(Budget(declared[name], key))
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hget(tat_key, "tat")
+                pipe.zcount(slots, now_ms, "+inf")
+                pipe.zcard(waiting)
+                tat, running, waiters = pipe.execute()
+                out.append(
+                    BudgetUse(
+                        name=name,
+                        key=key,
+                        rate=str(values.rate) if values.rate else None,
+                        concurrency=values.concurrency,
+                        overridden=name in overrides,
+                        running=int(running),
+                        waiting=int(waiters),
+                        next_free_in=max(0.0, (float(tat or 0) - now_ms) / 1000),
+                    )
+                )
+        return out
+
+
+def _values(b: Budget) -> dict[str, Any]:
+    v = b.limit.values
+    return {
+        "name": b.name,
+        "key": b.key,
+        "rate_ms": v.rate.interval * 1000 if v.rate else None,
+        "concurrency": v.concurrency,
+    }

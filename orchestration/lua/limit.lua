@@ -1,0 +1,131 @@
+-- Admission of one step under its rate and concurrency limits (orchestration/limiter.py),
+-- atomically, whatever the number of workers. Not prefixed by _lib.lua: its KEYS are
+--   1 the overrides hash (limit name -> JSON values set by `baton limits set`)
+--   2 the set of budgets ever used ("name\tkey"), for `baton limits`
+--   3 the workflow's throttled hash (step -> why and until when, while it waits)
+--   4 the workflow's event stream
+--   then four per limit: its budget's rate state (hash: tat, the GCRA theoretical arrival
+--   time, and last, the latest admission), slots (zset owner -> expiry ms) and
+--   waiters (zset owner -> first refusal ms) and polled (zset owner -> last ask ms)
+-- ARGV[1]: {owner, step, reserved, slot_ttl_ms, horizon_ms, retry_ms, stream_maxlen,
+--           limits = [{name, key, rate_ms, concurrency}]}
+-- Reply: {'admitted'} | {'reserved', wait_ms, name} (run at now + wait: its rate slot is
+-- held) | {'wait', wait_ms, name, why} (try again then; nothing is held).
+local OVERRIDES, KNOWN, THROTTLED, STREAM = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local spec = cjson.decode(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local limits = {}
+for i, lim in ipairs(spec.limits) do
+  local base = 4 + (i - 1) * 4
+  local l = {name = lim.name, key = lim.key, rate_ms = lim.rate_ms, concurrency = lim.concurrency,
+    tat = KEYS[base + 1], slots = KEYS[base + 2], waiting = KEYS[base + 3], polled = KEYS[base + 4]}
+  local override = redis.call('HGET', OVERRIDES, lim.name)
+  if override then
+    local o = cjson.decode(override)
+    l.rate_ms, l.concurrency = o.rate_ms, o.concurrency
+  end
+  if l.rate_ms == cjson.null then l.rate_ms = nil end
+  if l.concurrency == cjson.null then l.concurrency = nil end
+  redis.call('SADD', KNOWN, lim.name .. '\t' .. lim.key)
+  limits[i] = l
+end
+
+local function mark(why, name, wait)
+  local first = redis.call('HEXISTS', THROTTLED, spec.step) == 0
+  local note = cjson.encode({step = spec.step, limit = name, why = why, ['until'] = now + wait})
+  redis.call('HSET', THROTTLED, spec.step, note)
+  if first then
+    redis.call('XADD', STREAM, 'MAXLEN', '~', spec.stream_maxlen, '*', 'data',
+      cjson.encode({event = 'throttled', step = spec.step, data = cjson.decode(note)}))
+  end
+end
+
+-- 1. Concurrency: room for this step, and no older waiter left without room (FIFO).
+for _, l in ipairs(limits) do
+  if l.concurrency then
+    redis.call('ZREMRANGEBYSCORE', l.slots, '-inf', now)
+    -- A waiter that stopped asking (cancelled, its worker gone) gives up its place.
+    for _, gone in ipairs(redis.call('ZRANGEBYSCORE', l.polled, '-inf', now - 30000)) do
+      redis.call('ZREM', l.waiting, gone)
+      redis.call('ZREM', l.polled, gone)
+    end
+    if not redis.call('ZSCORE', l.slots, spec.owner) then
+      local free = l.concurrency - redis.call('ZCARD', l.slots)
+      local ahead = redis.call('ZRANK', l.waiting, spec.owner) or redis.call('ZCARD', l.waiting)
+      if ahead >= free then
+        redis.call('ZADD', l.waiting, 'NX', now, spec.owner)
+        redis.call('ZADD', l.polled, now, spec.owner)
+        mark('concurrency', l.name, spec.retry_ms)
+        return {'wait', spec.retry_ms, l.name, 'concurrency'}
+      end
+    end
+  end
+end
+
+-- 2. Rate: GCRA with no burst (steps evenly spaced), each turn reserved in arrival order;
+-- and, whatever the reservations, no two admissions closer than the interval (a reserved
+-- step whose message came back late must not bunch up with the next one).
+local spacing_at, spaced_by = now, nil
+for _, l in ipairs(limits) do
+  if l.rate_ms then
+    local last = tonumber(redis.call('HGET', l.tat, 'last') or '0')
+    if last + l.rate_ms > spacing_at then
+      spacing_at, spaced_by = last + l.rate_ms, l.name
+    end
+  end
+end
+if spec.reserved then
+  if spacing_at > now then
+    mark('rate', spaced_by, spacing_at - now)
+    return {'reserved', math.ceil(spacing_at - now), spaced_by}
+  end
+else
+  local at, name = spacing_at, spaced_by
+  for _, l in ipairs(limits) do
+    if l.rate_ms then
+      local tat = tonumber(redis.call('HGET', l.tat, 'tat') or '0')
+      if tat > at then
+        at, name = tat, l.name
+      end
+    end
+  end
+  local wait = at - now
+  if wait > spec.horizon_ms then
+    -- Too far ahead to hold a message for: ask again nearer the time, holding nothing.
+    mark('rate', name, spec.horizon_ms)
+    return {'wait', spec.horizon_ms, name, 'rate'}
+  end
+  for _, l in ipairs(limits) do
+    if l.rate_ms then
+      redis.call('HSET', l.tat, 'tat', at + l.rate_ms)
+      if redis.call('PTTL', l.tat) < wait + l.rate_ms + 60000 then
+        redis.call('PEXPIRE', l.tat, math.floor(wait + l.rate_ms + 60000))
+      end
+    end
+  end
+  if wait > 0 then
+    mark('rate', name, wait)
+    return {'reserved', math.ceil(wait), name}
+  end
+end
+for _, l in ipairs(limits) do
+  if l.rate_ms then
+    redis.call('HSET', l.tat, 'last', now)
+    if redis.call('PTTL', l.tat) < l.rate_ms + 60000 then
+      redis.call('PEXPIRE', l.tat, math.floor(l.rate_ms + 60000))
+    end
+  end
+end
+
+-- 3. Admitted: take a slot of every concurrency limit.
+for _, l in ipairs(limits) do
+  if l.concurrency then
+    redis.call('ZADD', l.slots, now + spec.slot_ttl_ms, spec.owner)
+    redis.call('ZREM', l.waiting, spec.owner)
+    redis.call('ZREM', l.polled, spec.owner)
+  end
+end
+redis.call('HDEL', THROTTLED, spec.step)
+return {'admitted'}
