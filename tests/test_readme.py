@@ -7,6 +7,7 @@ Redis and local workers), no ``PYTHONPATH``, from the project's root.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -65,3 +66,31 @@ def test_the_agent_example_registers_and_scores_records(tmp_path: Path) -> None:
     )
     ran = run(["-c", script], fresh_env(tmp_path))
     assert ran.stdout.strip() == ("agent.sentiment {'scored': 2, 'positive': 2, 'negative': 1}")
+
+
+def test_the_async_agent_example_calls_a_chat_api_under_its_limits(tmp_path: Path) -> None:
+    from tests.llm_server import LLMServer, reply_for
+
+    script = (
+        "import json\n"
+        "from agents import registry\n"
+        "import examples.translate\n"
+        "tt = registry.get_task('translator', 'translate')\n"
+        "step = tt.input_for('w', 'step_1', {'text': 'good morning', 'language': 'German'},"
+        " {}, [])\n"
+        "print(json.dumps([tt.is_async, [str(lim.values.rate) for lim in tt.limits],"
+        " tt.run(step).output, step.emitted]))\n"
+    )
+    with LLMServer(keys=("sk-readme",)) as llm:
+        env = fresh_env(tmp_path, BATON_LLM_BASE_URL=llm.url, BATON_LLM_API_KEY="sk-readme")
+        ran = run(["-c", script], env)
+        assert llm.stats()["keys"]["sk-readme"]["accepted"] == 1
+    is_async, rates, output, emitted = json.loads(ran.stdout)
+    text = reply_for([{"role": "user", "content": "Into German: good morning"}])
+    assert (is_async, rates, output) == (
+        True,
+        ["None", "60/m"],
+        {"language": "German", "text": text},
+    )
+    assert [e[1] for e in emitted] == ["progress", "emitted", "progress"]
+    assert json.loads(emitted[1][2]) == text
