@@ -23,6 +23,7 @@ BUILTIN_MODULES = (
     "agents.enricher",
     "agents.classifier",
     "agents.scorer",
+    "agents.llm",
 )
 
 

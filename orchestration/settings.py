@@ -58,6 +58,16 @@ class BatonSettings(BaseSettings):
     dashboard_basic_auth: SecretStr | None = Field(
         default=None, description="user:password that every dashboard page, API and /metrics ask."
     )
+    llm_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="OpenAI-compatible API of the llm agent (the URL before /chat/completions).",
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None,
+        description="The llm agent's API key (api_key_id 'default'; another id X reads "
+        "BATON_LLM_API_KEY_X).",
+    )
+    llm_model: str = Field(default="gpt-4o-mini", description="The llm agent's default model.")
 
     @field_validator("agent_modules", mode="before")
     @classmethod

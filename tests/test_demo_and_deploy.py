@@ -106,3 +106,26 @@ def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
         missing = {**bare, **{k: v for k, v in secrets.items() if k != name}}
         refused = subprocess.run(cmd, cwd=ROOT, env=missing, capture_output=True, text=True)
         assert refused.returncode != 0 and name in refused.stderr, refused.stderr
+
+
+def test_a_compose_services_environment_chooses_its_workers_agents_and_pool(
+    worker_env: dict[str, str],
+) -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    llm = services["llm"]["environment"]
+    env = {**worker_env, **{k: v for k, v in llm.items() if k.startswith("BATON_WORKER_")}}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "worker"],
+        env=env | {"PATH": "/usr/bin:/bin", "BATON_WORKER_HOSTNAME": "compose-check@%h"},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert worker.stderr is not None
+        first = worker.stderr.readline()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert first.startswith("baton worker compose-check@")
+    assert "queues agent.llm,baton.control; concurrency 200 (asyncio pool)" in first
