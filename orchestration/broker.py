@@ -32,6 +32,15 @@ def agents_of(queues: list[str]) -> list[str]:
     return [q.removeprefix("agent.") for q in queues if q.startswith("agent.")]
 
 
+def serve_hint(queues: list[str]) -> str:
+    """The command that would serve these queues (the control queue: any worker started
+    without ``--no-control``)."""
+    agents = agents_of(queues)
+    if agents:
+        return f"baton worker --agents {','.join(agents)}"
+    return "baton worker (without --no-control)"
+
+
 def route_task(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
 ) -> dict[str, str]:

@@ -10,7 +10,7 @@ from types import TracebackType
 
 import redis
 
-from orchestration.broker import agents_of, producer_app
+from orchestration.broker import producer_app, serve_hint
 from orchestration.catalog import Catalog, load_catalog
 from orchestration.connection import connect
 from orchestration.dispatch import Dispatcher
@@ -362,11 +362,10 @@ class WorkflowOrchestrator:
         unserved = self.unserved_queues(workflow_id)
         if unserved:
             log.warning(
-                "workflow %s waits on %s, which no live worker consumes: start one with "
-                "`baton worker --agents %s`",
+                "workflow %s waits on %s, which no live worker consumes: start one with `%s`",
                 workflow_id,
                 ", ".join(unserved),
-                ",".join(agents_of(unserved)),
+                serve_hint(unserved),
             )
 
     # ------------------------------------------------------------------ resources

@@ -5,7 +5,8 @@ A budget is one limit (``orchestration/limits.py``) and one key of it. Its keys 
 under ``<prefix>:limit:<name>:<key>``: its rate state (the GCRA theoretical arrival time
 and the latest admission), the concurrency
 slots held (owner -> expiry, renewed with the step's lease, so a dead worker's slot comes
-back by itself) and the steps waiting for one, oldest first.
+back by itself), the steps waiting for one, oldest first, and the steps holding a turn
+of the rate.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class BudgetUse(BaseModel):
     overridden: bool
     running: int
     waiting: int
+    waiters: list[str]  # the first few waiting steps, "<workflow_id>:<step_id>:<run>"
     next_free_in: float  # seconds until the rate admits the next step (0: now)
 
 
@@ -74,7 +76,7 @@ class Limiter:
 
     def _keys(self, b: Budget) -> list[str]:
         base = self._base(b.name, b.key)
-        return [f"{base}:rate", f"{base}:slots", f"{base}:waiting", f"{base}:polled"]
+        return [f"{base}:{part}" for part in ("rate", "slots", "waiting", "polled", "reserved")]
 
     # ------------------------------------------------------------------ a step
 
@@ -167,12 +169,15 @@ class Limiter:
         for name in sorted(budgets):
             values = overrides.get(name, declared[name].values)
             for key in sorted(budgets[name]) or [""]:
-                tat_key, slots, waiting, _ = self._keys(Budget(declared[name], key))
+                tat_key, slots, waiting, _, reserved = self._keys(Budget(declared[name], key))
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.hget(tat_key, "tat")
                 pipe.zcount(slots, now_ms, "+inf")
+                pipe.zrange(waiting, 0, 9)
                 pipe.zcard(waiting)
-                tat, running, waiters = pipe.execute()
+                pipe.zrangebyscore(reserved, now_ms - 1000, "+inf", start=0, num=10)
+                pipe.zcount(reserved, now_ms - 1000, "+inf")
+                tat, running, first, n_waiting, turns, n_reserved = pipe.execute()
                 out.append(
                     BudgetUse(
                         name=name,
@@ -181,7 +186,8 @@ class Limiter:
                         concurrency=values.concurrency,
                         overridden=name in overrides,
                         running=int(running),
-                        waiting=int(waiters),
+                        waiting=int(n_waiting) + int(n_reserved),
+                        waiters=[text(w) for w in [*first, *turns]][:10],
                         next_free_in=max(0.0, (float(tat or 0) - now_ms) / 1000),
                     )
                 )

@@ -25,13 +25,11 @@ from tests.browser import chromium  # noqa: F401  (a fixture, shared by browser 
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL_AGENTS = ["validator", "enricher", "classifier", "scorer", "testkit"]
-OWN_WORKERS = {
-    "slowapi",
-    "solo",
-    "ghost",
-    "aio",
-    "throttle",
-}  # consumed only by workers a test starts itself
+# Agents consumed only by workers a test starts itself:
+OWN_WORKERS = {"slowapi", "solo", "ghost", "aio", "throttle", "llm"}
+# Those workers leave baton.control (aggregates) to the session's, so that a test holding
+# aggregates at a gate knows who runs them.
+NO_CONTROL = {"BATON_WORKER_NO_CONTROL": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +91,15 @@ def workers(
 
 @pytest.fixture(scope="session")
 def aio_worker(
-    orchestrator: WorkflowOrchestrator, worker_env: dict[str, str], settings: BatonSettings
+    orchestrator: WorkflowOrchestrator,
+    workers: LocalWorkers,  # (the session's: they run the aggregates)
+    worker_env: dict[str, str],
+    settings: BatonSettings,
 ) -> Iterator[LocalWorkers]:
     """ONE worker process for the async agent, asyncio pool, 100 wide."""
     assert settings.redis_url
     pool = LocalWorkers(
-        settings.redis_url, [["aio"]], concurrency=100, pool="asyncio", env=worker_env,
+        settings.redis_url, [["aio"]], concurrency=100, pool="asyncio", env=NO_CONTROL | worker_env,
         log_dir=settings.home / "logs-aio",
     )  # fmt: skip
     pool.start(orchestrator.app)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 import uuid
 
 import redis
@@ -17,7 +19,7 @@ import redis
 from orchestration import WorkflowOrchestrator, WorkflowStatus
 from orchestration.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
-from tests.helpers import open_gate, wait_gate_started
+from tests.helpers import eventually, open_gate, wait_gate_started
 
 N = 60
 
@@ -110,3 +112,30 @@ def test_a_green_pool_is_refused_for_async_agents(worker_env: dict[str, str]) ->
         "baton: --pool gevent cannot run async agents (aio.await_gate): its monkeypatching "
         "breaks asyncio; use --pool asyncio"
     ]
+
+
+def test_async_steps_send_celery_task_events_for_flower(
+    orchestrator: WorkflowOrchestrator, aio_worker: LocalWorkers, raw_redis: redis.Redis
+) -> None:
+    seen: list[dict[str, object]] = []
+    with orchestrator.app.connection_for_read() as conn:
+        receiver = orchestrator.app.events.Receiver(conn, handlers={"*": seen.append})
+        listening = threading.Thread(
+            target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
+        )
+        listening.start()
+        time.sleep(0.5)  # (the receiver's queue is bound before the step is sent)
+        g = f"aio-events-{uuid.uuid4().hex[:6]}"
+        wid = orchestrator.run_workflow({"name": "events", "steps": [gate_step(g)]})
+        wait_gate_started(raw_redis, g)
+        open_gate(raw_redis, g)
+        assert orchestrator.wait(wid, timeout=30).status == WorkflowStatus.COMPLETED
+        eventually(
+            lambda: any(e["type"] == "task-succeeded" for e in seen if e.get("hostname")),
+            what="task-succeeded",
+        )
+        receiver.should_stop = True
+    mine = [e for e in seen if str(e.get("type", "")).startswith("task-")]
+    kinds = {e["type"] for e in mine}
+    assert {"task-received", "task-started", "task-succeeded"} <= kinds
+    assert any("aio" in str(e.get("hostname")) for e in mine if e["type"] == "task-started")

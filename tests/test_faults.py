@@ -56,6 +56,12 @@ class Harness:
         self.pools.append(pool)
         return pool
 
+    def stop_all(self) -> None:
+        """Stop this test's workers (they would take later tests' control messages)."""
+        for pool in self.pools:
+            pool.stop()
+        self.pools.clear()
+
     def executions(self, workflow_id: str, step_id: str) -> int:
         with sqlite3.connect(self.ledger) as db:
             (n,) = db.execute(
@@ -230,6 +236,7 @@ def test_an_asyncio_worker_killed_mid_step_loses_nothing(
     for i in range(1, 11):
         assert harness.executions(wid, f"step_1.{i}") == 2  # the lost one and the committed
     harness.check_invariants(ctx)
+    harness.stop_all()
 
 
 def test_an_asyncio_worker_told_to_stop_finishes_its_running_steps(
@@ -245,6 +252,7 @@ def test_an_asyncio_worker_told_to_stop_finishes_its_running_steps(
     time.sleep(0.5)  # (the signal is handled before the gate opens)
     open_gate(raw_redis, g, 5)
     proc.wait(timeout=60)
+    harness.worker(CONTROL_ONLY, "aio-control")  # the group's aggregate runs elsewhere
     ctx = harness.orch.wait(wid, timeout=30)
 
     assert ctx.status == WorkflowStatus.COMPLETED
@@ -252,6 +260,7 @@ def test_an_asyncio_worker_told_to_stop_finishes_its_running_steps(
     for i in range(1, 6):
         assert harness.executions(wid, f"step_1.{i}") == 1  # finished, not redone
     harness.check_invariants(ctx)
+    harness.stop_all()
 
 
 def test_the_aggregate_survives_its_worker_dying(harness: Harness, raw_redis: redis.Redis) -> None:

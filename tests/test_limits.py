@@ -17,19 +17,24 @@ from agents import Agent, LimitError
 from orchestration import WorkflowOrchestrator, WorkflowStatus
 from orchestration.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
+from tests.conftest import NO_CONTROL
 from tests.helpers import eventually, open_gate, wait_gate_started
+from workers.dashboard.views import DashboardReader
 
 
 @pytest.fixture(scope="module")
 def two_limited_workers(
-    orchestrator: WorkflowOrchestrator, worker_env: dict[str, str], settings: BatonSettings
+    orchestrator: WorkflowOrchestrator,
+    workers: LocalWorkers,  # (the session's: they run the aggregates)
+    worker_env: dict[str, str],
+    settings: BatonSettings,
 ) -> Iterator[LocalWorkers]:
     """Two asyncio worker processes for the limited agent, 50 wide each: far wider than
     its limits, so only the limits can hold steps back."""
     assert settings.redis_url
     pool = LocalWorkers(
         settings.redis_url, [["throttle"], ["throttle"]], concurrency=50, pool="asyncio",
-        env=worker_env, log_dir=settings.home / "logs-throttle",
+        env=NO_CONTROL | worker_env, log_dir=settings.home / "logs-throttle",
     )  # fmt: skip
     pool.start(orchestrator.app)
     yield pool
@@ -71,6 +76,11 @@ def test_a_concurrency_limit_holds_across_worker_processes(
     assert raw_redis.llen(f"testlog:gate:{g}:started") == 3
     [use] = [u for u in orchestrator.limits() if u.name == "throttle"]
     assert (use.concurrency, use.running, use.waiting) == (3, 3, 5)
+    assert {w.rsplit(":", 2)[0] for w in use.waiters} == {wid} and len(use.waiters) == 5
+    # The dashboard shows them as throttled, saying by what.
+    doc = DashboardReader(orchestrator.store).workflow(wid)
+    shown = [s for b in doc["nodes"][0]["branches"] for s in b if s["status"] == "throttled"]
+    assert len(shown) == 5 and {s["throttled"]["limit"] for s in shown} == {"throttle"}
 
     for released in (3, 6):
         open_gate(raw_redis, g, 3)

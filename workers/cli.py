@@ -54,9 +54,19 @@ def cli(verbose: bool, debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--agents", default="", help="Comma-separated agent ids (default: all).")
 @click.option(
-    "--concurrency", "-c", type=int, default=None, help="Worker processes (default: CPUs)."
+    "--agents",
+    default="",
+    envvar="BATON_WORKER_AGENTS",
+    help="Comma-separated agent ids (default: all).",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    default=None,
+    envvar="BATON_WORKER_CONCURRENCY",
+    help="Worker processes (default: CPUs); with --pool asyncio, steps at once.",
 )
 @click.option("--autoscale", default=None, help="MAX,MIN processes, as in Celery.")
 @click.option(
@@ -71,6 +81,7 @@ def cli(verbose: bool, debug: bool) -> None:
     "-P",
     default="prefork",
     show_default=True,
+    envvar="BATON_WORKER_POOL",
     help="prefork for CPU-bound agents; asyncio for async ones (hundreds per process).",
 )
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
@@ -110,7 +121,8 @@ def worker(
     shown = name.replace("%h", socket.gethostname())
     click.echo(
         f"baton worker {shown}: queues {','.join(queues)}; concurrency "
-        f"{autoscale or concurrency or os.cpu_count()}; broker {redact(str(app.conf.broker_url))}",
+        f"{autoscale or concurrency or os.cpu_count()} ({pool} pool); "
+        f"broker {redact(str(app.conf.broker_url))}",
         err=True,
     )
     app.worker_main(argv)

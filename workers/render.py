@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.broker import agents_of
+from orchestration.broker import serve_hint
 from orchestration.limiter import BudgetUse
 from orchestration.models import (
     StreamEvent,
@@ -76,11 +76,10 @@ def warn_unserved(orch: Any, workflow_id: str) -> str:
     unserved = orch.unserved_queues(workflow_id)
     if not unserved:
         return ""
-    agents = ",".join(agents_of(unserved))
     what = f"no live worker consumes {', '.join(unserved)}"
+    hint = serve_hint(unserved)
     click.echo(
-        f"baton: warning: {workflow_id} waits, and {what} "
-        f"(hint: start one: baton worker --agents {agents})",
+        f"baton: warning: {workflow_id} waits, and {what} (hint: start one: {hint})",
         err=True,
     )
     return what
@@ -138,8 +137,10 @@ def event_line(e: StreamEvent) -> str:
 
 
 def limits_table(uses: list[BudgetUse]) -> Table:
-    """``baton limits``: one row per limit and key."""
+    """``baton limits``: one row per limit and key, and who waits below it."""
     table = Table("limit", "key", "rate", "concurrency", "running", "waiting", "next in")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    waiting: list[str] = []
     for u in uses:
         table.add_row(
             u.name + (" *" if u.overridden else ""),
@@ -150,5 +151,9 @@ def limits_table(uses: list[BudgetUse]) -> Table:
             str(u.waiting),
             f"{u.next_free_in:.2f}s" if u.next_free_in else "now",
         )
-    table.caption = "* set at run time (baton limits set); baton limits reset NAME undoes it"
+        if u.waiters:
+            more = f" (+{u.waiting - len(u.waiters)} more)" if u.waiting > len(u.waiters) else ""
+            waiting.append(f"{u.name} {u.key or '–'} first waiting: {', '.join(u.waiters)}{more}")
+    caption = ["* set at run time (baton limits set); baton limits reset NAME undoes it"]
+    table.caption = "\n".join([*waiting, *caption])
     return table

@@ -4,9 +4,10 @@
 --   2 the set of budgets ever used ("name\tkey"), for `baton limits`
 --   3 the workflow's throttled hash (step -> why and until when, while it waits)
 --   4 the workflow's event stream
---   then four per limit: its budget's rate state (hash: tat, the GCRA theoretical arrival
+--   then five per limit: its budget's rate state (hash: tat, the GCRA theoretical arrival
 --   time, and last, the latest admission), slots (zset owner -> expiry ms) and
---   waiters (zset owner -> first refusal ms) and polled (zset owner -> last ask ms)
+--   waiters (zset owner -> first refusal ms), polled (zset owner -> last ask ms) and
+--   reserved (zset owner -> the time of its rate turn)
 -- ARGV[1]: {owner, step, reserved, slot_ttl_ms, horizon_ms, retry_ms, stream_maxlen,
 --           limits = [{name, key, rate_ms, concurrency}]}
 -- Reply: {'admitted'} | {'reserved', wait_ms, name} (run at now + wait: its rate slot is
@@ -18,9 +19,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local limits = {}
 for i, lim in ipairs(spec.limits) do
-  local base = 4 + (i - 1) * 4
+  local base = 4 + (i - 1) * 5
   local l = {name = lim.name, key = lim.key, rate_ms = lim.rate_ms, concurrency = lim.concurrency,
-    tat = KEYS[base + 1], slots = KEYS[base + 2], waiting = KEYS[base + 3], polled = KEYS[base + 4]}
+    tat = KEYS[base + 1], slots = KEYS[base + 2], waiting = KEYS[base + 3], polled = KEYS[base + 4],
+    reserved = KEYS[base + 5]}
   local override = redis.call('HGET', OVERRIDES, lim.name)
   if override then
     local o = cjson.decode(override)
@@ -106,12 +108,19 @@ else
     end
   end
   if wait > 0 then
+    for _, l in ipairs(limits) do
+      if l.rate_ms then
+        redis.call('ZREMRANGEBYSCORE', l.reserved, '-inf', now - 60000)
+        redis.call('ZADD', l.reserved, at, spec.owner)
+      end
+    end
     mark('rate', name, wait)
     return {'reserved', math.ceil(wait), name}
   end
 end
 for _, l in ipairs(limits) do
   if l.rate_ms then
+    redis.call('ZREM', l.reserved, spec.owner)
     redis.call('HSET', l.tat, 'last', now)
     if redis.call('PTTL', l.tat) < l.rate_ms + 60000 then
       redis.call('PEXPIRE', l.tat, math.floor(l.rate_ms + 60000))
