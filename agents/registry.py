@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "agents.classifier",
     "agents.scorer",
     "agents.llm",
+    "agents.baton",
 )
 
 

@@ -23,8 +23,9 @@ FINISH_FAILURE_TASK = f"{ENGINE}.finish_failure"
 
 
 def agent_queue(agent_id: str) -> str:
-    """The queue an agent's tasks go to: one per agent, so workers scale per agent."""
-    return f"agent.{agent_id}"
+    """The queue an agent's tasks go to: one per agent, so workers scale per agent (the
+    engine's own steps, waits, go to the control queue)."""
+    return CONTROL_QUEUE if agent_id == ENGINE else f"agent.{agent_id}"
 
 
 def agents_of(queues: list[str]) -> list[str]:

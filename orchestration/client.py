@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -30,14 +32,18 @@ from orchestration.models import (
     WORKFLOW_ID,
     Checkpoint,
     StreamEvent,
+    WaitingStep,
     WorkflowContext,
     WorkflowStatus,
     WorkflowStatusReport,
 )
 from orchestration.names import Event
 from orchestration.plan import Plan
+from orchestration.resume import commit_wait
+from orchestration.scripts import SignalSpec
 from orchestration.settings import BatonSettings, get_settings, redact
 from orchestration.store import StateStore
+from orchestration.waits import WAIT_AGENT, SignalError, WaitParams, check_payload
 
 log = logging.getLogger("baton.client")
 S = WorkflowStatus
@@ -153,7 +159,7 @@ class WorkflowOrchestrator:
         """Stop for good: queued tasks are revoked; a running step's commit will be refused."""
         t = self.store.transition(
             workflow_id,
-            [S.CREATED, S.RUNNING, S.PAUSED],
+            [S.CREATED, S.RUNNING, S.PAUSED, S.WAITING],
             S.CANCELLED,
             event=Event.WORKFLOW_CANCELLED,
         )
@@ -162,7 +168,9 @@ class WorkflowOrchestrator:
 
     def pause_workflow(self, workflow_id: str) -> None:
         """Stop before the next step; steps already running finish and commit."""
-        self.store.transition(workflow_id, [S.RUNNING], S.PAUSED, event=Event.WORKFLOW_PAUSED)
+        self.store.transition(
+            workflow_id, [S.RUNNING, S.WAITING], S.PAUSED, event=Event.WORKFLOW_PAUSED
+        )
 
     def resume_workflow(self, workflow_id: str) -> None:
         """Continue a paused workflow from exactly where it stopped."""
@@ -207,6 +215,78 @@ class WorkflowOrchestrator:
             event=Event.ROLLED_BACK,
             bump_run=True,
         )
+
+    # ------------------------------------------------------------------ signals
+
+    def signal(
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any = None,
+        signal_id: str | None = None,
+        *,
+        by: str | None = None,
+    ) -> str:
+        """Send signal ``name`` to a workflow: its wait step's output is ``payload``.
+
+        The payload is checked against the wait's schema first (``SignalError`` naming the
+        field; nothing changes). If the workflow waits there, one script commits it (a
+        checkpoint and a history entry with ``by`` and when) and sends the workflow on:
+        returns ``"applied"``. If the wait is not reached yet, the signal is kept for it:
+        ``"kept"``. The same ``signal_id`` again changes nothing: ``"duplicate"``. A name
+        the workflow never waits for is refused.
+        """
+        plan = self.store.plan(workflow_id)
+        waits = {
+            t.parameters["name"]: t
+            for t in plan.tasks.values()
+            if t.agent_id == WAIT_AGENT and t.parameters.get("name")
+        }
+        if name not in waits:
+            known = ", ".join(sorted(waits)) or "no signal at all"
+            raise SignalError(
+                f"workflow {workflow_id} never waits for {name!r} (it waits for {known})"
+            )
+        task = waits[name]
+        check_payload(name, WaitParams.model_validate(task.parameters).payload_schema, payload)
+        for _ in range(3):  # (a retry or rollback may change the run in between)
+            run = self.store.run_of(workflow_id)
+            parked = self.store.parked(workflow_id).get(task.step_id) or {}
+            reply, _ = commit_wait(
+                self.app, self.store, self.dispatch, workflow_id, task.step_id, run,
+                SignalSpec(name=name, id=signal_id or "", by=by or ""),
+                output=payload, since=parked.get("since"),
+            )  # fmt: skip
+            if reply.state != "stale":
+                break
+        outcomes = {"committed": "applied", "kept": "kept", "duplicate_signal": "duplicate"}
+        if reply.state in outcomes:
+            return outcomes[reply.state]
+        why = {
+            "duplicate": f"{name!r} was signalled already (its wait step has committed)",
+            "already_signalled": f"a signal {name!r} is kept already, for when it is reached",
+            "not_running": f"it is {reply.status}",
+            "missing": "it does not exist",
+        }.get(reply.state, reply.state)
+        raise SignalError(f"signal {name!r} refused by workflow {workflow_id}: {why}")
+
+    def waiting(self, limit: int = 200) -> list[WaitingStep]:
+        """What each waiting workflow waits for (a signal or a time), since and until when."""
+        out: list[WaitingStep] = []
+        for wid in self.store.index.list_ids(limit):
+            for step_id, w in self.store.parked(wid).items():
+                out.append(
+                    WaitingStep(
+                        workflow_id=wid,
+                        step_id=step_id,
+                        name=w.get("name") or None,
+                        since=w.get("since", ""),
+                        until=datetime.fromtimestamp(w["due_ms"] / 1000, UTC).isoformat()
+                        if w.get("due_ms")
+                        else None,
+                    )
+                )
+        return out
 
     def run_workflow(self, definition: DefinitionSource, workflow_id: str | None = None) -> str:
         """Validate, create and start a workflow: one script stores it and sends its first
@@ -334,8 +414,14 @@ class WorkflowOrchestrator:
         served = {q["name"] for consumed in replies.values() for q in consumed}
         return [q for q in queues if q not in served]
 
-    def wait(self, workflow_id: str, timeout: float | None = None) -> WorkflowContext:
-        """Block until the workflow completes, fails or is cancelled.
+    def wait(
+        self,
+        workflow_id: str,
+        timeout: float | None = None,
+        until: Iterable[str] = (),
+    ) -> WorkflowContext:
+        """Block until the workflow completes, fails or is cancelled (or reaches one of the
+        statuses ``until`` names too, e.g. ``until=("waiting",)``).
 
         Woken by pub/sub, not by polling: it listens to the workflow's status channel only
         (not every step's events), and reads the state again when an event says the status
@@ -343,16 +429,16 @@ class WorkflowOrchestrator:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         check_workers_at = time.monotonic() + UNSERVED_CHECK_AFTER
-        terminal = {s.value for s in WorkflowStatus if s.is_terminal}
+        terminal = {s.value for s in WorkflowStatus if s.is_terminal} | set(until)
         for events in self.store.channels.subscribe([workflow_id], statuses_only=True):
             if check_workers_at and time.monotonic() > check_workers_at:
                 check_workers_at = 0  # once: the answer takes a broadcast
                 self._warn_if_unserved(workflow_id)
             if events and not any(e.get("status") in terminal for e in events):
                 continue
-            if events or self.store.status_of(workflow_id).is_terminal:
+            if events or self.store.status_of(workflow_id).value in terminal:
                 ctx = self.get_context(workflow_id)
-                if ctx.status.is_terminal:  # (else it was retried meanwhile: wait on)
+                if ctx.status.value in terminal:  # (else it was retried meanwhile: wait on)
                     return ctx
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkflowTimeout(f"workflow {workflow_id} still not finished after {timeout}s")

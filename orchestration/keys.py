@@ -95,6 +95,17 @@ class WorkflowKeys:
         return f"{self._base}:throttled"
 
     @property
+    def waits(self) -> str:
+        """Hash: step_id -> the wait parked there (its signal's name, run, since, due)."""
+        return f"{self._base}:waits"
+
+    @property
+    def signals(self) -> str:
+        """Hash: ``name:<n>`` -> a signal's payload kept until its wait is reached,
+        ``meta:<n>`` -> who sent it and when, ``id:<signal_id>`` -> the name it was for."""
+        return f"{self._base}:signals"
+
+    @property
     def statuses(self) -> str:
         """Pub/sub channel: one message per change of the workflow's status (wakes ``wait``,
         which has no use for the rest)."""
@@ -116,6 +127,8 @@ class WorkflowKeys:
             self.steps,
             self.stream,
             self.throttled,
+            self.waits,
+            self.signals,
         ]
 
 
@@ -128,6 +141,16 @@ def active_key(prefix: str) -> str:
     """Sorted set: meta keys of running workflows by their last progress (epoch seconds),
     which the reaper scans for stalled ones."""
     return f"{prefix}:active"
+
+
+def due_key(prefix: str) -> str:
+    """Sorted set: ``<workflow_id>|<step_id>|<run>`` of every parked wait with a time, by
+    when it is due (epoch ms); the workers' timer sweep fires what is due."""
+    return f"{prefix}:due"
+
+
+def due_member(workflow_id: str, step_id: str, run: int) -> str:
+    return f"{workflow_id}|{step_id}|{run}"
 
 
 def metrics_key(prefix: str) -> str:

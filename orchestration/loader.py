@@ -26,6 +26,7 @@ from orchestration.models import (
     WorkflowDefinition,
 )
 from orchestration.plan import Plan, PlannedGroup, PlannedTask, handoff_id
+from orchestration.waits import WAIT_AGENT
 
 DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
 Problems = list[tuple[str, str]]
@@ -234,6 +235,15 @@ def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
                 (where, f"duplicate output_key {key!r} (first used at {seen_keys[key]})")
             )
         seen_keys.setdefault(key, where)
+    seen_waits: dict[str, str] = {}
+    for t in tasks.values():  # a signal names one wait
+        name = t.parameters.get("name") if t.agent_id == WAIT_AGENT else None
+        if name is not None:
+            if name in seen_waits:
+                problems.append(
+                    (t.step_id, f"wait_for {name!r} twice (also at {seen_waits[name]})")
+                )
+            seen_waits.setdefault(name, t.step_id)
     if problems:
         raise DefinitionError(problems)
     return Plan(

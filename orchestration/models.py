@@ -12,7 +12,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 #: What a workflow id may be: the client refuses others, the dashboard answers 404.
@@ -44,6 +53,7 @@ class WorkflowStatus(StrEnum):
     PAUSED = "paused"
     COMPENSATING = "compensating"  # failed; compensations of completed steps are running
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # nothing runs; a wait step waits for a signal or a time
 
     @property
     def is_terminal(self) -> bool:
@@ -76,7 +86,83 @@ class TaskStep(_Strict):
     )
 
 
-Branch = TaskStep | Annotated[list[TaskStep], Field(min_length=1)]
+class WaitStep(_Strict):
+    """``{"wait_for": "approval", "schema": {...}, "timeout": 86400, "on_timeout": "fail"}``:
+    wait for a signal of that name whose payload fits the JSON Schema; it becomes the
+    step's output. ``on_timeout``: ``fail`` (through the saga), ``continue`` (output null)
+    or ``{"default": value}`` (that value as the output)."""
+
+    wait_for: Annotated[str, Field(pattern=IDENT)]
+    output_key: Annotated[str, Field(min_length=1)] | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    on_timeout: Literal["fail", "continue"] | dict[str, Any] = "fail"
+    description: str = ""
+
+    @field_validator("on_timeout")
+    @classmethod
+    def _default_only(cls, v: Any) -> Any:
+        if isinstance(v, dict) and set(v) != {"default"}:
+            raise ValueError('give "fail", "continue" or {"default": <the output>}')
+        return v
+
+
+class SleepStep(_Strict):
+    """``{"sleep": 30}`` or ``{"sleep_until": "2026-12-24T09:00:00Z"}``: a durable timer (no
+    process sleeps; it survives restarts of everything)."""
+
+    sleep: Annotated[float, Field(ge=0)] | None = None
+    sleep_until: datetime | None = None
+    output_key: Annotated[str, Field(min_length=1)] | None = None
+    description: str = ""
+
+    @field_validator("sleep_until")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give a time zone (e.g. 2026-12-24T09:00:00Z)")
+        return v
+
+
+def _as_task(value: Any) -> Any:
+    """A ``wait_for``/``sleep``/``sleep_until`` step, written as the engine's own task step
+    (``baton.wait``), so that everything that handles steps handles it."""
+    if not isinstance(value, dict):
+        return value
+    if "wait_for" in value:
+        kind: type[WaitStep] | type[SleepStep] = WaitStep
+    elif "sleep" in value or "sleep_until" in value:
+        kind = SleepStep
+    else:
+        return value
+    try:
+        w = kind.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from None
+    if isinstance(w, WaitStep):
+        params: dict[str, Any] = {
+            "name": w.wait_for,
+            "payload_schema": w.schema_,
+            "timeout": w.timeout,
+            "on_timeout": w.on_timeout,
+        }
+    else:
+        if (w.sleep is None) == (w.sleep_until is None):
+            raise ValueError("give one of sleep (seconds) or sleep_until (a time)")
+        params = {"sleep": w.sleep, "sleep_until": w.sleep_until and w.sleep_until.isoformat()}
+    return {
+        "agent_id": "baton",
+        "task_type": "wait",
+        "output_key": w.output_key,
+        "parameters": {k: v for k, v in params.items() if v is not None},
+        "description": w.description,
+    }
+
+
+Member = Annotated[TaskStep, BeforeValidator(_as_task)]
+Branch = Member | Annotated[list[Member], Field(min_length=1)]
 
 
 class ParallelStep(_Strict):
@@ -101,6 +187,7 @@ STEP_TASK, STEP_GROUP = "task step", "parallel group"
 Step = Annotated[
     Annotated[TaskStep, Tag(STEP_TASK)] | Annotated[ParallelStep, Tag(STEP_GROUP)],
     Discriminator(_step_kind),
+    BeforeValidator(_as_task),
 ]
 
 
@@ -266,6 +353,19 @@ class StreamEvent(BaseModel):
     def ends(self) -> bool:
         """The workflow ended here (completed, failed or cancelled)."""
         return self.status in ("completed", "failed", "cancelled")
+
+
+class WaitingStep(BaseModel):
+    """A wait parked in a workflow: the signal it waits for (None: a timer), since when,
+    and until when (its timeout or wake-up time, if any)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str
+    step_id: str
+    name: str | None
+    since: str
+    until: str | None = None
 
 
 class ThrottledStep(BaseModel):

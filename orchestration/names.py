@@ -35,6 +35,9 @@ class Event(StrEnum):
     REDELIVERY_DEFERRED = "redelivery_deferred"
     ATTEMPT_LOST = "attempt_lost"
     REAPER_REDISPATCHED = "reaper_redispatched"
+    # waits (history)
+    WAIT_PARKED = "wait_parked"
+    SIGNAL_KEPT = "signal_kept"
     # the saga (history)
     COMPENSATION_STARTED = "compensation_started"
     STEP_COMPENSATED = "step_compensated"

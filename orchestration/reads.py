@@ -161,6 +161,20 @@ class StateReader:
                 out.setdefault(step, {})[kind] = json.loads(raw).get("data")
         return out
 
+    def parked(self, workflow_id: str) -> dict[str, dict[str, Any]]:
+        """The waits parked now: step_id -> {name, run, since, due_ms}."""
+        raw = self.redis.hgetall(self.keys(workflow_id).waits)
+        return {text(k): json.loads(v) for k, v in raw.items()}
+
+    def kept_signal(self, workflow_id: str, name: str) -> tuple[str, dict[str, Any]] | None:
+        """A signal kept for a wait not reached yet: its payload (JSON) and who sent it."""
+        payload, meta = self.redis.hmget(
+            self.keys(workflow_id).signals, f"name:{name}", f"meta:{name}"
+        )
+        if payload is None:
+            return None
+        return text(payload), json.loads(meta) if meta else {}
+
     def history(self, workflow_id: str) -> list[HistoryEntry]:
         raw = self.redis.lrange(self.keys(workflow_id).history, 0, -1)
         return [HistoryEntry.model_validate_json(h) for h in raw]

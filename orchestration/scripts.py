@@ -20,13 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestration.connection import text
 from orchestration.errors import StateStoreError
-from orchestration.keys import WorkflowKeys, active_key, index_key, metrics_key
+from orchestration.keys import WorkflowKeys, active_key, due_key, index_key, metrics_key
 from orchestration.models import utcnow
 from orchestration.names import lua_prelude
 from orchestration.wire import Push
 
 Outcome = Literal["continue", "complete", "fail"]
-SCRIPTS = ("create", "transition", "begin", "commit", "restore", "lease", "send")
+SCRIPTS = ("create", "transition", "begin", "commit", "restore", "lease", "send", "park")
 Raw = list[Any]
 
 
@@ -157,6 +157,28 @@ class CommitSpec(Spec):
     seconds: float
     handoff_id: str = ""
     max_handoffs: int = 0
+    signal: SignalSpec | None = None
+    consume: str = ""  # a wait committing its kept signal: that signal is used up
+
+
+class SignalSpec(BaseModel):
+    """What commits a parked wait: a signal (its name, idempotency id, sender) or its timer."""
+
+    name: str
+    id: str = ""
+    by: str = ""
+    timer: bool = False
+
+
+class ParkSpec(Spec):
+    """park.lua."""
+
+    step: str
+    name: str = ""
+    run: int
+    task_id: str = ""
+    due_ms: int = 0
+    due_member: str = ""
 
 
 class LeaseSpec(Spec):
@@ -298,7 +320,17 @@ class BeginReply:
 
 @dataclass(frozen=True)
 class CommitReply:
-    state: Literal["committed", "duplicate", "not_running", "stale", "missing"]
+    state: Literal[
+        "committed",
+        "duplicate",
+        "not_running",
+        "stale",
+        "missing",
+        "kept",  # a signal for a wait not reached yet: kept for it
+        "duplicate_signal",  # its signal_id was applied (or kept) before
+        "already_signalled",  # a signal of that name is kept already
+        "not_waiting",  # a timer for a wait no longer parked
+    ]
     version: int = 0
     status: str = ""  # the workflow's status after the commit
     aggregate_id: str = ""  # this commit ended its group's last branch: the aggregate sent
@@ -310,6 +342,10 @@ class CommitReply:
         "not_running",
         "stale",
         "missing",
+        "kept",
+        "duplicate_signal",
+        "already_signalled",
+        "not_waiting",
     )
 
     @property
@@ -323,6 +359,20 @@ class CommitReply:
         if state not in cls.STATES:
             raise _bad("commit", raw)
         return cls(state, int(raw[1] or 0), text(raw[2]), text(raw[3]), text(raw[4]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ParkReply:
+    state: Literal["parked", "signalled", "not_running", "stale"]
+    status: str  # the workflow's, after
+
+    @classmethod
+    def decode(cls, raw: Raw) -> ParkReply:
+        _shape("park", raw, 2)
+        state = text(raw[0])
+        if state not in ("parked", "signalled", "not_running", "stale"):
+            raise _bad("park", raw)
+        return cls(state, text(raw[1]))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -361,7 +411,7 @@ class Scripts:
 
     def __init__(self, client: redis.Redis[bytes], prefix: str, retention: int) -> None:
         self.prefix, self.retention = prefix, retention
-        self._fixed = [index_key(prefix), metrics_key(prefix), active_key(prefix)]
+        self._fixed = [index_key(prefix), metrics_key(prefix), active_key(prefix), due_key(prefix)]
         self._scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
 
     def call(

@@ -15,7 +15,7 @@ from typing import TypeVar
 import redis
 
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
-from orchestration.keys import WorkflowKeys
+from orchestration.keys import WorkflowKeys, due_member
 from orchestration.models import (
     CompensationOutcome,
     HistoryEntry,
@@ -41,11 +41,14 @@ from orchestration.scripts import (
     LeaseSpec,
     Outcome,
     Outgoing,
+    ParkReply,
+    ParkSpec,
     RestoreReply,
     RestoreSpec,
     Scripts,
     SendReply,
     SendSpec,
+    SignalSpec,
     StatusRefusal,
     TransitionReply,
     TransitionSpec,
@@ -234,6 +237,8 @@ class StateStore(StateReader):
         join: Join | None = None,
         handoff: PlannedTask | None = None,
         max_handoffs: int = 0,
+        signal: SignalSpec | None = None,
+        consume: str = "",
     ) -> CommitReply:
         """Commit a step's result and send what follows it (see ``commit.lua``).
 
@@ -250,6 +255,7 @@ class StateStore(StateReader):
             execution_time=result.execution_time,
             error=result.error,
             attempt=result.metadata.get("attempt"),
+            **({"signal": signal.name, "by": signal.by or None} if signal else {}),
         )
         spec = CommitSpec(
             step=result.step_id,
@@ -269,6 +275,8 @@ class StateStore(StateReader):
             now=entry.timestamp,
             handoff_id=handoff.step_id if handoff else "",
             max_handoffs=max_handoffs,
+            signal=signal,
+            consume=consume,
         )
         raw = self.scripts.call(
             "commit",
@@ -281,6 +289,27 @@ class StateStore(StateReader):
             send=send,
         )
         return CommitReply.decode(raw)
+
+    def run_of(self, workflow_id: str) -> int:
+        raw = self.redis.hget(self.keys(workflow_id).meta, "run")
+        if raw is None:
+            raise WorkflowNotFound(workflow_id)
+        return int(raw)
+
+    def park(
+        self, workflow_id: str, step_id: str, name: str, run: int, task_id: str, due: float | None
+    ) -> ParkReply:
+        """Park a wait step that found no signal (``park.lua``); ``due``: its timer (epoch
+        seconds), if it has one."""
+        spec = ParkSpec(
+            step=step_id,
+            name=name,
+            run=run,
+            task_id=task_id,
+            due_ms=int(due * 1000) if due is not None else 0,
+            due_member=due_member(workflow_id, step_id, run) if due is not None else "",
+        )
+        return ParkReply.decode(self.scripts.call("park", self.keys(workflow_id), spec))
 
     def send(
         self,

@@ -65,7 +65,9 @@ def test_demo_runs_with_no_configuration_and_cleans_up(tmp_path: Path) -> None:
 def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    agents = {m.rsplit(".", 1)[1] for m in BUILTIN_MODULES}
+    # (agents.baton is the engine's own: its steps go to baton.control, which every worker
+    # consumes)
+    agents = {m.rsplit(".", 1)[1] for m in BUILTIN_MODULES if m != "agents.baton"}
     assert agents <= services.keys()
     for agent in agents:
         env = services[agent]["environment"]

@@ -19,6 +19,7 @@ from orchestration.connection import connect
 from orchestration.embedded import resolve_redis_url
 from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
+from orchestration.waits import WAIT_AGENT, WAIT_TASK
 from workers.aio import register as register_asyncio_pool
 from workers.engine import Engine
 from workers.groups import run_aggregate
@@ -26,7 +27,9 @@ from workers.logs import configure as configure_logging
 from workers.reaper import Reaper
 from workers.steps import StepRun
 from workers.transport import install as install_safe_redis_transport
+from workers.waits import TimerSweep, WaitRun
 
+WAIT_CELERY_NAME = f"{WAIT_AGENT}.{WAIT_TASK}"
 _engines: dict[int, Engine] = {}
 _engines_lock = threading.Lock()
 register_asyncio_pool()
@@ -54,7 +57,8 @@ def create_app(
         if compensate:
             engine.saga.run_compensation(task, workflow_id, step_id, run)
             return None
-        return StepRun(engine, task, workflow_id, step_id, run)()
+        kind = WaitRun if task.name == WAIT_CELERY_NAME else StepRun
+        return kind(engine, task, workflow_id, step_id, run)()
 
     def aggregate(task: Task, workflow_id: str, group_id: str, run: int = 1) -> str:
         return run_aggregate(engine_for(task.app, reg), task, workflow_id, group_id, run)
@@ -92,8 +96,11 @@ def _make_engine(app: Celery, reg: AgentRegistry) -> Engine:
 
 
 def start_reaper(app: Celery, reg: AgentRegistry) -> None:
-    """Run the reaper in this worker's main process (see ``workers/reaper.py``)."""
-    Reaper(engine_for(app, reg), get_settings()).start()
+    """Run the reaper and the timer sweep in this worker's main process (see
+    ``workers/reaper.py``, ``workers/waits.py``)."""
+    engine = engine_for(app, reg)
+    Reaper(engine, get_settings()).start()
+    TimerSweep(engine).start()
 
 
 @cache

@@ -30,6 +30,7 @@ from workers.render import (
     limits_table,
     outcome_lines,
     render_progress,
+    waiting_table,
     warn_unserved,
 )
 
@@ -203,6 +204,39 @@ def watch(workflow_id: str, since: str | None, as_json: bool, timeout: float | N
         status = orch.store.status_of(wid)
     if status != WorkflowStatus.COMPLETED:
         sys.exit(FAILED)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.argument("name")
+@click.option("--data", default="null", help="The payload: JSON, or @file.json.")
+@click.option("--id", "signal_id", default=None, help="Idempotency key: applied once.")
+@click.option("--by", default=None, help="Who sends it (recorded in the history).")
+def signal(workflow_id: str, name: str, data: str, signal_id: str | None, by: str | None) -> None:
+    """Send signal NAME (an approval, a correction) to a workflow's wait step."""
+    from orchestration.waits import SignalError
+
+    try:
+        text = Path(data[1:]).read_text() if data.startswith("@") else data
+        payload = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise SignalError(f"--data is not JSON (or @file.json): {exc}") from None
+    with _orchestrator() as orch:
+        wid = orch.resolve_id(workflow_id)
+        outcome = orch.signal(wid, name, payload, signal_id, by=by or os.environ.get("USER"))
+    click.echo(f"{wid}: signal {name} {outcome}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def waiting(as_json: bool) -> None:
+    """What each waiting workflow waits for, since when, until when."""
+    with _orchestrator() as orch:
+        waits = orch.waiting()
+    if as_json:
+        click.echo(json.dumps([w.model_dump() for w in waits], indent=2))
+        return
+    console.print(waiting_table(waits))
 
 
 @cli.group(invoke_without_command=True)

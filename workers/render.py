@@ -18,6 +18,7 @@ from orchestration.broker import serve_hint
 from orchestration.limiter import BudgetUse
 from orchestration.models import (
     StreamEvent,
+    WaitingStep,
     WorkflowContext,
     WorkflowStatus,
     WorkflowStatusReport,
@@ -156,4 +157,19 @@ def limits_table(uses: list[BudgetUse]) -> Table:
             waiting.append(f"{u.name} {u.key or '–'} first waiting: {', '.join(u.waiters)}{more}")
     caption = ["* set at run time (baton limits set); baton limits reset NAME undoes it"]
     table.caption = "\n".join([*waiting, *caption])
+    return table
+
+
+def waiting_table(waits: list[WaitingStep]) -> Table:
+    """``baton waiting``: one row per parked wait, ids whole."""
+    table = Table("workflow", "step", "waits for", "since", "until")
+    table.columns[0].no_wrap = True
+    for w in waits:
+        table.add_row(
+            w.workflow_id,
+            w.step_id,
+            f"signal {w.name}" if w.name else "a time",
+            w.since[:19],
+            (w.until or "–")[:19],
+        )
     return table

@@ -13,5 +13,7 @@ def queues_for(
 ) -> list[str]:
     """Queue names a worker consumes: the named agents' (all if None), plus control."""
     ids = list(agent_ids) if agent_ids else [a.agent_id for a in reg]
-    queues = [reg.get_agent(a).queue for a in ids]
+    queues = list(dict.fromkeys(reg.get_agent(a).queue for a in ids))
+    if CONTROL_QUEUE in queues:  # (the engine's own agent: its steps are control work)
+        queues.remove(CONTROL_QUEUE)
     return [*queues, CONTROL_QUEUE] if control else queues

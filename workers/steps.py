@@ -98,6 +98,7 @@ class StepRun:
         self.started_at = utcnow()
         self.limit_owner = f"{workflow_id}:{step_id}:{run}"  # one place in line per step
         self.refused: Exception | None = None  # its limit_key failed
+        self.consume = ""  # (a wait committing a kept signal: the signal's name)
 
     def __call__(self) -> str:
         budgets = self.admit()  # (throttled: put back to run when its turn comes)
@@ -385,6 +386,7 @@ class StepRun:
             join=Join(group=nxt.group, total=len(nxt.ends)) if nxt.group and nxt.joins else None,
             handoff=handoff,
             max_handoffs=plan.max_handoffs,
+            consume=self.consume,
         )
 
     # ------------------------------------------------------------------ send on

@@ -3,10 +3,10 @@
 -- the index of workflows, the metrics hash and the set of active workflows.
 local META, PLAN, DATA, RESULTS, HISTORY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local STEPS, STREAM, THROTTLED = KEYS[11], KEYS[12], KEYS[13]
-local N_WORKFLOW_KEYS = 13
-local INDEX, METRICS, ACTIVE = KEYS[14], KEYS[15], KEYS[16]
-local N_FIXED_KEYS = 16
+local STEPS, STREAM, THROTTLED, WAITS, SIGNALS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local N_WORKFLOW_KEYS = 15
+local INDEX, METRICS, ACTIVE, DUE = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
+local N_FIXED_KEYS = 19
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -101,4 +101,20 @@ local function observe_step(agent, task_type, status, seconds)
   redis.call('HINCRBY', METRICS, METRIC.steps_total .. '|' .. label .. '|' .. status, 1)
   redis.call('HINCRBYFLOAT', METRICS, METRIC.step_seconds_sum .. '|' .. label, seconds)
   redis.call('HINCRBY', METRICS, METRIC.step_seconds_in .. '|' .. label .. '|' .. bucket, 1)
+end
+
+-- A running workflow with nothing in flight and a wait parked is waiting: it holds no
+-- message, no worker, no lease, until a signal or a timer commits the wait.
+-- (quiet: the caller publishes the change with its own event.)
+local function settle(spec, quiet)
+  if redis.call('HGET', META, 'status') == 'running' and redis.call('SCARD', TASKS) == 0
+      and redis.call('HLEN', WAITS) > 0 then
+    redis.call('HSET', META, 'status', 'waiting')
+    active(false)
+    if not quiet then
+      publish_status(spec, {event = EVENT.status, status = 'waiting'})
+    end
+    return 'waiting'
+  end
+  return nil
 end

@@ -7,6 +7,9 @@
 -- next step or group, or, when spec.join names this step's group, the group's aggregate
 -- once this was the last of its branches to end. Returns {state, version, status,
 -- the id and message of the aggregate it sent, or '', ''} (scripts.CommitReply).
+-- With spec.signal {name, id, by, timer} it commits a parked wait (from a signal or its
+-- timer), allowed while the workflow is waiting; a signal for a wait not parked yet is
+-- kept for it instead ('kept'), and a signal_id seen before changes nothing.
 -- ARGV: spec {step, node, output_key, advance, outcome, now, error, retention, run,
 --             agent_id, task_type, status, seconds (for the metrics),
 --             task_id, track, sends, ops, join {group, total}, arm, join_track, joins,
@@ -32,7 +35,15 @@ local exists = redis.call('HEXISTS', RESULTS, spec.step) == 1
 if exists and spec.owner ~= '' and redis.call('HGET', STEPS, 'owner:' .. spec.step) == spec.owner then
   return {'committed', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
 end
-if status ~= 'running' and status ~= 'paused' then
+local sig = spec.signal
+if sig and sig.id ~= '' and redis.call('HEXISTS', SIGNALS, 'id:' .. sig.id) == 1 then
+  -- The same signal_id again: applied once already (or kept), nothing changes.
+  return {'duplicate_signal', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
+end
+if status ~= 'running' and status ~= 'paused' and not (sig and status == 'waiting') then
+  if sig then
+    return {'not_running', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
+  end
   return refuse('not_running')
 end
 if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
@@ -40,6 +51,37 @@ if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
 end
 if exists then
   return refuse('duplicate')
+end
+if sig then
+  -- A signal (or a timer) for a wait step: committed only if the wait is parked there.
+  local raw = redis.call('HGET', WAITS, spec.step)
+  local parked = raw and cjson.decode(raw)
+  if not parked or parked.run ~= spec.run then
+    if sig.timer then
+      return {'not_waiting', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
+    end
+    -- Not reached yet (or its message is on its way): kept, for the wait to find.
+    if redis.call('HEXISTS', SIGNALS, 'name:' .. sig.name) == 1 then
+      return {'already_signalled', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
+    end
+    redis.call('HSET', SIGNALS, 'name:' .. sig.name, ARGV[2],
+      'meta:' .. sig.name, cjson.encode({id = sig.id, by = sig.by, at = spec.now}))
+    if sig.id ~= '' then
+      redis.call('HSET', SIGNALS, 'id:' .. sig.id, sig.name)
+    end
+    history({event = EVENT.signal_kept, step = spec.step, status = sig.name, by = sig.by,
+      timestamp = spec.now})
+    return {'kept', tonumber(redis.call('HGET', META, 'version')), status, '', ''}
+  end
+  redis.call('HDEL', WAITS, spec.step)
+  redis.call('ZREM', DUE, parked.due_member or '')
+  if sig.id ~= '' then
+    redis.call('HSET', SIGNALS, 'id:' .. sig.id, sig.name)
+  end
+  if status == 'waiting' then
+    status = 'running'
+    redis.call('HSET', META, 'status', status)
+  end
 end
 
 local outcome, err = spec.outcome, spec.error
@@ -63,6 +105,9 @@ if outcome == 'fail' and err ~= spec.error then
   result = cjson.encode(r)
 end
 redis.call('HSET', RESULTS, spec.step, result)
+if spec.consume and spec.consume ~= '' then
+  redis.call('HDEL', SIGNALS, 'name:' .. spec.consume, 'meta:' .. spec.consume)
+end
 local written = {'r:' .. spec.step, version}  -- the version that wrote each item
 if spec.output_key ~= '' and outcome ~= 'fail' then
   redis.call('HSET', DATA, spec.output_key, ARGV[2])
@@ -125,6 +170,7 @@ if final == 'running' then
     aggregate, message = send_aggregate(spec.join.group)
   end
   active(true)
+  final = settle(spec, true) or final
 elseif final == 'paused' and (#(spec.track or {}) > 0 or joined) then
   -- What would go next is held back: resume sends it.
   redis.call('HSETNX', META, 'paused_at', spec.step)

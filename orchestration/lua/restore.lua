@@ -17,6 +17,8 @@ if target < 0 or target > latest then
 end
 local version = redis.call('HINCRBY', META, 'version', 1)
 local changed = {}
+-- Waits parked now are let go: a wait the restored run reaches again parks again.
+redis.call('DEL', WAITS)
 local function archive(hash, field, name, written)
   local value = redis.call('HGET', hash, name)
   if value then

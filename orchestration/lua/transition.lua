@@ -33,9 +33,12 @@ if spec.to == 'cancelled' then
   for _, id in ipairs(redis.call('SMEMBERS', TASKS)) do
     table.insert(reply, id)
   end
-  redis.call('DEL', TASKS, RUNNING)
+  redis.call('DEL', TASKS, RUNNING, WAITS)
   expire_all(spec.retention)
 end
 history({event = spec.event, status = spec.to, error = spec.error, timestamp = spec.now})
 publish_status(spec, {event = EVENT.status, status = spec.to})
+if spec.to == 'running' then
+  settle(spec)  -- resumed with nothing to send and a wait parked: waiting again
+end
 return reply

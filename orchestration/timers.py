@@ -1,0 +1,50 @@
+"""The due-time index of parked waits (``keys.due_key``): which timers are due, claimed
+so that one sweeper fires each. A claim pushes the timer 30 s on; the commit that fires
+it removes it; a sweeper that dies between the two leaves it to fire 30 s later. It fires
+at most once whatever happens: the commit is a compare-and-set on the parked wait."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from orchestration.connection import text
+from orchestration.keys import due_key
+
+RECLAIM_MS = 30_000
+_CLAIM = """
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), m)
+  table.insert(out, m)
+end
+return out
+"""
+
+
+class DueTimers:
+    def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
+        self.redis, self.key = client, due_key(prefix)
+        self._claim = client.register_script(_CLAIM)
+
+    def claim(self, limit: int = 200) -> list[tuple[str, str, int]]:
+        """Timers due now, claimed: (workflow_id, step_id, run) each."""
+        now_ms = int(time.time() * 1000)
+        members = self._claim(keys=[self.key], args=[now_ms, limit, RECLAIM_MS])
+        out = []
+        for m in members:
+            wid, step, run = text(m).split("|")
+            out.append((wid, step, int(run)))
+        return out
+
+    def next_in(self) -> float | None:
+        """Seconds until the earliest timer (None: there is none)."""
+        first = self.redis.zrange(self.key, 0, 0, withscores=True)
+        return max(0.0, first[0][1] / 1000 - time.time()) if first else None
+
+    def drop(self, workflow_id: str, step_id: str, run: int) -> None:
+        self.redis.zrem(self.key, f"{workflow_id}|{step_id}|{run}")
+
+    def pending(self) -> int:
+        return int(self.redis.zcard(self.key))

@@ -1,0 +1,75 @@
+"""Waits: steps that hold the workflow until a person (a signal) or the clock says so.
+
+A ``wait_for`` step waits for a signal of its name, whose payload must fit its JSON
+Schema; a ``sleep``/``sleep_until`` step waits for a time. Both are planned as steps of
+the engine itself (``baton.wait``, on the control queue), so chains, groups, commits and
+the saga treat them as any step. When a worker reaches one it either finds its signal
+already kept (it came early) and commits it, or parks it: the workflow then holds no
+message, no worker and no lease, only its record in Redis, until ``signal`` (or the
+timer sweep) commits the output and sends the workflow on in one script.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict
+
+from orchestration.errors import BatonError
+
+WAIT_AGENT, WAIT_TASK = "baton", "wait"
+
+
+class SignalError(BatonError, ValueError):
+    """A signal was refused: an unknown name, a payload that does not fit, a workflow that
+    is not waiting for it. Nothing changed."""
+
+
+class OnTimeoutDefault(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    default: Any
+
+
+OnTimeout = Literal["fail", "continue"] | OnTimeoutDefault
+
+
+class WaitParams(BaseModel):
+    """What a planned wait step carries (its ``parameters``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None  # the signal it waits for; None: a sleep
+    payload_schema: dict[str, Any] = {}
+    timeout: float | None = None  # seconds from when it is reached
+    on_timeout: OnTimeout = "fail"
+    sleep: float | None = None
+    sleep_until: datetime | None = None
+
+    def due(self, reached: float) -> float | None:
+        """When its timer fires (epoch seconds), given when the wait was reached."""
+        if self.sleep is not None:
+            return reached + self.sleep
+        if self.sleep_until is not None:
+            return self.sleep_until.astimezone(UTC).timestamp()
+        return None if self.timeout is None else reached + self.timeout
+
+
+def check_schema(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a valid JSON Schema, or None."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        return f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+    return None
+
+
+def check_payload(name: str, schema: dict[str, Any], payload: Any) -> None:
+    """Refuse a payload that does not fit the wait's schema, naming the field."""
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
+    if error is not None:
+        field = "/".join(str(p) for p in error.absolute_path) or "(the payload)"
+        raise SignalError(f"signal {name!r} refused: {field}: {error.message}")

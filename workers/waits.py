@@ -1,0 +1,130 @@
+"""What workers do with waits: reach one (``WaitRun``: commit the signal that came first,
+or park it), and fire the timers that are due (``TimerSweep``: sleeps and timeouts).
+
+A parked wait holds nothing but its record: no message, no worker, no lease. The timer
+sweep runs in every worker's main process; one claim per due timer (``DueTimers``) and
+the compare-and-set commit make it fire once, however many workers sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from agents.base import StepOutput
+from orchestration.models import dumps
+from orchestration.reads import StepState
+from orchestration.resume import commit_wait
+from orchestration.scripts import SignalSpec
+from orchestration.timers import DueTimers
+from orchestration.waits import OnTimeoutDefault, WaitParams
+from workers.engine import Engine
+from workers.steps import StepRun, outcome_word
+
+log = logging.getLogger("baton.waits")
+
+
+def slept(due: float) -> dict[str, Any]:
+    return {"woke_at": datetime.fromtimestamp(due, UTC).isoformat()}
+
+
+class WaitRun(StepRun):
+    """A worker reaching a wait step: its signal came first (commit it), its sleep is
+    over (commit that), or it parks."""
+
+    def _run(self) -> str:
+        state = self.begin()
+        if isinstance(state, str):
+            return state
+        params = WaitParams.model_validate(self.task.parameters)
+        name = params.name or ""
+        kept = self.store.kept_signal(self.workflow_id, name) if name else None
+        if kept is None:
+            due = params.due(time.time())
+            if name or due is None or due > time.time():
+                reply = self.store.park(
+                    self.workflow_id, self.step_id, name, self.run_no,
+                    self.ctask.request.id or "", due,
+                )  # fmt: skip
+                if reply.state == "parked":
+                    log.info("%s of %s waits (%s)", self.step_id, self.workflow_id, name or due)
+                    return outcome_word("waiting")
+                if reply.state != "signalled":
+                    return self._not_run(reply.state)
+                kept = self.store.kept_signal(self.workflow_id, name)
+        if kept is None:  # a sleep already over when it was reached
+            due = params.due(time.time()) or time.time()
+            encoded = dumps(slept(due))
+        else:
+            encoded, _meta = kept
+            self.consume = name
+        return self._commit(state, StepOutput(json.loads(encoded), encoded))
+
+    def _commit(self, state: StepState, output: StepOutput) -> str:
+        result, _ = self.decide(output, None, 0.0, state.attempt)
+        nxt = self.what_follows(result, None)
+        reply = self.commit(result, output, None, nxt)
+        if not reply.committed:
+            return self._not_run(reply.state)
+        self.send_on(reply, nxt, result)
+        return outcome_word("completed")
+
+
+class TimerSweep:
+    """Fires the due timers of parked waits, in a thread of the worker's main process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.timers = DueTimers(engine.store.redis, engine.store.prefix)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="timers", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                fired = self.sweep()
+                if not fired:
+                    nxt = self.timers.next_in()
+                    time.sleep(0.25 if nxt is None else min(0.25, max(0.01, nxt)))
+            except Exception as exc:  # Redis away for a moment: sweep again shortly
+                log.warning("timer sweep failed: %s", exc)
+                time.sleep(1.0)
+
+    def sweep(self) -> int:
+        due = self.timers.claim()
+        for workflow_id, step_id, run in due:
+            try:
+                self.fire(workflow_id, step_id, run)
+            except Exception as exc:
+                log.warning("timer of %s %s not fired: %s", workflow_id, step_id, exc)
+        return len(due)
+
+    def fire(self, workflow_id: str, step_id: str, run: int) -> None:
+        store = self.engine.store
+        parked = store.parked(workflow_id).get(step_id)
+        if parked is None or parked.get("run") != run:
+            self.timers.drop(workflow_id, step_id, run)  # committed, cancelled or rolled back
+            return
+        params = WaitParams.model_validate(store.task(workflow_id, step_id).parameters)
+        output: Any = None
+        error = None
+        if params.name is None:
+            output = slept(parked["due_ms"] / 1000)
+        elif params.on_timeout == "fail":
+            error = f"wait_for {params.name!r} timed out after {params.timeout:g}s"
+        elif isinstance(params.on_timeout, OnTimeoutDefault):
+            output = params.on_timeout.default
+        reply, _ = commit_wait(
+            self.engine.app, store, self.engine.dispatch, workflow_id, step_id, run,
+            SignalSpec(name=params.name or "", by="timer", timer=True),
+            output=output, error=error, since=parked.get("since"),
+        )  # fmt: skip
+        if not reply.committed:
+            self.timers.drop(workflow_id, step_id, run)
+        elif reply.status == "compensating":
+            self.engine.saga.fail_workflow(workflow_id, run)
