@@ -129,6 +129,36 @@ class Handoff(BaseModel):
     output: Any = None
 
 
+class WaitFor(BaseModel):
+    """Returned by a top-level task function to wait for a signal next (an approval, a
+    correction): the engine inserts a ``wait_for`` step after it, as for a ``Handoff``.
+    ``output`` is the returning step's own output."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    name: str
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    timeout: float | None = None
+    on_timeout: Any = "fail"  # "fail", "continue" or {"default": <output>}
+    output_key: str | None = None
+    output: Any = None
+
+    def __init__(self, name: str | None = None, /, **data: Any) -> None:
+        super().__init__(**({"name": name} if name is not None else {}), **data)
+
+    def as_handoff(self) -> Handoff:
+        params = {"name": self.name, "payload_schema": self.schema_, "on_timeout": self.on_timeout}
+        if self.timeout is not None:
+            params["timeout"] = self.timeout
+        return Handoff(
+            agent_id="baton",
+            task_type="wait",
+            parameters=params,
+            output_key=self.output_key,
+            output=self.output,
+        )
+
+
 @dataclass(frozen=True)
 class StepOutput:
     """A task function's validated output, that output as JSON (what is committed), and
@@ -216,6 +246,8 @@ class TaskType:
     def finish(self, out: Any) -> StepOutput:
         """A task function's return value, checked and encoded for the commit."""
         handoff = None
+        if isinstance(out, WaitFor):
+            out = out.as_handoff()
         if isinstance(out, Handoff):
             handoff, out = out, out.output
         out = self.validate_output(out)

@@ -27,8 +27,10 @@ from orchestration.models import (
     WorkflowStatus,
     WorkflowStatusReport,
 )
+from orchestration.waits import SignalError
 
 __all__ = [
+    "SignalError",
     "StreamEvent",
     "BatonError",
     "DefinitionError",

@@ -237,9 +237,9 @@ class WorkflowOrchestrator:
         the workflow never waits for is refused.
         """
         plan = self.store.plan(workflow_id)
-        waits = {
+        waits = {  # the definition's, and those its agents inserted at run time (WaitFor)
             t.parameters["name"]: t
-            for t in plan.tasks.values()
+            for t in [*plan.tasks.values(), *self.store.inserted(workflow_id)]
             if t.agent_id == WAIT_AGENT and t.parameters.get("name")
         }
         if name not in waits:

@@ -71,5 +71,9 @@ def check_payload(name: str, schema: dict[str, Any], payload: Any) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
     if error is not None:
-        field = "/".join(str(p) for p in error.absolute_path) or "(the payload)"
+        path = [str(p) for p in error.absolute_path]
+        if error.validator == "required":  # name the missing field, not its parent
+            missing = next((k for k in error.validator_value if k not in error.instance), None)
+            path.append(str(missing))
+        field = "/".join(path) or "(the payload)"
         raise SignalError(f"signal {name!r} refused: {field}: {error.message}")

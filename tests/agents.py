@@ -385,3 +385,17 @@ async def tick(step: StepInput[TickParams]) -> dict[str, Any]:
         return {"at": now}
     finally:
         await r.aclose()
+
+
+@testkit.task(params=EchoParams)
+def ask(step: StepInput[EchoParams]) -> Any:
+    """Decides at run time to wait for a reviewer's correction of its draft."""
+    from agents import WaitFor
+
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+    return WaitFor(
+        "correction",
+        schema=schema,
+        output_key="correction",
+        output={"draft": step.parameters.value},
+    )

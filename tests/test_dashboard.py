@@ -412,3 +412,73 @@ def test_a_failed_workflow_shows_attempts_the_failure_and_its_compensation(
         - metric(before, "baton_workflows_total", status="failed")
         == 1
     )
+
+
+APPROVAL_FLOW = {"name": "approve in the dashboard", "steps": [
+    step("echo", "draft", value="v1"),
+    {"wait_for": "approval", "output_key": "approval", "schema": {
+        "type": "object",
+        "properties": {"approved": {"type": "boolean"}, "note": {"type": "string"}},
+        "required": ["approved", "note"]}},
+    step("echo", "done", value="v2")]}  # fmt: skip
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_a_signal_cannot_be_posted_without_the_pages_xsrf_token(
+    orch: WorkflowOrchestrator, dashboard: str
+) -> None:
+    wid = orch.run_workflow(APPROVAL_FLOW)
+    orch.wait(wid, timeout=30, until=("waiting",))
+    url = f"{dashboard}/api/workflows/{wid}/signals/approval"
+    body = json.dumps({"approved": True, "note": "x"}).encode()
+    code, _ = post(url, body, {"Content-Type": "application/json"})
+    assert code == 403  # what another site's form could send: refused
+    with urllib.request.urlopen(f"{dashboard}/", timeout=10) as page:  # the page's token
+        cookie = page.headers["Set-Cookie"].split(";", 1)[0]
+    assert cookie.startswith("_xsrf=")
+    both = {"Cookie": cookie, "X-XSRFToken": cookie.split("=", 1)[1]}
+    code, answer = post(url, json.dumps({"approved": "yes", "note": "?"}).encode(), both)
+    assert code == 409 and "approved: 'yes' is not of type 'boolean'" in answer["error"]
+    assert orch.get_workflow_status(wid).status == WorkflowStatus.WAITING
+    orch.cancel_workflow(wid)
+
+
+def test_an_approval_is_given_in_the_dashboards_form_in_headless_chromium(
+    orch: WorkflowOrchestrator, dashboard: str, chromium: str, tmp_path: Path
+) -> None:
+    wid = orch.run_workflow(APPROVAL_FLOW)
+    orch.wait(wid, timeout=30, until=("waiting",))
+
+    async def drive() -> None:
+        page = await DevTools.connect(chromium)
+        await page.send("Page.enable")
+        await page.send("Runtime.enable")
+        await page.goto(f"{dashboard}/workflow/{wid}")
+        assert await page.until(STATUS, 20, "the workflow page") == "waiting"
+        assert await page.until(step_status("step_2"), 10, "the wait") == "waiting"
+        form = "document.querySelector('form.signal[data-signal=\"approval\"]')"
+        assert await page.until(f"!!{form}", 10, "the signal form")
+        fields = await page.js(f"[...{form}.querySelectorAll('[name]')].map(e => e.name)")
+        assert fields == ["approved", "note"]
+        await page.js(f"{form}.querySelector('[name=approved]').checked = true")
+        await page.js(f"{form}.querySelector('[name=note]').value = 'looks right'")
+        await shoot(page, tmp_path / "waiting.png")
+        await page.js(f"{form}.requestSubmit()")
+        assert await page.until(f"{STATUS} === 'completed' && {STATUS}", 30, "completed")
+        page.ws.close()
+
+    asyncio.run(drive())
+    ctx = orch.get_context(wid)
+    assert ctx.shared_data["approval"] == {"approved": True, "note": "looks right"}
+    [entry] = [
+        h for h in ctx.execution_history if (h.step, h.event) == ("step_2", "step_completed")
+    ]
+    assert entry.model_extra and entry.model_extra["by"] == "dashboard"

@@ -105,6 +105,7 @@ def test_the_public_surface_is_the_documented_one() -> None:
         "WorkflowStatusReport",
         "WorkflowTimeout",
         "StreamEvent",
+        "SignalError",
     }
     assert set(agents.__all__) == {
         "MAX_EMIT_BYTES",
@@ -117,6 +118,7 @@ def test_the_public_surface_is_the_documented_one() -> None:
         "StepError",
         "StepInput",
         "TaskType",
+        "WaitFor",
         "load_agents",
         "registry",
     }

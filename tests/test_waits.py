@@ -197,3 +197,40 @@ def test_the_cli_signals_and_lists_what_waits(
     ctx = orch.wait(wid, timeout=30)
     assert ctx.shared_data["approval"] == {"approved": True, "note": "fine"}
     eventually(lambda: wid not in baton("waiting").stdout, what="the wait to be gone")
+
+
+def test_an_agent_can_decide_to_wait_at_run_time(orch: WorkflowOrchestrator) -> None:
+    wid = orch.run_workflow({"name": "ask", "steps": [
+        {"agent_id": "testkit", "task_type": "ask", "output_key": "draft",
+         "parameters": {"value": "tier: high"}},
+        echo("after")]})  # fmt: skip
+    assert orch.wait(wid, timeout=30, until=("waiting",)).status == WorkflowStatus.WAITING
+    with pytest.raises(SignalError, match="label: 'label' is a required property|'label' is a"):
+        orch.signal(wid, "correction", {})
+    assert orch.signal(wid, "correction", {"label": "medium"}) == "applied"
+    ctx = orch.wait(wid, timeout=30)
+    assert ctx.status == WorkflowStatus.COMPLETED
+    assert ctx.shared_data["draft"] == {"draft": "tier: high"}
+    assert ctx.shared_data["correction"] == {"label": "medium"}
+    assert "step_1.h1" in ctx.task_results  # the inserted wait
+
+
+def test_the_approval_example_runs_with_a_reviewer_and_an_analyst(
+    orch: WorkflowOrchestrator, worker_env: dict[str, str]
+) -> None:
+    wid = orch.run_workflow(Path(__file__).parents[1] / "examples" / "approval_pipeline.yaml")
+    eventually(
+        lambda: [w.name for w in orch.waiting() if w.workflow_id == wid] == ["tier_review"],
+        60,
+        "the tier review to wait",
+    )
+    assert orch.signal(wid, "tier_review", {"accepted": True, "note": "ok"}, by="rev") == "applied"
+    ctx = orch.wait(wid, timeout=60, until=("waiting",))
+    assert ctx.status == WorkflowStatus.WAITING and "trend_results" in ctx.shared_data
+    with pytest.raises(SignalError, match="approved: False was expected|approved"):
+        orch.signal(wid, "approval", {"approved": False, "analyst": "ana"})
+    assert orch.signal(wid, "approval", {"approved": True, "analyst": "ana"}) == "applied"
+    ctx = orch.wait(wid, timeout=60)
+    assert ctx.status == WorkflowStatus.COMPLETED
+    report = Path(ctx.shared_data["final_report"]["report_path"]).read_text()
+    assert "approval" in report and "ana" in report and "tier_review" in report

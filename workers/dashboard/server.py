@@ -10,7 +10,10 @@ ships with Flower, so nothing new to install) that reads the state store and ser
 - ``/api/workflows/<id>/events``: the same document as server-sent events, one per change,
   driven by the workflow's Redis pub/sub channel (``Subscriptions.subscribe``);
 - ``/metrics``: the Prometheus counters kept by the Lua scripts (``names.Metric``);
-- ``/healthz``: liveness, and Redis reachability.
+- ``/healthz``: liveness, and Redis reachability;
+- ``POST /api/workflows/<id>/signals/<name>``: a signal for a waiting step (its JSON body is
+  the payload), from the page's form: behind the same authentication, and with Tornado's
+  XSRF check (a cookie the page echoes in a header, which another site cannot read).
 
 Redis calls block, so every one runs on a thread pool: the IOLoop only ever writes responses.
 """
@@ -34,12 +37,14 @@ import redis
 import tornado.iostream
 import tornado.web
 
+from orchestration.client import WorkflowOrchestrator
 from orchestration.embedded import resolve_redis_url
 from orchestration.errors import WorkflowNotFound
 from orchestration.models import WORKFLOW_ID, WorkflowStatus
 from orchestration.names import Event
 from orchestration.reads import StateReader
 from orchestration.settings import BatonSettings, get_settings, redact
+from orchestration.waits import SignalError
 from workers.dashboard.prometheus import render_metrics
 from workers.dashboard.views import DEFAULT_FLOWER_URL, DashboardReader
 
@@ -48,6 +53,7 @@ LIVE_EVENTS = (Event.EMITTED, Event.PROGRESS)
 log = logging.getLogger("baton.dashboard")
 
 T = TypeVar("T")
+Signaller = Callable[[str, str, Any, str | None, str | None], str]
 
 
 class _Base(tornado.web.RequestHandler):
@@ -117,6 +123,7 @@ class PageHandler(_Base):
     page: bytes | None = None
 
     def get(self, *_: str) -> None:
+        self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the page's form sends back)
         if PageHandler.page is None:
             static = resources.files("workers.dashboard").joinpath("static")
             PageHandler.page = static.joinpath("index.html").read_bytes()
@@ -216,6 +223,31 @@ class EventsHandler(_Base):
             self.finish()
 
 
+class SignalHandler(_Base):
+    """A signal from the page's form: the payload is checked against the wait's schema."""
+
+    def initialize(  # type: ignore[override]
+        self, signal: Signaller | None = None, **kw: Any
+    ) -> None:
+        super().initialize(**kw)
+        self.signal = signal
+
+    async def post(self, raw_id: str, name: str) -> None:
+        wid = self.workflow_id(raw_id)
+        if self.signal is None:
+            raise tornado.web.HTTPError(503, reason="this dashboard cannot send signals")
+        try:
+            payload = json.loads(self.request.body or b"null")
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason="the body is not JSON") from None
+        user = self.credentials.split(b":", 1)[0].decode() if self.credentials else "dashboard"
+        try:
+            outcome = await self.blocking(self.signal, wid, name, payload, None, user)
+        except SignalError as exc:
+            raise tornado.web.HTTPError(409, reason=str(exc)) from None
+        self.write_json({"outcome": outcome})
+
+
 class MetricsHandler(_Base):
     async def get(self) -> None:
         counters = await self.blocking(self.reader.store.metrics)
@@ -237,8 +269,10 @@ def make_app(
     *,
     threads: int = 16,
     credentials: str | None = None,
+    signal: Signaller | None = None,
 ) -> tornado.web.Application:
-    """``credentials``: ``user:password`` that every request but ``/healthz`` must give."""
+    """``credentials``: ``user:password`` that every request but ``/healthz`` must give;
+    ``signal``: what sends a signal (``WorkflowOrchestrator.signal``)."""
     reader = DashboardReader(store, flower_url)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dashboard")
     secret = credentials.encode() if credentials else None
@@ -251,10 +285,17 @@ def make_app(
             (r"/api/workflows", WorkflowsHandler, args),
             (rf"/api/workflows/{wid}", WorkflowHandler, args),
             (rf"/api/workflows/{wid}/events", EventsHandler, args),
+            (
+                rf"/api/workflows/{wid}/signals/([A-Za-z0-9_\-]+)",
+                SignalHandler,
+                {**args, "signal": signal},
+            ),
             (r"/metrics", MetricsHandler, args),
             (r"/healthz", HealthHandler, args),
         ],
         compress_response=False,  # a gzip stream would hold server-sent events back
+        xsrf_cookies=True,  # POST (signals) must echo the _xsrf cookie in a header
+        xsrf_cookie_kwargs={"samesite": "Strict", "httponly": False},
     )
 
 
@@ -270,7 +311,11 @@ def serve(
     client = redis.Redis.from_url(url, health_check_interval=30)
     store = StateReader(client, prefix=settings.key_prefix)
     auth = settings.dashboard_basic_auth
-    app = make_app(store, flower_url, credentials=auth.get_secret_value() if auth else None)
+    orch = WorkflowOrchestrator(url, settings=settings, local_workers=False)
+    app = make_app(
+        store, flower_url, credentials=auth.get_secret_value() if auth else None,
+        signal=lambda wid, name, payload, sid, by: orch.signal(wid, name, payload, sid, by=by),
+    )  # fmt: skip
 
     async def main() -> None:
         server = app.listen(port, address=host, xheaders=False)

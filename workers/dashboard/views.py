@@ -100,6 +100,7 @@ class DashboardReader:
         running = {r.step_id: r for r in report.running_steps}
         live = self.store.live(workflow_id) if running else {}
         throttled = {t.step: t for t in report.throttled_steps}
+        parked = self.store.parked(workflow_id) if report.status != "completed" else {}
         compensated = set(ctx.compensation.compensated) if ctx.compensation else set()
 
         # Attempts and retries of the current run: history since it (re)started.
@@ -176,6 +177,18 @@ class DashboardReader:
                 if h.execution_time is not None and (end := _parse(h.timestamp)):
                     start = end.timestamp() - h.execution_time
                     doc["started_at"] = datetime.fromtimestamp(start, UTC).isoformat()
+            elif sid in parked and parked[sid].get("run") == ctx.run:
+                w = parked[sid]
+                doc.update(
+                    status="waiting",
+                    started_at=w.get("since"),
+                    wait={
+                        "name": w.get("name") or None,
+                        "schema": task.parameters.get("payload_schema") or {},
+                        "since": w.get("since"),
+                        "until": w["due_ms"] / 1000 if w.get("due_ms") else None,
+                    },
+                )
             elif sid in throttled:
                 t = throttled[sid]
                 doc.update(
