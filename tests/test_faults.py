@@ -349,6 +349,42 @@ def test_redis_restart_mid_workflow_loses_no_handoff_state(
     harness.check_invariants(ctx)
 
 
+def test_waiting_workflows_survive_killed_workers_and_a_redis_restart(
+    harness: Harness, raw_redis: redis.Redis
+) -> None:
+    """Workflows waiting for a signal and for a timer; every worker SIGKILLed and Redis
+    restarted while they wait, past the timer's time; then a worker comes back."""
+    first = harness.worker(ALL, "waits-a")
+    echo = {"agent_id": "testkit", "task_type": "echo", "output_key": "after",
+            "parameters": {"value": 1}}  # fmt: skip
+    signalled = harness.orch.run_workflow(
+        {"name": "approve", "steps": [{"wait_for": "ok", "output_key": "ok"}, echo]}
+    )
+    sleeping = harness.orch.run_workflow(
+        {"name": "nap", "steps": [{"sleep": 2, "output_key": "nap"}, echo]}
+    )
+    for wid in (signalled, sleeping):
+        harness.orch.wait(wid, timeout=30, until=("waiting",))
+    for proc in first.processes:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first.processes.clear()
+    harness.server.stop()  # SIGTERM: the AOF is flushed
+    time.sleep(2.5)  # everything is down when the timer is due
+    harness.server.start()
+    assert harness.orch.get_workflow_status(signalled).status == WorkflowStatus.WAITING
+
+    harness.worker(ALL, "waits-b")
+    assert harness.orch.signal(signalled, "ok", {"yes": True}) == "applied"
+    for wid in (signalled, sleeping):
+        ctx = harness.orch.wait(wid, timeout=60)
+        assert ctx.status == WorkflowStatus.COMPLETED
+        assert ctx.shared_data["after"]["value"] == 1
+        harness.check_invariants(ctx)
+    assert harness.orch.get_context(signalled).shared_data["ok"] == {"yes": True}
+    harness.stop_all()
+
+
 def test_redis_down_at_submit_is_a_clear_error_and_leaves_nothing(
     harness: Harness, two_workers: object
 ) -> None:
