@@ -38,7 +38,7 @@ from orchestration.models import (
     WorkflowStatusReport,
 )
 from orchestration.names import Event
-from orchestration.plan import Plan
+from orchestration.plan import Plan, PlannedTask
 from orchestration.resume import commit_wait
 from orchestration.scripts import SignalSpec
 from orchestration.settings import BatonSettings, get_settings, redact
@@ -237,11 +237,17 @@ class WorkflowOrchestrator:
         the workflow never waits for is refused.
         """
         plan = self.store.plan(workflow_id)
-        waits = {  # the definition's, and those its agents inserted at run time (WaitFor)
-            t.parameters["name"]: t
-            for t in [*plan.tasks.values(), *self.store.inserted(workflow_id)]
-            if t.agent_id == WAIT_AGENT and t.parameters.get("name")
-        }
+
+        def waits_in(tasks: Iterable[PlannedTask]) -> dict[str, PlannedTask]:
+            return {
+                t.parameters["name"]: t
+                for t in tasks
+                if t.agent_id == WAIT_AGENT and t.parameters.get("name")
+            }
+
+        waits = waits_in(plan.tasks.values())
+        if name not in waits:  # one its agents inserted at run time (WaitFor)?
+            waits |= waits_in(self.store.inserted(workflow_id))
         if name not in waits:
             known = ", ".join(sorted(waits)) or "no signal at all"
             raise SignalError(

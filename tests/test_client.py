@@ -133,7 +133,7 @@ def test_cli_controls_a_workflow(
     assert (paused.returncode, paused.stdout.strip()) == (0, f"{wid}: paused (0/2)")
     again = baton("pause", wid, env=worker_env)
     assert again.returncode == 2  # already paused: refused, saying why
-    assert "is paused, not running: cannot make it paused" in again.stderr
+    assert "is paused, not running or waiting: cannot make it paused" in again.stderr
     resumed = baton("resume", wid, env=worker_env)
     assert resumed.stdout.strip() == f"{wid}: running (0/2)"
     cancelled = baton("cancel", wid, env=worker_env)
