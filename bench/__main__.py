@@ -1,4 +1,5 @@
-"""``python -m bench [--quick] [--out DIR]``: run every scenario on both sides, write the report.
+"""``python -m bench [--quick] [--repeats N] [--only io] [--out DIR]``: run every scenario on
+both sides, write the report.
 
 Owns everything it starts: a private redis-server on a free port (never a shared Redis),
 and each side's worker processes, one side at a time.
@@ -26,6 +27,7 @@ import celery
 import kombu
 import redis
 
+from bench import io as iobench
 from bench import profiling, report, scenarios
 from bench.scenarios import Sizes
 from bench.sides import BareSide, BatonSide, Side, Workdir, ts
@@ -36,7 +38,7 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_session(side: Side, sz: Sizes, r: redis.Redis, work: Workdir) -> dict[str, Any]:
+def run_session(side: Side, sz: Sizes, r: redis.Redis[bytes], work: Workdir) -> dict[str, Any]:
     """Every timed scenario for one side, in one worker session."""
     out: dict[str, Any] = {}
     for name, fn in (
@@ -61,7 +63,7 @@ def _load() -> str:
 LOAD_AT_START = _load()
 
 
-def machine(server: RedisServer, r: redis.Redis) -> dict[str, str]:
+def machine(server: RedisServer, r: redis.Redis[bytes]) -> dict[str, str]:
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -218,10 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=None, help="override the repeat count")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--only",
+        choices=["io"],
+        help="only these scenarios (io: bench/io.py's); the report goes to benchmarks-io.md",
+    )
     args = parser.parse_args(argv)
     sz = Sizes.quick() if args.quick else Sizes()
+    io_sz = iobench.IOSizes.quick() if args.quick else iobench.IOSizes()
     if args.repeats:
         sz = Sizes(**{**asdict(sz), "repeats": args.repeats})
+        io_sz = io_sz.with_repeats(args.repeats)
 
     t_start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="baton-bench-"))
@@ -231,48 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work dir {root}; redis-server on port {server.port}")
     results: dict[str, list[dict[str, Any]]] = {"baton": [], "celery": []}
     memory: dict[str, list[dict[str, Any]]] = {"baton": [], "celery": []}
+    prof: dict[str, Any] = {}
     try:
-        # Memory needs a short retention, so it gets its own sessions; Baton's doubles as
-        # the profiling session (wrappers on), which saves a worker start. ``--quick`` runs
-        # everything in those two sessions (its batches finish well within the retention).
-        ttl = {
-            "BATON_RETENTION_SECONDS": str(sz.retention),
-            "BATON_RESULT_EXPIRES": str(sz.retention),
-        }
-        prof_env = {**ttl, "BENCH_PROFILE": str(work.root / "profile")}
-        for rep in range(0 if sz.single_session else sz.repeats):
-            order: list[type[BatonSide] | type[BareSide]] = [BatonSide, BareSide]
-            if rep % 2:
-                order.reverse()
-            for cls in order:
-                side = cls(work)
-                log(f"repeat {rep + 1}/{sz.repeats}: {side.name}")
-                side.start()
-                try:
-                    results[side.name].append(run_session(side, sz, r, work))
-                finally:
-                    side.stop()
-                    r.flushall()
-        bare = BareSide(work, ttl)
-        log("memory: celery")
-        bare.start()
-        try:
-            if sz.single_session:
-                results["celery"].append(run_session(bare, sz, r, work))
-            memory["celery"].append(scenarios.memory(bare, sz, r, sz.retention))
-        finally:
-            bare.stop()
-            r.flushall()
-        baton = BatonSide(work, prof_env)
-        log("memory + profile: baton")
-        baton.start()
-        try:
-            if sz.single_session:
-                results["baton"].append(run_session(baton, sz, r, work))
-            memory["baton"].append(scenarios.memory(baton, sz, r, sz.retention))
-            prof = profile_session(baton, sz, work)
-        finally:
-            baton.stop()
+        if not args.only:
+            prof = core_sessions(sz, r, work, results, memory)
+        log("io scenarios: concurrency, limit, stream")
+        io_results = iobench.run(work, r, io_sz, log)
         info = machine(server, r)
     finally:
         r.close()
@@ -286,18 +259,78 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "memory": memory,
         "profile": prof,
+        "io": io_results,
         "elapsed_s": time.perf_counter() - t_start,
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks.md").write_text(report.markdown(data))
-    report.plot(results, args.out / "benchmarks.png")
+    if args.only:
+        written = args.out / "benchmarks-io.md"
+        written.write_text(report.io_markdown(data))
+    else:
+        written = args.out / "benchmarks.md"
+        written.write_text(report.markdown(data))
+        report.plot(results, args.out / "benchmarks.png")
     raw = ""
     if args.keep:  # the raw figures, for re-rendering the report, kept with the work dir
         (root / "results.json").write_text(json.dumps(data, indent=1, default=str))
         raw = f" (raw results: {root / 'results.json'})"
-    log(f"wrote {args.out / 'benchmarks.md'} in {data['elapsed_s']:.0f}s{raw}")
+    log(f"wrote {written} in {data['elapsed_s']:.0f}s{raw}")
     return 0
+
+
+def core_sessions(
+    sz: Sizes,
+    r: redis.Redis[bytes],
+    work: Workdir,
+    results: dict[str, list[dict[str, Any]]],
+    memory: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """The no-op scenarios (1-7), memory and the profile; fills ``results`` and ``memory``,
+    returns the profile."""
+    # Memory needs a short retention, so it gets its own sessions; Baton's doubles as
+    # the profiling session (wrappers on), which saves a worker start. ``--quick`` runs
+    # everything in those two sessions (its batches finish well within the retention).
+    ttl = {
+        "BATON_RETENTION_SECONDS": str(sz.retention),
+        "BATON_RESULT_EXPIRES": str(sz.retention),
+    }
+    prof_env = {**ttl, "BENCH_PROFILE": str(work.root / "profile")}
+    for rep in range(0 if sz.single_session else sz.repeats):
+        order: list[type[BatonSide] | type[BareSide]] = [BatonSide, BareSide]
+        if rep % 2:
+            order.reverse()
+        for cls in order:
+            side = cls(work)
+            log(f"repeat {rep + 1}/{sz.repeats}: {side.name}")
+            side.start()
+            try:
+                results[side.name].append(run_session(side, sz, r, work))
+            finally:
+                side.stop()
+                r.flushall()
+    bare = BareSide(work, ttl)
+    log("memory: celery")
+    bare.start()
+    try:
+        if sz.single_session:
+            results["celery"].append(run_session(bare, sz, r, work))
+        memory["celery"].append(scenarios.memory(bare, sz, r, sz.retention))
+    finally:
+        bare.stop()
+        r.flushall()
+    baton = BatonSide(work, prof_env)
+    log("memory + profile: baton")
+    baton.start()
+    try:
+        if sz.single_session:
+            results["baton"].append(run_session(baton, sz, r, work))
+        memory["baton"].append(scenarios.memory(baton, sz, r, sz.retention))
+        prof = profile_session(baton, sz, work)
+    finally:
+        baton.stop()
+        r.flushall()
+    return prof
 
 
 if __name__ == "__main__":

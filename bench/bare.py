@@ -1,3 +1,5 @@
+# mypy: disable-error-code="untyped-decorator"
+# (Celery's ``app.task`` is untyped; the tasks keep their own signatures' types.)
 """Bare Celery: the same no-op work as ``bench.agents``, as plain Celery tasks.
 
 The app is configured by ``orchestration.broker.celery_config`` -- the very settings
@@ -9,7 +11,11 @@ Run: ``celery -A bench.bare worker -Q agent.bare -c 2 -P prefork``.
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import urllib.error
+import urllib.request
 from functools import cache
 from typing import Any
 
@@ -65,7 +71,57 @@ def make_app(redis_url: str, settings: BatonSettings | None = None) -> Celery:
         """Chord callback: counts the members, as Baton's aggregate does (cheaper)."""
         return {"total": len(results), "ok": sum(1 for r in results if r)}
 
+    @app.task(name="bare.chat", shared=False)
+    def chat(url: str, key: str = "sk-bench", prompt: str = "ping") -> dict[str, Any]:
+        """One chat completion, blocking its worker slot (process or thread) meanwhile."""
+        return _chat_call(url, key, prompt)
+
+    @app.task(name="bare.chat_limited", shared=False, rate_limit="20/s")
+    def chat_limited(url: str, key: str = "sk-bench", prompt: str = "ping") -> dict[str, Any]:
+        """``chat`` under Celery's own rate limit, which each worker applies on its own."""
+        return _chat_call(url, key, prompt)
+
+    @app.task(name="bare.emit_progress", shared=False, bind=True)
+    def emit_progress(
+        self: Any, count: int = 200, gap_ms: float = 5.0, lead_ms: float = 200.0
+    ) -> dict[str, Any]:
+        """Celery's way to show progress: ``update_state(PROGRESS)`` with the time, which a
+        client reads by polling the task's result."""
+        time.sleep(lead_ms / 1000)
+        for i in range(count):
+            self.update_state(state="PROGRESS", meta={"i": i, "t": time.time()})
+            time.sleep(gap_ms / 1000)
+        return {"emitted": count}
+
+    @app.task(name="bare.collect_sent", shared=False)
+    def collect_sent(results: list[Any]) -> dict[str, Any]:
+        """Chord callback of the chat calls: when each was sent, and their statuses."""
+        return {
+            "sent": sorted(r["sent"] for r in results),
+            "statuses": [r["status"] for r in results],
+        }
+
     return app
+
+
+def _chat_call(url: str, key: str, prompt: str) -> dict[str, Any]:
+    """``bench.agents.chat_call``, blocking (urllib: a connection per call, no pool). A
+    refusal (429) is returned, not raised, as there; so is when the request was sent."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}]}
+    req = urllib.request.Request(
+        f"{url}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    sent = time.time()
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return {"status": exc.code, "chars": 0, "sent": sent}
+    content = answer["choices"][0]["message"]["content"]
+    return {"status": 200, "chars": len(content), "sent": sent}
 
 
 @cache

@@ -75,6 +75,18 @@ def _ratio(x: float, y: float) -> float:
     return x / y if y > 0 and x >= 0 else float("nan")
 
 
+def at(*path: str) -> Getter:
+    """The getter of the figure at ``path`` in one repeat's results."""
+
+    def get(r: dict[str, Any]) -> float:
+        value: Any = r
+        for key in path:
+            value = value[key]
+        return float(value)
+
+    return get
+
+
 def compare(
     results: dict[str, list[dict[str, Any]]],
     label: str,
@@ -207,7 +219,9 @@ def markdown(data: dict[str, Any]) -> str:
         " identical Celery settings (`orchestration.broker.celery_config`: JSON, `task_acks_late`,"
         " `worker_prefetch_multiplier=1`, task events), prefork, concurrency 2; the sides run"
         " one after the other, never at the same time, alternating which goes first; Redis"
-        " is flushed between them.\n"
+        " is flushed between them. Section 8 (agents that call an outside API: async agents"
+        " on the asyncio pool, rate limits, streamed output) has pools and sizes of its own,"
+        " described there.\n"
     )
     add(
         f"Each figure is the median over {n_rep} repeat(s), with min–max in parentheses;"
@@ -243,14 +257,19 @@ def markdown(data: dict[str, Any]) -> str:
             ],
         )
     )
+    if data.get("io"):
+        add("")
+        add(io_targets(data["io"]))
     add(HOW_BATON_GETS_THERE)
     add("\n## Machine\n")
     add(table(["", ""], [[k, str(v)] for k, v in m.items()]))
     add("\n## How to run\n")
     add(
-        "```bash\n.venv/bin/python -m bench            # the full run (< 10 min on 2 cores);"
+        "```bash\n.venv/bin/python -m bench            # the full run (about 11 min on 2 cores);"
         " rewrites docs/benchmarks.{md,png}\n.venv/bin/python -m bench --quick"
-        " --out /tmp/b  # tiny sizes, a minute; used by tests/test_bench_smoke.py\n```\n"
+        " --out /tmp/b  # tiny sizes, a minute or two; used by tests/test_bench_smoke.py\n"
+        ".venv/bin/python -m bench --only io --out /tmp/b  # section 8's scenarios only:"
+        " /tmp/b/benchmarks-io.md\n```\n"
     )
     add(
         "It starts its own `redis-server` (`orchestration.embedded.RedisServer`, on a free port,"
@@ -304,7 +323,7 @@ def markdown(data: dict[str, Any]) -> str:
             compare(
                 res,
                 f"{n} members (s; {runs} run(s) per repeat)",
-                lambda r, n=n: r["fanout"][str(n)],
+                at("fanout", str(n)),
                 target=tgt,
                 digits=3,
             )
@@ -324,8 +343,7 @@ def markdown(data: dict[str, Any]) -> str:
             "client": "client (submitting, waiting)",
         }
         cpu_rows = [
-            compare(res, label, lambda r, k=k: r["fanout_cpu"][k], digits=3)
-            for k, label in labels.items()
+            compare(res, label, at("fanout_cpu", k), digits=3) for k, label in labels.items()
         ]
         add(compared(cpu_rows, 4))
 
@@ -408,7 +426,7 @@ def markdown(data: dict[str, Any]) -> str:
     )
 
     def calls(side: str, c: str) -> float:
-        return statistics.median(r["cost"]["per_command"].get(c, 0) for r in res[side])
+        return float(statistics.median(r["cost"]["per_command"].get(c, 0) for r in res[side]))
 
     cmds = sorted(
         {c for side in res.values() for r in side for c in r["cost"]["per_command"]},
@@ -433,16 +451,12 @@ def markdown(data: dict[str, Any]) -> str:
     hrows = []
     for size, _ in sz["handoff"]:
         s = str(size)
-        hrows.append(
-            compare(
-                res, f"{human_size(size)}: ms / step", lambda r, s=s: r["handoff"][s]["step_ms"]
-            )
-        )
+        hrows.append(compare(res, f"{human_size(size)}: ms / step", at("handoff", s, "step_ms")))
         hrows.append(
             compare(
                 res,
                 f"{human_size(size)}: largest message (bytes)",
-                lambda r, s=s: r["handoff"][s]["max_message_bytes"],
+                at("handoff", s, "max_message_bytes"),
                 digits=0,
             )
         )
@@ -487,9 +501,280 @@ def markdown(data: dict[str, Any]) -> str:
             4,
         )
     )
+    if data.get("io"):
+        add("")
+        add(io_section(data["io"]).rstrip("\n"))
     add("")
     add(profile_section(data["profile"], data.get("notes", "")))
     return "\n".join(out) + "\n"
+
+
+# --- Section 8: agents that call the outside world (bench/io.py) -----------------------
+
+IO_TARGETS = {
+    "ratio": 0.3,  # Baton asyncio wall / Celery threads wall
+    "wall_s": 2.5,  # Baton's wall time for 1,000 calls of 1 s
+    "rss_mb": 400.0,  # Baton worker's peak RSS
+    "per_second": 21,  # the most the API accepted in any 1 s under a 20/s limit
+    "off_ideal": 0.10,  # the limited run's wall time against n / 20 s
+    "stream_ms": 5.0,  # median emit -> read latency
+}
+
+
+def _io_vals(runs: list[dict[str, Any]], key: str, scale: float = 1.0) -> list[float]:
+    return [float(r[key]) * scale for r in runs]
+
+
+def _fmt(values: list[float], digits: int = 1, unit: str = "") -> str:
+    return summarise(values).fmt(digits, unit) if values else "–"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def io_targets(io: dict[str, Any]) -> str:
+    """The I/O scenarios against their targets: times on the median over repeats, bounds
+    (peak memory, the API's busiest second, its refusals) on every repeat (the worst)."""
+    t, sz = IO_TARGETS, io["sizes"]
+    conc, lim, stream = io["concurrency"], io["limit"], io["stream"]
+    b_wall, c_wall = _io_vals(conc["baton"], "wall_s"), _io_vals(conc["threads"], "wall_s")
+    ratio = [_ratio(x, y) for x, y in zip(b_wall, c_wall, strict=True)]
+    rss = _io_vals(conc["baton"], "rss_peak_mb")
+    b_sec, c_sec = (
+        _io_vals(lim["baton"], "max_sent_per_second"),
+        _io_vals(lim["celery"], "max_sent_per_second"),
+    )
+    b_429, c_429 = _io_vals(lim["baton"], "rejected_429"), _io_vals(lim["celery"], "rejected_429")
+    b_off, c_off = (
+        _io_vals(lim["baton"], "off_ideal", 100),
+        _io_vals(lim["celery"], "off_ideal", 100),
+    )
+    b_ms, c_ms = _io_vals(stream["baton"], "median_ms"), _io_vals(stream["celery"], "median_ms")
+    calls = f"{sz['calls']:,} calls of {sz['delay']:g} s"
+    rate = f"{sz['limit_calls']} calls at 20/s on {sz['limit_workers']} processes"
+    rows = [
+        [
+            f"I/O-bound, {calls}: wall time (s), Baton asyncio ÷ Celery threads",
+            _fmt(b_wall, 2),
+            _fmt(c_wall, 2),
+            _fmt(ratio, 2, "×"),
+            f"≤ {t['ratio']:g}×",
+            _met(statistics.median(ratio) <= t["ratio"]),
+        ],
+        [
+            f"I/O-bound, {calls}: Baton wall time (s)",
+            _fmt(b_wall, 2),
+            "–",
+            "–",
+            f"≤ {t['wall_s']:g} s",
+            _met(statistics.median(b_wall) <= t["wall_s"]),
+        ],
+        [
+            f"I/O-bound, {calls}: Baton worker peak RSS (MB)",
+            _fmt(rss, 0),
+            "–",
+            "–",
+            f"≤ {t['rss_mb']:g} MB, every repeat",
+            _met(max(rss) <= t["rss_mb"]),
+        ],
+        [
+            f"Limit, {rate}: most requests the API received in any 1 s",
+            _fmt(b_sec, 0),
+            _fmt(c_sec, 0),
+            "–",
+            f"≤ {t['per_second']:g}, every repeat",
+            _met(max(b_sec) <= t["per_second"]),
+        ],
+        [
+            f"Limit, {rate}: the API's 429 refusals",
+            _fmt(b_429, 0),
+            _fmt(c_429, 0),
+            "–",
+            "0, every repeat",
+            _met(max(b_429) == 0),
+        ],
+        [
+            f"Limit, {rate}: wall time vs the ideal {sz['limit_calls'] / 20:g} s (%)",
+            _fmt(b_off, 1, "%"),
+            _fmt(c_off, 1, "%"),
+            "–",
+            f"within ±{t['off_ideal']:.0%}",
+            _met(abs(statistics.median(b_off)) <= t["off_ideal"] * 100),
+        ],
+        [
+            f"Stream, {sz['emits']} emits: median emit → read latency (ms)",
+            _fmt(b_ms, 2),
+            _fmt(c_ms, 2),
+            _fmt([_ratio(x, y) for x, y in zip(b_ms, c_ms, strict=True)], 2, "×"),
+            f"≤ {t['stream_ms']:g} ms",
+            _met(statistics.median(b_ms) <= t["stream_ms"]),
+        ],
+    ]
+    return (
+        "Agents that call the outside world (section 8; Celery: threads pool, its own"
+        f" `rate_limit`, `update_state` polled every {sz['poll_ms']:g} ms). Times are judged"
+        " on the median over repeats; bounds marked *every repeat* on the worst one:\n\n"
+        + table(HEAD, rows)
+    )
+
+
+def io_section(io: dict[str, Any]) -> str:
+    sz, conc, lim, stream = io["sizes"], io["concurrency"], io["limit"], io["stream"]
+    n_rep, n_lim = len(conc["baton"]), len(lim["baton"])
+    out = ["## 8. Agents that call the outside world: I/O, limits, streaming\n"]
+    add = out.append
+    add(
+        "`bench/io.py`. The outside world is `tests/llm_server.py`'s OpenAI-compatible chat"
+        " API on loopback, in a process of its own (tornado, one event loop): it answers"
+        " after a fixed delay, refuses (429) beyond a quota per API key in any sliding"
+        " second, and counts what it saw. Baton's agent is `bench_io` (`bench/agents.py`:"
+        " `async def` tasks on `httpx.AsyncClient`s kept per event loop and reused, each"
+        " carrying at most 4 requests at once and sharing one SSL context: httpx's pool"
+        " costs CPU quadratic in its connections (encode/httpx#3215), so one client with"
+        " 1,000 connections spends 20 s and more of CPU on 1,000 calls); bare Celery's"
+        " tasks are plain functions on `urllib`"
+        " (`bench/bare.py`). Each side's workers are started for the scenario, one session"
+        " at a time, alternating which goes first; Redis is flushed between sessions."
+        f" Medians over {n_rep} repeat(s) ({n_lim} for the limit), min–max in parentheses.\n"
+    )
+    add("### 8a. I/O-bound concurrency\n")
+    add(
+        f"{sz['calls']:,} calls, each awaiting a {sz['delay']:g} s answer, as one parallel"
+        " group of that many members with its aggregate (Baton: one workflow) or one chord"
+        " with its callback (Celery), submitted at once and timed to the aggregate /"
+        f" callback. Baton: ONE worker process, `--pool asyncio --concurrency"
+        f" {sz['aio_concurrency']}`. Celery: ONE worker, `--pool threads --concurrency"
+        f" {sz['threads']}`; and, for the record, the prefork pool with {sz['prefork']}"
+        f" processes on {sz['prefork_calls']} calls only (it runs {sz['prefork']} at a"
+        " time). *No engine*: the same calls with the same client code from one"
+        " `asyncio.gather` in the benchmark's own process -- what the client and the server"
+        " cost without any queue. Each timed run follows a warm-up of"
+        f" {sz['warmup']} calls. Peak RSS is the worker process's `VmHWM` (the asyncio and"
+        " threads pools run everything in that one process); CPU is user + system time"
+        " from `/proc` over the timed run (a prefork worker's children included). The"
+        " machine has 2 cores for the worker, the API server, Redis and the client.\n"
+    )
+    cols = ["baton", "threads", "prefork", "floor"]
+    head = [
+        "",
+        f"Baton: asyncio, 1 process × {sz['aio_concurrency']}",
+        f"Celery: threads, 1 process × {sz['threads']}",
+        f"Celery: prefork × {sz['prefork']}",
+        "no engine (same client)",
+    ]
+
+    def row(label: str, key: str, digits: int, skip: tuple[str, ...] = ()) -> list[str]:
+        vals = ["–" if c in skip else _fmt(_io_vals(conc[c], key), digits) for c in cols]
+        return [label, *vals]
+
+    rows = [
+        row("calls", "calls", 0),
+        row("wall time (s)", "wall_s", 2),
+        row("calls / s", "per_s", 1),
+        row("the API's most requests in flight at once", "max_in_flight", 0),
+        row("worker peak RSS (MB)", "rss_peak_mb", 0, ("prefork", "floor")),
+        row("CPU of the worker process(es) in the run (s; no engine: this process)", "cpu_s", 2),
+        row("CPU of the API server in the run (s)", "api_cpu_s", 2),
+    ]
+    ratio = [
+        _ratio(b, c)
+        for b, c in zip(
+            _io_vals(conc["baton"], "wall_s"), _io_vals(conc["threads"], "wall_s"), strict=True
+        )
+    ]
+    rows.append(["wall time ÷ Celery threads'", _fmt(ratio, 2, "×"), "1×", "–", "–"])
+    add(table(head, rows))
+    add("\n### 8b. A global rate limit\n")
+    add(
+        f"{sz['limit_calls']} calls in one group / chord against an API whose quota is 20"
+        f" requests per second per key (answering after {sz['limit_delay']:g} s), under a"
+        f" limit of 20/s, on {sz['limit_workers']} worker processes. Baton:"
+        ' `rate_limit="20/s"` with `limit_key` (the API key) on `bench_io.chat_limited`,'
+        " enforced in Redis for every process (a throttled step waits as an ETA retry that"
+        f" holds no worker slot), asyncio pools of {sz['limit_aio_concurrency']}. Celery:"
+        ' `rate_limit="20/s"` on the task, which each worker process enforces for itself'
+        f" (threads pools of {sz['limit_threads']}), so the API sees up to"
+        f" {sz['limit_workers']} × 20/s. Calls refused with 429 are not retried on either"
+        " side: the figures are what the API saw. Requests received in any 1 s count the"
+        " refused ones too, from the send times the calls record (the API's own per-second"
+        " count is of accepted calls, which its quota caps at 20). The ideal run takes"
+        f" {sz['limit_calls']} / 20 = {sz['limit_calls'] / 20:g} s.\n"
+    )
+    lim_rows = [
+        ("calls", "calls", 0, 1.0, ""),
+        ("wall time (s)", "wall_s", 2, 1.0, ""),
+        ("wall time vs the ideal", "off_ideal", 1, 100.0, "%"),
+        ("requests the API received in any 1 s, at most", "max_sent_per_second", 0, 1.0, ""),
+        ("the API's 429 refusals", "rejected_429", 0, 1.0, ""),
+        ("the API's accepted calls", "accepted", 0, 1.0, ""),
+        ("the API's most accepted in any 1 s (its quota caps it)", "max_per_second", 0, 1.0, ""),
+        ("the API's first → last accepted call (s)", "span_s", 2, 1.0, ""),
+        ("calls sent < 25 ms (half the interval) after the one before", "close_sends", 0, 1.0, ""),
+    ]
+    add(
+        table(
+            [
+                "",
+                f"Baton: limit in Redis, {sz['limit_workers']} processes",
+                f"Celery: `rate_limit` per worker, {sz['limit_workers']} processes",
+            ],
+            [
+                [label, *(_fmt(_io_vals(lim[s], key, k), d, u) for s in ("baton", "celery"))]
+                for label, key, d, k, u in lim_rows
+            ],
+        )
+    )
+    add("\n### 8c. Streamed output\n")
+    add(
+        f"A step emits {sz['emits']} small values {sz['emit_gap_ms']:g} ms apart, each"
+        " carrying `time.time()` at the emit; the benchmark's main process (not the"
+        " worker's) reads them and records arrival − emit time. Baton: `step.emit(...)` in"
+        " an async step, read with `orchestrator.stream(workflow_id)` (a Redis Stream, read"
+        ' with blocking `XREAD`). Celery: `self.update_state(state="PROGRESS",'
+        f" meta=...)`, read by polling `AsyncResult(id).info` every {sz['poll_ms']:g} ms"
+        " (the result backend is the same private Redis); a value overwritten between two"
+        " polls is never seen, so Celery's latencies are over the values it saw. Each run"
+        " follows a 5-value warm-up run.\n"
+    )
+    st_rows = [
+        ("values emitted", "emitted", 0),
+        ("values the reader saw", "seen", 0),
+        ("median latency (ms)", "median_ms", 2),
+        ("p95 latency (ms)", "p95_ms", 2),
+        ("max latency (ms)", "max_ms", 2),
+    ]
+    add(
+        table(
+            [
+                "",
+                "Baton: `orchestrator.stream()`",
+                f"Celery: `update_state`, polled every {sz['poll_ms']:g} ms",
+            ],
+            [
+                [label, *(_fmt(_io_vals(stream[s], key), d) for s in ("baton", "celery"))]
+                for label, key, d in st_rows
+            ],
+        )
+    )
+    return "\n".join(out) + "\n"
+
+
+def io_markdown(data: dict[str, Any]) -> str:
+    """The report of ``python -m bench --only io``: the I/O scenarios alone."""
+    out = [
+        "# Benchmarks: agents that call the outside world (Baton vs bare Celery)\n",
+        "Written by `python -m bench --only io` from a real run"
+        f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}); the full report is"
+        " `docs/benchmarks.md`.\n",
+        "## Targets\n",
+        io_targets(data["io"]),
+        "\n## Machine\n",
+        table(["", ""], [[k, str(v)] for k, v in data["machine"].items()]),
+        "",
+        io_section(data["io"]),
+    ]
+    return "\n".join(out)
 
 
 HOW_BATON_GETS_THERE = """

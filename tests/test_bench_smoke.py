@@ -27,14 +27,21 @@ SECTIONS = [
     "## 5. Handoff scaling",
     "## 6. Redis memory",
     "## 7. Client wait",
+    "## 8. Agents that call the outside world",
     "## Where a Baton step's time goes",
+]
+#: Section 8's parts (bench/io.py), each with a table of figures.
+IO_PARTS = [
+    "### 8a. I/O-bound concurrency",
+    "### 8b. A global rate limit",
+    "### 8c. Streamed output",
 ]
 NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?")
 
 
-def _section(text: str, title: str) -> str:
+def _section(text: str, title: str, level: str = "## ") -> str:
     start = text.index(title)
-    nxt = text.find("\n## ", start + len(title))
+    nxt = text.find("\n" + level, start + len(title))
     return text[start : nxt if nxt != -1 else len(text)]
 
 
@@ -58,7 +65,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -76,6 +83,21 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
             assert any(NUMBER.search(c) for c in row[1:]), (title, row)
     headline = _table_rows(_section(text, "## Headline: targets"))
     assert all(r[-1] in ("yes", "**no**") for r in headline), headline
+    # The I/O scenarios' targets are in the headline too: concurrency, limit, stream.
+    io_targets = [r for r in headline if r[0].startswith(("I/O-bound", "Limit", "Stream"))]
+    assert len(io_targets) == 7, headline
+    assert all(NUMBER.search(r[1]) for r in io_targets), io_targets
+
+    section8 = _section(text, "## 8. Agents that call the outside world")
+    for part in IO_PARTS:
+        rows = _table_rows(_section(section8, part, "### "))
+        assert rows, f"{part}: no table"
+        for row in rows:
+            assert any(NUMBER.search(c) for c in row[1:]), (part, row)
+    calls = {r[0]: r for r in _table_rows(_section(section8, IO_PARTS[0], "### "))}
+    # Every side made its calls, and the API saw them in flight at once.
+    assert all(NUMBER.fullmatch(c) for c in calls["calls"][1:]), calls["calls"]
+    assert NUMBER.fullmatch(calls["the API's most requests in flight at once"][1])
 
     png = tmp_path / "benchmarks.png"
     assert png.stat().st_size > 10_000
