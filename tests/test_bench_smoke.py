@@ -102,3 +102,19 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     png = tmp_path / "benchmarks.png"
     assert png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_waits_benchmark_runs_and_reports_its_figures() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ran = subprocess.run(
+        [sys.executable, "-m", "bench.waits", "--quick", "--runs", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    table = ran.stdout
+    assert "signal → next step started, median" in table
+    assert "sleepers: p99 lateness" in table and "Redis memory per sleeping workflow" in table
