@@ -82,6 +82,7 @@ class TimerSweep:
         self.engine = engine
         self.timers = DueTimers(engine.store.redis, engine.store.prefix)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="timers")
+        self._idle = threading.Event()  # never set: waits until the next timer is due
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="timers", daemon=True).start()
@@ -92,10 +93,10 @@ class TimerSweep:
                 fired = self.sweep()
                 if not fired:
                     nxt = self.timers.next_in()
-                    time.sleep(0.25 if nxt is None else min(0.25, max(0.01, nxt)))
+                    self._idle.wait(0.25 if nxt is None else min(0.25, max(0.01, nxt)))
             except Exception as exc:  # Redis away for a moment: sweep again shortly
                 log.warning("timer sweep failed: %s", exc)
-                time.sleep(1.0)
+                self._idle.wait(1.0)
 
     def sweep(self) -> int:
         """Fire what is due, a few at once (each is a commit's round trips: overlapping
