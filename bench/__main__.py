@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--repeats N] [--only io] [--out DIR]``: run every scenario on
+"""``python -m bench [--quick] [--repeats N] [--only io|waits] [--out DIR]``: run every scenario on
 both sides, write the report.
 
 Owns everything it starts: a private redis-server on a free port (never a shared Redis),
@@ -29,6 +29,7 @@ import redis
 
 from bench import io as iobench
 from bench import profiling, report, scenarios
+from bench import waits as waitsbench
 from bench.scenarios import Sizes
 from bench.sides import BareSide, BatonSide, Side, Workdir, ts
 from orchestration.embedded import RedisServer
@@ -222,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--only",
-        choices=["io"],
-        help="only these scenarios (io: bench/io.py's); the report goes to benchmarks-io.md",
+        choices=["io", "waits"],
+        help="only these scenarios (io: bench/io.py's, waits: bench/waits.py's); the report"
+        " goes to benchmarks-io.md or benchmarks-waits.md",
     )
     args = parser.parse_args(argv)
     sz = Sizes.quick() if args.quick else Sizes()
@@ -244,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.only:
             prof = core_sessions(sz, r, work, results, memory)
-        log("io scenarios: concurrency, limit, stream")
-        io_results = iobench.run(work, r, io_sz, log)
+        io_results: dict[str, Any] = {}
+        if args.only in (None, "io"):
+            log("io scenarios: concurrency, limit, stream")
+            io_results = iobench.run(work, r, io_sz, log)
+        waits_results: list[dict[str, Any]] = []
+        if args.only in (None, "waits"):
+            log("waits scenarios: signal latency, sleepers")
+            waits_results = waitsbench.run(root / "waits", 1 if args.quick else 2, args.quick)
         info = machine(server, r)
     finally:
         r.close()
@@ -260,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         "memory": memory,
         "profile": prof,
         "io": io_results,
+        "waits": waits_results,
         "elapsed_s": time.perf_counter() - t_start,
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only:
-        written = args.out / "benchmarks-io.md"
-        written.write_text(report.io_markdown(data))
+        written = args.out / f"benchmarks-{args.only}.md"
+        written.write_text(report.only_markdown(data, args.only))
     else:
         written = args.out / "benchmarks.md"
         written.write_text(report.markdown(data))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import waits
+
 Getter = Callable[[dict[str, Any]], float]
 KB, MB = 1024, 1024 * 1024
 
@@ -260,6 +262,9 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("io"):
         add("")
         add(io_targets(data["io"]))
+    if data.get("waits"):
+        add("")
+        add(waits_targets(data["waits"]))
     add(HOW_BATON_GETS_THERE)
     add("\n## Machine\n")
     add(table(["", ""], [[k, str(v)] for k, v in m.items()]))
@@ -269,7 +274,9 @@ def markdown(data: dict[str, Any]) -> str:
         " rewrites docs/benchmarks.{md,png}\n.venv/bin/python -m bench --quick"
         " --out /tmp/b  # tiny sizes, a minute or two; used by tests/test_bench_smoke.py\n"
         ".venv/bin/python -m bench --only io --out /tmp/b  # section 8's scenarios only:"
-        " /tmp/b/benchmarks-io.md\n```\n"
+        " /tmp/b/benchmarks-io.md\n"
+        ".venv/bin/python -m bench --only waits --out /tmp/b  # section 9's:"
+        " /tmp/b/benchmarks-waits.md\n```\n"
     )
     add(
         "It starts its own `redis-server` (`orchestration.embedded.RedisServer`, on a free port,"
@@ -504,6 +511,9 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("io"):
         add("")
         add(io_section(data["io"]).rstrip("\n"))
+    if data.get("waits"):
+        add("")
+        add(waits.section(data["waits"]).rstrip("\n"))
     add("")
     add(profile_section(data["profile"], data.get("notes", "")))
     return "\n".join(out) + "\n"
@@ -760,19 +770,40 @@ def io_section(io: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def io_markdown(data: dict[str, Any]) -> str:
-    """The report of ``python -m bench --only io``: the I/O scenarios alone."""
+def waits_targets(runs: list[dict[str, Any]]) -> str:
+    """Signals and timers (section 9) against their targets, on every run (the worst)."""
+    sig = [float(r["signal"]["median_ms"]) for r in runs]
+    late = [float(r["baton_sleepers"]["p99_late_s"]) for r in runs]
+    c_late = [float(r["celery_countdown"]["p99_late_s"]) for r in runs]
+    n = runs[0]["baton_sleepers"]["n"]
+    rows = [
+        ["Signal → next step started, median (ms)", _fmt(sig, 2), "–", "–", "≤ 10 ms",
+         _met(max(sig) <= 10)],
+        [f"{n:,} workflows sleeping, then waking: p99 lateness (s)", _fmt(late, 2),
+         _fmt(c_late, 2), "–", "≤ 1 s", _met(max(late) <= 1)],
+    ]  # fmt: skip
+    return (
+        "Signals and durable timers (section 9; Celery: `countdown=` ETAs), over"
+        f" {len(runs)} run(s), each judged:\n\n" + table(HEAD, rows)
+    )
+
+
+def only_markdown(data: dict[str, Any], only: str) -> str:
+    """The report of ``python -m bench --only io|waits``: those scenarios alone."""
+    title = {"io": "agents that call the outside world", "waits": "signals and timers"}[only]
     out = [
-        "# Benchmarks: agents that call the outside world (Baton vs bare Celery)\n",
-        "Written by `python -m bench --only io` from a real run"
+        f"# Benchmarks: {title} (Baton vs bare Celery)\n",
+        f"Written by `python -m bench --only {only}` from a real run"
         f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}); the full report is"
         " `docs/benchmarks.md`.\n",
-        "## Targets\n",
-        io_targets(data["io"]),
+    ]
+    targets = io_targets(data["io"]) if only == "io" else waits_targets(data["waits"])
+    out += ["## Targets\n", targets]
+    out += [
         "\n## Machine\n",
         table(["", ""], [[k, str(v)] for k, v in data["machine"].items()]),
         "",
-        io_section(data["io"]),
+        io_section(data["io"]) if only == "io" else waits.section(data["waits"]),
     ]
     return "\n".join(out)
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,6 @@ def signal_latency(orch: WorkflowOrchestrator, n: int) -> dict[str, Any]:
         assert ctx.status == WorkflowStatus.COMPLETED
         started = ctx.task_results["step_2"].started_at
         assert started
-        from datetime import datetime
-
         lat.append((datetime.fromisoformat(started).timestamp() - t0) * 1000)
     return {"n": n, "median_ms": statistics.median(lat), "p95_ms": pct(lat, 95)}
 
@@ -92,8 +92,6 @@ def baton_sleepers(
         ctx = orch.wait(wid, timeout=180)
         res = ctx.task_results["step_1"]
         assert ctx.status == WorkflowStatus.COMPLETED and res.started_at and res.finished_at
-        from datetime import datetime
-
         due = datetime.fromisoformat(res.started_at).timestamp() + secs
         late.append(datetime.fromisoformat(res.finished_at).timestamp() - due)
     return {
@@ -108,8 +106,6 @@ def baton_sleepers(
 
 def celery_countdowns(url: str, work: Path, n: int, secs: float) -> dict[str, Any]:
     """The Celery way: n tasks with countdown=secs, held by one worker until due."""
-    import subprocess
-
     env_py = f"""
 import time
 from celery import Celery
@@ -157,43 +153,73 @@ def stamp(due):
         proc.wait(30)
 
 
+def run_once(root: Path, quick: bool = False) -> dict[str, Any]:
+    """One full run in ``root``: a private redis-server, its workers, then bare Celery."""
+    n_sig, n_sleep, secs = (20, 500, 2.0) if quick else (200, 10_000, 5.0)
+    server = RedisServer(root / "redis").start()
+    try:
+        work = Workdir(root, server.url)
+        settings = BatonSettings(
+            redis_url=server.url, key_prefix="bench", home=root / "home",
+            agent_modules=["bench.agents"],
+        )  # fmt: skip
+        orch = WorkflowOrchestrator(server.url, settings=settings, local_workers=False)
+        workers = LocalWorkers(server.url, [[]], concurrency=2, env=work.env(),
+                               log_dir=root / "logs")  # fmt: skip
+        workers.start(orch.app)
+        try:
+            r = redis.Redis.from_url(server.url)
+            sig = signal_latency(orch, n_sig)
+            log(f"signal -> next step started {sig}")
+            sleepers = baton_sleepers(orch, r, n_sleep, secs)
+            log(f"{n_sleep} sleepers {sleepers}")
+        finally:
+            workers.stop()
+            orch.close()
+        bare = celery_countdowns(server.url, root, n_sleep, secs)
+        log(f"celery countdowns {bare}")
+        return {"signal": sig, "baton_sleepers": sleepers, "celery_countdown": bare}
+    finally:
+        server.stop()
+
+
+def run(root: Path, runs: int, quick: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for i in range(runs):
+        log(f"run {i + 1}/{runs}")
+        sub = root / f"waits-{i + 1}"
+        sub.mkdir(parents=True, exist_ok=True)
+        out.append(run_once(sub, quick))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=2)
     a = ap.parse_args(argv)
-    n_sig, n_sleep, secs = (20, 500, 2.0) if a.quick else (200, 10_000, 5.0)
-    out: list[dict[str, Any]] = []
-    for run in range(a.runs):
-        with tempfile.TemporaryDirectory(prefix="bench-waits-") as tmp:
-            root = Path(tmp)
-            server = RedisServer(root / "redis").start()
-            try:
-                work = Workdir(root, server.url)
-                settings = BatonSettings(
-                    redis_url=server.url, key_prefix="bench", home=root / "home",
-                    agent_modules=["bench.agents"],
-                )  # fmt: skip
-                orch = WorkflowOrchestrator(server.url, settings=settings, local_workers=False)
-                workers = LocalWorkers(server.url, [[]], concurrency=2, env=work.env(),
-                                       log_dir=root / "logs")  # fmt: skip
-                workers.start(orch.app)
-                try:
-                    r = redis.Redis.from_url(server.url)
-                    sig = signal_latency(orch, n_sig)
-                    log(f"run {run + 1}: signal -> next step started {sig}")
-                    sleepers = baton_sleepers(orch, r, n_sleep, secs)
-                    log(f"run {run + 1}: {n_sleep} sleepers {sleepers}")
-                finally:
-                    workers.stop()
-                    orch.close()
-                bare = celery_countdowns(server.url, root, n_sleep, secs)
-                log(f"run {run + 1}: celery countdowns {bare}")
-                out.append({"signal": sig, "baton_sleepers": sleepers, "celery_countdown": bare})
-            finally:
-                server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-waits-") as tmp:
+        out = run(Path(tmp), a.runs, a.quick)
     print(report(out))
     return 0
+
+
+def section(runs: list[dict[str, Any]]) -> str:
+    """Section 9 of docs/benchmarks.md."""
+    n = runs[0]["baton_sleepers"]["n"]
+    return "\n".join([
+        "## 9. People and time in the loop: signals and durable timers\n",
+        f"Measured by `bench/waits.py` ({len(runs)} full run(s); each a private"
+        " redis-server, two prefork workers of concurrency 2). **Signal to next step"
+        " started**: a workflow waits for a signal; from the call to `signal()` to the"
+        " `started_at` of the step after the wait (one script, one message). **Sleepers**: "
+        f"{n:,} workflows of one `sleep` step, started together; lateness is the wait's"
+        " commit against its due time. The Celery way of the same delay is a task sent with"
+        " `countdown=`, which the worker holds in memory until due; its lateness is the"
+        " task's start against its due time.\n",
+        report(runs),
+        "",
+    ])  # fmt: skip
 
 
 def report(runs: list[dict[str, Any]]) -> str:

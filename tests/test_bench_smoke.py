@@ -28,6 +28,7 @@ SECTIONS = [
     "## 6. Redis memory",
     "## 7. Client wait",
     "## 8. Agents that call the outside world",
+    "## 9. People and time in the loop",
     "## Where a Baton step's time goes",
 ]
 #: Section 8's parts (bench/io.py), each with a table of figures.
@@ -87,6 +88,9 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     io_targets = [r for r in headline if r[0].startswith(("I/O-bound", "Limit", "Stream"))]
     assert len(io_targets) == 7, headline
     assert all(NUMBER.search(r[1]) for r in io_targets), io_targets
+    # So are the signals' and timers' (section 9).
+    waits = [r for r in headline if r[0].startswith(("Signal", "500 workflows"))]
+    assert len(waits) == 2 and all(NUMBER.search(r[1]) for r in waits), headline
 
     section8 = _section(text, "## 8. Agents that call the outside world")
     for part in IO_PARTS:
@@ -102,19 +106,3 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     png = tmp_path / "benchmarks.png"
     assert png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_the_waits_benchmark_runs_and_reports_its_figures() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    ran = subprocess.run(
-        [sys.executable, "-m", "bench.waits", "--quick", "--runs", "1"],
-        cwd=root, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    table = ran.stdout
-    assert "signal → next step started, median" in table
-    assert "sleepers: p99 lateness" in table and "Redis memory per sleeping workflow" in table
