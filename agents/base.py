@@ -68,6 +68,8 @@ class StepInput(BaseModel, Generic[P]):
     parameters: P
     shared_data: dict[str, Any] = Field(default_factory=dict)
     previous_results: list[TaskResult] = Field(default_factory=list)
+    item: Any = None  # in a map: this run's item of the list (read from the state store)
+    index: int | None = None  # ... and its position in the list
 
     def require(self, key: str) -> Any:
         """The shared_data value under ``key``, or a clear error naming the missing key."""
@@ -208,6 +210,9 @@ class TaskType:
         shared_data: dict[str, Any],
         previous_results: list[TaskResult],
         sink: EventSink | None = None,
+        *,
+        item: Any = None,
+        index: int | None = None,
     ) -> StepInput[Any]:
         """The step's input, its parameters validated against this task type's model."""
         step = StepInput[Any](
@@ -218,6 +223,8 @@ class TaskType:
             parameters=self.validate_params(parameters),
             shared_data=shared_data,
             previous_results=previous_results,
+            item=item,
+            index=index,
         )
         if sink is not None:
             step._sink = sink

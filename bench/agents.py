@@ -64,6 +64,17 @@ def payload(step: StepInput[PayloadParams]) -> dict[str, Any]:
     return {"blob": "x" * step.parameters.size, "read": seen}
 
 
+class ItemsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(default=10, ge=0)
+
+
+@bench_agent.task(params=ItemsParams)
+def items(step: StepInput[ItemsParams]) -> dict[str, Any]:
+    """A list of ``n`` items for a map to run over (``bench/maps.py``): 0 .. n-1."""
+    return {"items": list(range(step.parameters.n))}
+
+
 profiling.install_if_requested()
 
 

@@ -71,6 +71,20 @@ def make_app(redis_url: str, settings: BatonSettings | None = None) -> Celery:
         """Chord callback: counts the members, as Baton's aggregate does (cheaper)."""
         return {"total": len(results), "ok": sum(1 for r in results if r)}
 
+    @app.task(name="bare.noop_item", shared=False)
+    def noop_item(i: int = 0) -> dict[str, Any]:
+        """One item of a map (``bench/maps.py``): its index in, a tiny dict out."""
+        return {"ok": True}
+
+    @app.task(name="bare.collect_items", shared=False)
+    def collect_items(results: list[Any]) -> list[Any]:
+        """Chord callback that keeps every item's result, in order: a chord of ``noop_item``
+        hands them over as they are; a chord over ``chunks`` hands over a list per chunk,
+        flattened here."""
+        if results and all(isinstance(r, list) for r in results):
+            return [item for chunk in results for item in chunk]
+        return list(results)
+
     @app.task(name="bare.chat", shared=False)
     def chat(url: str, key: str = "sk-bench", prompt: str = "ping") -> dict[str, Any]:
         """One chat completion, blocking its worker slot (process or thread) meanwhile."""

@@ -76,3 +76,9 @@ def summary(results: list[TaskResult], wall_time: float) -> dict[str, Any]:
 def merge(results: list[TaskResult], wall_time: float) -> dict[str, Any]:
     """Each successful member's result keyed by its step id, for steps that read them all."""
     return {r.step_id: r.result for r in results if r.status == TaskStatus.COMPLETED}
+
+
+@aggregator("collect")
+def collect(results: list[TaskResult], wall_time: float) -> list[Any]:
+    """Every member's result in order (a failed one's is null): a map's outputs as a list."""
+    return [r.result if r.status == TaskStatus.COMPLETED else None for r in results]

@@ -20,6 +20,7 @@ AGGREGATOR_AGENT = ENGINE
 CONTROL_QUEUE = f"{ENGINE}.control"
 AGGREGATE_TASK = f"{ENGINE}.aggregate"
 FINISH_FAILURE_TASK = f"{ENGINE}.finish_failure"
+MAP_TASK = f"{ENGINE}.map"  # starts a map: reads its list, sends its first batches
 
 
 def agent_queue(agent_id: str) -> str:

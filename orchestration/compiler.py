@@ -21,8 +21,14 @@ from typing import Any
 from celery import Celery, chain
 from celery.canvas import Signature
 
-from orchestration.broker import AGGREGATE_TASK, CONTROL_QUEUE, FINISH_FAILURE_TASK, agent_queue
-from orchestration.plan import Plan, PlannedGroup, PlannedTask
+from orchestration.broker import (
+    AGGREGATE_TASK,
+    CONTROL_QUEUE,
+    FINISH_FAILURE_TASK,
+    MAP_TASK,
+    agent_queue,
+)
+from orchestration.plan import Node, Plan, PlannedMap, PlannedTask
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,36 @@ def step_signature(app: Celery, workflow_id: str, task: PlannedTask, run: int) -
     )
 
 
+def map_signature(
+    app: Celery, workflow_id: str, node: PlannedMap, run: int, reset: bool
+) -> Signature:
+    """What starts a map (or sends it on): its list is known only when it runs."""
+    return app.signature(
+        MAP_TASK,
+        args=(workflow_id, node.step_id, run),
+        kwargs={"reset": reset} if reset else {},
+        immutable=True,
+        queue=CONTROL_QUEUE,
+        ignore_result=True,
+    )
+
+
+def batch_signature(app: Celery, workflow_id: str, node: PlannedMap, run: int) -> Signature:
+    """A message that runs the next batch of a map in line (it names no batch: the batch
+    is taken when it starts, so the same message serves any)."""
+    task = node.member
+    options: dict[str, Any] = {"queue": agent_queue(task.agent_id), "ignore_result": True}
+    if task.timeout:
+        options["soft_time_limit"] = task.timeout * node.batch_size
+    return app.signature(
+        task.celery_name,
+        args=(workflow_id, node.step_id, run),
+        kwargs={"map_batch": True},
+        immutable=True,
+        **options,
+    )
+
+
 def aggregate_signature(app: Celery, workflow_id: str, group_id: str, run: int) -> Signature:
     return app.signature(
         AGGREGATE_TASK,
@@ -62,14 +98,19 @@ def start_messages(
     app: Celery,
     plan: Plan,
     workflow_id: str,
-    node: PlannedTask | PlannedGroup,
+    node: Node,
     run: int,
     committed: Collection[str] = (),
+    *,
+    reset: bool = False,
 ) -> Next:
-    """The messages that start ``node``: a step, or a group's branches (each from its first
-    step without a result: a group sent again resumes where its branches stand)."""
+    """The messages that start ``node``: a step, a map's start, or a group's branches (each
+    from its first step without a result: a group sent again resumes where its branches
+    stand). ``reset``: a map is sent on after nothing ran for a while (the reaper)."""
     if isinstance(node, PlannedTask):
         return Next([step_signature(app, workflow_id, node, run)])
+    if isinstance(node, PlannedMap):
+        return Next([map_signature(app, workflow_id, node, run, reset)])
     heads = [next((s for s in b if s not in committed), None) for b in node.branches]
     return Next(
         [step_signature(app, workflow_id, plan.tasks[h], run) for h in heads if h],
@@ -81,9 +122,7 @@ def start_messages(
     )
 
 
-def next_messages(
-    app: Celery, plan: Plan, workflow_id: str, done: PlannedTask | PlannedGroup, run: int
-) -> Next:
+def next_messages(app: Celery, plan: Plan, workflow_id: str, done: Node, run: int) -> Next:
     """What the commit of ``done`` (a step, or a group's aggregate) sends."""
     if isinstance(done, PlannedTask) and done.group is not None:
         node = plan.group(done.group)

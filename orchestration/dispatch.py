@@ -13,7 +13,7 @@ from orchestration.broker import CONTROL_QUEUE, agent_queue
 from orchestration.compiler import Next, start_messages
 from orchestration.models import TaskResult, TaskStatus
 from orchestration.outbox import Outbox
-from orchestration.plan import Plan, PlannedGroup, frontier
+from orchestration.plan import Plan, PlannedGroup, PlannedMap, frontier
 from orchestration.scripts import Outgoing
 from orchestration.store import StateStore
 
@@ -71,20 +71,25 @@ class Dispatcher:
         if isinstance(node, PlannedGroup):
             agents = {plan.tasks[m].agent_id for m in node.member_ids}
             return [*(agent_queue(a) for a in sorted(agents)), CONTROL_QUEUE]
+        if isinstance(node, PlannedMap):
+            return [agent_queue(node.member.agent_id), CONTROL_QUEUE]
         return [agent_queue(self.store.task(workflow_id, step_id).agent_id)]
 
-    def send_on(self, workflow_id: str, run: int) -> str | None:
+    def send_on(self, workflow_id: str, run: int, *, stalled: bool = False) -> str | None:
         """Send the workflow on from the first step that has not completed (resume, retry,
         the reaper); what was outstanding before is superseded (lost, or dropped on
-        arrival). Returns that step, or None if every step has completed."""
+        arrival). ``stalled``: nothing has run for a while (the reaper), so a map's
+        batches taken and never committed are lost. Returns that step, or None if every
+        step has completed."""
         nxt, results = self._frontier(workflow_id)
         if nxt is None:
             return None
         plan = self.store.plan(workflow_id)
         node = next((n for n in plan.nodes if n.step_id == nxt), None)
         what = start_messages(
-            self.app, plan, workflow_id, node or self.store.task(workflow_id, nxt), run, results
-        )
+            self.app, plan, workflow_id, node or self.store.task(workflow_id, nxt), run, results,
+            reset=stalled,
+        )  # fmt: skip
         reply = self.store.send(
             workflow_id, run, self.outbox.outgoing(what), replace=True, ends=what.ends
         )

@@ -106,6 +106,15 @@ class WorkflowKeys:
         return f"{self._base}:signals"
 
     @property
+    def maps(self) -> str:
+        """Hash: every map's items and results, by ``<map step>@<epoch>:``: ``n`` (items),
+        ``i:<index>`` (an item, JSON), ``r:<index>`` (its result), ``ok``/``failed``
+        (counts), ``todo:<run>`` (the batches that run sends), ``b:<batch>`` (the run that
+        committed it), ``joined:<run>``; and ``epoch:<map step>``, bumped when a restore
+        takes the map back, so that it starts over."""
+        return f"{self._base}:maps"
+
+    @property
     def statuses(self) -> str:
         """Pub/sub channel: one message per change of the workflow's status (wakes ``wait``,
         which has no use for the rest)."""
@@ -129,6 +138,7 @@ class WorkflowKeys:
             self.throttled,
             self.waits,
             self.signals,
+            self.maps,
         ]
 
 

@@ -20,12 +20,14 @@ from orchestration.catalog import Catalog
 from orchestration.errors import BatonError, DefinitionError, HandoffRefused
 from orchestration.models import (
     STEP_GROUP,
+    STEP_MAP,
     STEP_TASK,
+    MapStep,
     ParallelStep,
     TaskStep,
     WorkflowDefinition,
 )
-from orchestration.plan import Plan, PlannedGroup, PlannedTask, handoff_id
+from orchestration.plan import Node, Plan, PlannedGroup, PlannedMap, PlannedTask, handoff_id
 from orchestration.waits import WAIT_AGENT
 
 DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
@@ -37,7 +39,7 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in (STEP_TASK, STEP_GROUP, "TaskStep") or p.startswith("list["):
+        elif p in (STEP_TASK, STEP_GROUP, STEP_MAP, "TaskStep") or p.startswith("list["):
             continue  # union member names say nothing to a user
         else:
             out += f".{p}" if out else p
@@ -168,10 +170,63 @@ def _check_reads(
             )
 
 
+def _check_aggregate(name: str, where: str, problems: Problems) -> None:
+    if name not in aggregators:
+        known = ", ".join(sorted(aggregators))
+        problems.append((f"{where}.aggregate", f"unknown aggregator {name!r} (known: {known})"))
+
+
+def plan_map(
+    step: MapStep,
+    where: str,
+    step_id: str,
+    index: int,
+    reg: Catalog,
+    problems: Problems,
+    available: set[str],
+) -> PlannedMap:
+    """Check a map: its task as a step's, ``over`` as a path into an earlier output."""
+    _check_aggregate(step.aggregate, where, problems)
+    over_key, _, path = step.map.over.partition(".")
+    if step.map.over in available:  # an output_key with a dot in it
+        over_key, path = step.map.over, ""
+    if over_key not in available:
+        have = ", ".join(sorted(available)) or "nothing yet"
+        problems.append(
+            (
+                f"{where}.map.over",
+                f"{step.map.over!r}: {over_key!r} is not produced by any earlier step "
+                f"(available: {have})",
+            )
+        )
+    # Each item loads what the task reads (or context_keys), else all but the list itself:
+    # a 100,000-item list is read once, by the map, not once per item.
+    member = plan_task(
+        step.map.as_task(), f"{where}.map", step_id, index, reg, problems, available, group=None
+    )
+    if member.context_keys is None:
+        member = member.model_copy(
+            update={"context_keys": sorted(available - {over_key}), "output_key": None}
+        )
+    return PlannedMap(
+        step_id=step_id,
+        index=index,
+        member=member,
+        over_key=over_key,
+        over_path=[p for p in path.split(".") if p],
+        output_key=step.output_key,
+        aggregate=step.aggregate,
+        batch_size=step.batch_size,
+        max_concurrency=step.max_concurrency,
+        on_failure=step.on_failure,
+        min_success_rate=step.min_success_rate,
+    )
+
+
 def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
     """Check a parsed definition against the registry and the data flow; assign step ids."""
     problems: Problems = []
-    nodes: list[PlannedTask | PlannedGroup] = []
+    nodes: list[Node] = []
     tasks: dict[str, PlannedTask] = {}
     available: set[str] = set()
     for i, step in enumerate(definition.steps):
@@ -184,12 +239,14 @@ def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
             if step.output_key:
                 available.add(step.output_key)
             continue
+        if isinstance(step, MapStep):
+            mapped = plan_map(step, where, sid, i, reg, problems, available)
+            nodes.append(mapped)
+            if step.output_key:
+                available.add(step.output_key)
+            continue
         assert isinstance(step, ParallelStep)
-        if step.aggregate not in aggregators:
-            known = ", ".join(sorted(aggregators))
-            problems.append(
-                (f"{where}.aggregate", f"unknown aggregator {step.aggregate!r} (known: {known})")
-            )
+        _check_aggregate(step.aggregate, where, problems)
         branches: list[list[str]] = []
         produced: set[str] = set()
         for b, branch in enumerate(step.parallel):

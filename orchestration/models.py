@@ -176,16 +176,60 @@ class ParallelStep(_Strict):
     min_success_rate: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+class MapMember(_Strict):
+    """What a map runs for each item: an agent task, as a step names one (no output_key:
+    the map's outputs are its members' results, aggregated)."""
+
+    agent_id: Annotated[str, Field(pattern=IDENT)]
+    task_type: Annotated[str, Field(pattern=IDENT)]
+    over: Annotated[str, Field(min_length=1)]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    context_keys: list[str] | None = Field(
+        default=None, description="shared_data keys handed to each item (default: all but over's)"
+    )
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    retry_backoff: Annotated[float, Field(gt=0)] = 1.0
+    retry_backoff_max: Annotated[float, Field(gt=0)] = 300.0
+    timeout: Annotated[float, Field(gt=0)] | None = None
+
+    def as_task(self) -> TaskStep:
+        return TaskStep.model_validate(self.model_dump(exclude={"over"}))
+
+
+class MapStep(_Strict):
+    """``{"map": {"over": "segments.items", "agent_id": ..., "task_type": ...}, ...}``: run
+    the task once per item of a list that an earlier step produced, however long it is.
+
+    ``over`` is ``<output_key>.<path>``; each item reaches its task as ``step.item`` (and
+    ``step.index``), read from the state store. ``aggregate``: ``collect`` (the items'
+    outputs as a list, in input order; a failed item's is null), or a group's aggregator
+    (``summary``, ``merge``). ``batch_size`` items go in one task message;
+    ``max_concurrency`` caps the items in flight across every worker."""
+
+    map: MapMember
+    output_key: Annotated[str, Field(min_length=1)] | None = None
+    aggregate: str = "collect"
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    description: str = ""
+    on_failure: Literal["continue", "fail"] = "continue"
+    min_success_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
 def _step_kind(value: Any) -> str:
     # Choosing the model by shape gives one error naming the field actually wrong,
     # instead of one per union member.
-    is_group = isinstance(value, ParallelStep) or (isinstance(value, dict) and "parallel" in value)
-    return STEP_GROUP if is_group else STEP_TASK
+    for kind, model, field in ((STEP_GROUP, ParallelStep, "parallel"), (STEP_MAP, MapStep, "map")):
+        if isinstance(value, model) or (isinstance(value, dict) and field in value):
+            return kind
+    return STEP_TASK
 
 
-STEP_TASK, STEP_GROUP = "task step", "parallel group"
+STEP_TASK, STEP_GROUP, STEP_MAP = "task step", "parallel group", "map"
 Step = Annotated[
-    Annotated[TaskStep, Tag(STEP_TASK)] | Annotated[ParallelStep, Tag(STEP_GROUP)],
+    Annotated[TaskStep, Tag(STEP_TASK)]
+    | Annotated[ParallelStep, Tag(STEP_GROUP)]
+    | Annotated[MapStep, Tag(STEP_MAP)],
     Discriminator(_step_kind),
     BeforeValidator(_as_task),
 ]
@@ -368,6 +412,18 @@ class WaitingStep(BaseModel):
     until: str | None = None
 
 
+class MapProgress(BaseModel):
+    """How far a map has got: items done (completed), failed, and in all (None: its list
+    is not read yet)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: str
+    done: int = 0
+    failed: int = 0
+    total: int | None = None
+
+
 class ThrottledStep(BaseModel):
     """A step waiting for its turn under a rate or concurrency limit (it holds no worker)."""
 
@@ -394,6 +450,7 @@ class WorkflowStatusReport(BaseModel):
     current_agent: str | None = None
     running_steps: list[RunningStep] = Field(default_factory=list)
     throttled_steps: list[ThrottledStep] = Field(default_factory=list)
+    maps: list[MapProgress] = Field(default_factory=list)
     error: str | None = None
     failed_step: str | None = None
     created_at: str

@@ -38,6 +38,9 @@ class Event(StrEnum):
     # waits (history)
     WAIT_PARKED = "wait_parked"
     SIGNAL_KEPT = "signal_kept"
+    # maps (history, and the event channels)
+    MAP_STARTED = "map_started"
+    MAP_FAILED_ITEMS = "map_failed_items"
     # the saga (history)
     COMPENSATION_STARTED = "compensation_started"
     STEP_COMPENSATED = "step_compensated"
@@ -49,6 +52,7 @@ class Event(StrEnum):
     # written by a running step (``step.emit``, ``step.progress``): the stream only
     EMITTED = "emitted"
     PROGRESS = "progress"
+    MAP_PROGRESS = "map_progress"  # a map's batch committed: its counts
 
 
 #: Where a run (re)starts: the attempts and retries the dashboard shows count from here.

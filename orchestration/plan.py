@@ -54,10 +54,49 @@ class PlannedGroup(_Frozen):
         return [s for branch in self.branches for s in branch]
 
 
+class PlannedMap(_Frozen):
+    """A map: ``member`` (its step_id is the map's) runs once per item of the list at
+    ``over_path`` in shared_data[``over_key``], ``batch_size`` items a message."""
+
+    kind: str = "map"
+    step_id: str
+    index: int
+    member: PlannedTask
+    over_key: str
+    over_path: list[str] = Field(default_factory=list)
+    output_key: str | None
+    aggregate: str
+    batch_size: int = 1
+    max_concurrency: int | None = None
+    on_failure: str = "continue"
+    min_success_rate: float | None = None
+
+    @property
+    def over(self) -> str:
+        return ".".join([self.over_key, *self.over_path])
+
+    def window(self, concurrent: bool) -> int:
+        """Batches in flight at once: as many as ``max_concurrency`` items fill (at least
+        one). A batch of an async task has all its items in flight (``concurrent``); of a
+        plain one, one item at a time."""
+        if self.max_concurrency is None:
+            return 1 << 30
+        return max(1, self.max_concurrency // (self.batch_size if concurrent else 1))
+
+    def in_flight(self, concurrent: bool) -> int:
+        """Items of one batch in flight at once."""
+        if not concurrent:
+            return 1
+        return min(self.batch_size, self.max_concurrency or self.batch_size)
+
+
+Node = PlannedTask | PlannedGroup | PlannedMap
+
+
 class Plan(_Frozen):
     name: str
     description: str = ""
-    nodes: list[PlannedTask | PlannedGroup]
+    nodes: list[Node]
     tasks: dict[str, PlannedTask]
     max_handoffs: int = 10
     deadline_seconds: float | None = None
@@ -71,6 +110,19 @@ class Plan(_Frozen):
             if isinstance(node, PlannedGroup) and node.step_id == step_id:
                 return node
         raise KeyError(step_id)
+
+    def map(self, step_id: str) -> PlannedMap:
+        for node in self.nodes:
+            if isinstance(node, PlannedMap) and node.step_id == step_id:
+                return node
+        raise KeyError(step_id)
+
+    def node(self, step_id: str) -> Node | None:
+        return next((n for n in self.nodes if n.step_id == step_id), None)
+
+    @property
+    def maps(self) -> list[PlannedMap]:
+        return [n for n in self.nodes if isinstance(n, PlannedMap)]
 
     def visible_results(self, task: PlannedTask) -> tuple[list[str], int]:
         """The results a step is shown as ``previous_results``: every earlier top-level step

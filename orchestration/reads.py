@@ -8,6 +8,7 @@ they never write (``list_ids`` aside, which drops expired ids from the index). W
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from orchestration.models import (
     Checkpoint,
     CompensationOutcome,
     HistoryEntry,
+    MapProgress,
     RunningStep,
     StreamEvent,
     TaskResult,
@@ -289,6 +291,26 @@ class StateReader:
                 )
         return points
 
+    def map_base(self, workflow_id: str, map_id: str) -> str:
+        """A map's prefix in the maps hash, for its current epoch (``orchestration/maps.py``)."""
+        epoch = self.redis.hget(self.keys(workflow_id).maps, f"epoch:{map_id}")
+        return f"{map_id}@{int(epoch or 0)}:"
+
+    def map_progress(self, workflow_id: str) -> list[MapProgress]:
+        """How far each map of the workflow has got: counts, never its items."""
+        out = []
+        key = self.keys(workflow_id).maps
+        for node in self.plan(workflow_id).maps:
+            base = self.map_base(workflow_id, node.step_id)
+            n, ok, failed = self.redis.hmget(key, [f"{base}n", f"{base}ok", f"{base}failed"])
+            total = None if n is None else int(n)
+            out.append(
+                MapProgress(
+                    step=node.step_id, done=int(ok or 0), failed=int(failed or 0), total=total
+                )
+            )
+        return out
+
     def get_status(self, workflow_id: str) -> WorkflowStatusReport:
         k = self.keys(workflow_id)
         pipe = self.redis.pipeline(transaction=False)
@@ -320,6 +342,7 @@ class StateReader:
             current_agent=running[0].agent_id if running else None,
             running_steps=running,
             throttled_steps=sorted(throttled, key=lambda t: step_sort_key(t.step)),
+            maps=self.map_progress(workflow_id),
             error=meta.get("error"),
             failed_step=meta.get("failed_step"),
             created_at=meta.fields["created_at"],
@@ -332,7 +355,7 @@ class StateReader:
 
 def step_sort_key(step_id: str) -> tuple[int, ...]:
     """``step_2`` < ``step_2.h1`` < ``step_3.1`` < ``step_3.10``: the order steps run in."""
-    parts = step_id.removeprefix("step_").replace(".h", ".").split(".")
+    parts = re.split(r"\.h|[.#\[\]]", step_id.removeprefix("step_"))  # (a map's batch: #)
     return tuple(int(p) for p in parts if p.isdigit())
 
 

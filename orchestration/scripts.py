@@ -26,7 +26,10 @@ from orchestration.names import lua_prelude
 from orchestration.wire import Push
 
 Outcome = Literal["continue", "complete", "fail"]
-SCRIPTS = ("create", "transition", "begin", "commit", "restore", "lease", "send", "park")
+SCRIPTS = (
+    "create", "transition", "begin", "commit", "restore", "lease", "send", "park",
+    "mapstart", "mapbegin", "mapcommit",
+)  # fmt: skip
 Raw = list[Any]
 
 
@@ -197,6 +200,55 @@ class SendSpec(Spec):
     replace: bool = False
     ends: list[str] = Field(default_factory=list)
     hold_at: str | None = None
+
+
+class MapStartSpec(Spec):
+    """mapstart.lua. ``base``: the map's prefix in the maps hash (``<step>@<epoch>:``)."""
+
+    map: str
+    base: str
+    run: int
+    n: int
+    todo: list[int]
+    window: int
+    reset: bool = False
+    per_message: int = 1  # pushes per message (a message and its task-sent event)
+
+
+class MapBeginSpec(Spec):
+    """mapbegin.lua. ``data_keys`` None loads all of shared_data."""
+
+    map: str
+    base: str
+    run: int
+    task_id: str
+    owner: str
+    worker: str = ""
+    lease_ms: int
+    running_json: str
+    size: int
+    n: int
+    data_keys: list[str] | None = None
+    fields: list[str] = Field(default_factory=list)
+
+
+class MapCommitSpec(Spec):
+    """mapcommit.lua; ARGV: spec, one result JSON per index."""
+
+    map: str
+    base: str
+    run: int
+    batch: int
+    step: str
+    task_id: str
+    indices: list[int]
+    ok: list[bool]
+    earlier_failed: int = 0
+    seconds: list[float]
+    agent_id: str
+    task_type: str
+    n: int
+    per_message: int = 1
 
 
 # --------------------------------------------------------------------------- replies
@@ -401,6 +453,76 @@ class SendReply:
     def decode(cls, raw: Raw) -> SendReply:
         _shape("send", raw, 3)
         return cls(text(raw[0]), text(raw[1]), text(raw[2]))
+
+
+@dataclass(frozen=True)
+class MapBeginReply:
+    """``state`` ``ok``: the batch to run, its attempt, what its items may see, its items
+    (JSON) and their results from earlier runs (JSON, or empty: none). Else why not:
+    ``missing``, ``stale``, a status (``paused``, ...), ``duplicate``, ``drained``,
+    ``leased``."""
+
+    state: str
+    batch: int = 0
+    attempt: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    results: dict[bytes, bytes] = field(default_factory=dict)
+    items: list[bytes] = field(default_factory=list)
+    earlier: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def decode(cls, raw: Raw) -> MapBeginReply:
+        raw = _list("mapbegin", raw)
+        if len(raw) == 1:
+            return cls(text(raw[0]))
+        _shape("mapbegin", raw, 7)
+        data, results = raw[3], raw[4]
+        return cls(
+            text(raw[0]),
+            int(raw[1]),
+            int(raw[2]),
+            {text(k): json.loads(v) for k, v in zip(data[::2], data[1::2], strict=True)},
+            dict(zip(results[::2], results[1::2], strict=True)),
+            list(raw[5]),
+            list(raw[6]),
+        )
+
+
+@dataclass(frozen=True)
+class MapStartReply:
+    """``state``: ``ok``, ``missing``, ``stale`` or the status that refused; ``sent``: how
+    many of the messages went; the map's aggregate, if it went too."""
+
+    state: str
+    sent: int = 0
+    aggregate_id: str = ""
+    aggregate_message: str = ""
+
+    @classmethod
+    def decode(cls, raw: Raw) -> MapStartReply:
+        _shape("mapstart", raw, 4)
+        return cls(text(raw[0]), int(raw[1]), text(raw[2]), text(raw[3]))
+
+
+@dataclass(frozen=True)
+class MapCommitReply:
+    state: Literal["committed", "duplicate", "not_running", "stale", "missing"]
+    status: str = ""
+    sent: int = 0  # the next message went (batches remain)
+    aggregate_id: str = ""
+    aggregate_message: str = ""
+
+    @property
+    def committed(self) -> bool:
+        return self.state == "committed"
+
+    @classmethod
+    def decode(cls, raw: Raw) -> MapCommitReply:
+        _shape("mapcommit", raw, 5)
+        state = text(raw[0])
+        if state not in ("committed", "duplicate", "not_running", "stale", "missing"):
+            raise _bad("mapcommit", raw)
+        return cls(state, text(raw[1]), int(raw[2]), text(raw[3]), text(raw[4]))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- calling

@@ -399,3 +399,36 @@ def ask(step: StepInput[EchoParams]) -> Any:
         output_key="correction",
         output={"draft": step.parameters.value},
     )
+
+
+class SquareParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag: str = ""  # items record their runs under testlog:map:<tag>:... when set
+
+
+@testkit.task(params=SquareParams)
+def square(step: StepInput[SquareParams]) -> dict[str, Any]:
+    """A map's item ``{"value": n}``: its square, and the index it came with. An item with
+    ``"fail": true`` raises; with ``"until": <key>`` it raises while that test key exists.
+    With a ``tag``, each run is counted per index and the most items at once is kept."""
+    item, tag = step.item, step.parameters.tag
+    r = test_redis() if tag else None
+    if r is not None:
+        r.hincrby(f"testlog:map:{tag}:runs", str(step.index), 1)
+        now = r.incr(f"testlog:map:{tag}:now")
+        r.eval(  # the most items ever running at once
+            "if tonumber(redis.call('GET', KEYS[1]) or 0) < tonumber(ARGV[1]) then "
+            "redis.call('SET', KEYS[1], ARGV[1]) end", 1, f"testlog:map:{tag}:max", now,
+        )  # fmt: skip
+    try:
+        if r is not None and item.get("hold"):
+            # Held until the test opens the gate (pause and kill tests).
+            r.rpush(f"testlog:map:{tag}:started", str(step.index))
+            r.blpop([f"testlog:map:{tag}:open"], timeout=float(item["hold"]))
+            r.rpush(f"testlog:map:{tag}:open", "1")  # and it stays open for the others
+        if item.get("fail") or (item.get("until") and test_redis().exists(item["until"])):
+            raise ValueError(f"item {step.index} refused")
+        return {"index": step.index, "square": item["value"] ** 2}
+    finally:
+        if r is not None:
+            r.decr(f"testlog:map:{tag}:now")

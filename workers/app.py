@@ -14,9 +14,10 @@ from celery import Celery, Task
 from celery.signals import worker_ready
 
 from agents.registry import AgentRegistry, load_agents
-from orchestration.broker import AGGREGATE_TASK, FINISH_FAILURE_TASK, producer_app
+from orchestration.broker import AGGREGATE_TASK, FINISH_FAILURE_TASK, MAP_TASK, producer_app
 from orchestration.connection import connect
 from orchestration.embedded import resolve_redis_url
+from orchestration.plan import PlannedMap
 from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
 from orchestration.waits import WAIT_AGENT, WAIT_TASK
@@ -24,6 +25,7 @@ from workers.aio import register as register_asyncio_pool
 from workers.engine import Engine
 from workers.groups import run_aggregate
 from workers.logs import configure as configure_logging
+from workers.maps import MapBatchRun, run_map_aggregate, run_map_start
 from workers.reaper import Reaper
 from workers.steps import StepRun
 from workers.transport import install as install_safe_redis_transport
@@ -52,16 +54,28 @@ def create_app(
         *,
         compensate: bool = False,
         reserved: bool = False,  # set when a limit put it back with its rate slot held
+        map_batch: bool = False,  # a batch of the map step_id (it takes the next in line)
     ) -> str | None:
         engine = engine_for(task.app, reg)
         if compensate:
             engine.saga.run_compensation(task, workflow_id, step_id, run)
             return None
+        if map_batch:
+            return MapBatchRun(engine, task, workflow_id, step_id, run)()
         kind = WaitRun if task.name == WAIT_CELERY_NAME else StepRun
         return kind(engine, task, workflow_id, step_id, run)()
 
     def aggregate(task: Task, workflow_id: str, group_id: str, run: int = 1) -> str:
-        return run_aggregate(engine_for(task.app, reg), task, workflow_id, group_id, run)
+        engine = engine_for(task.app, reg)
+        node = engine.store.plan(workflow_id).node(group_id)
+        if isinstance(node, PlannedMap):
+            return run_map_aggregate(engine, task, workflow_id, node, run)
+        return run_aggregate(engine, task, workflow_id, group_id, run)
+
+    def start_map(
+        task: Task, workflow_id: str, map_id: str, run: int = 1, *, reset: bool = False
+    ) -> str:
+        return run_map_start(engine_for(task.app, reg), task, workflow_id, map_id, run, reset)
 
     def finish_failure(task: Task, workflow_id: str, run: int) -> None:
         engine_for(task.app, reg).saga.finish_failure(workflow_id, run)
@@ -72,6 +86,7 @@ def create_app(
         app.task(name=tt.celery_name, bind=True, shared=False, max_retries=None)(step)
     app.task(name=AGGREGATE_TASK, bind=True, shared=False, ignore_result=True)(aggregate)
     app.task(name=FINISH_FAILURE_TASK, bind=True, shared=False, ignore_result=True)(finish_failure)
+    app.task(name=MAP_TASK, bind=True, shared=False, ignore_result=True)(start_map)
     return app
 
 

@@ -1,5 +1,6 @@
 """A parallel group's callback (``baton.aggregate``): once every branch has ended, sum the
-members' results up with the group's aggregator and commit that as the group's step."""
+members' results up with the group's aggregator and commit that as the group's step.
+(A map's aggregate shares the lease, verdict and commit: ``workers/maps.py``.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from orchestration.aggregate import aggregators
 from orchestration.broker import AGGREGATOR_AGENT
 from orchestration.compiler import Next, next_messages
 from orchestration.models import RunningStep, TaskResult, TaskStatus, WorkflowStatus, dumps, utcnow
+from orchestration.plan import PlannedGroup, PlannedMap
+from orchestration.reads import StepState
 from orchestration.scripts import Outcome
 from workers.engine import Engine
 from workers.steps import outcome_word
@@ -22,57 +25,114 @@ log = logging.getLogger("baton.runner")
 S = WorkflowStatus
 
 
-def run_aggregate(engine: Engine, ctask: Task, workflow_id: str, group_id: str, run: int) -> str:
-    store = engine.store
-    plan = store.plan(workflow_id)
-    node = plan.group(group_id)
-    started_at = utcnow()
-    owner = f"aggregate:{uuid.uuid4().hex[:8]}"
-    state = store.begin_step(
+def begin_aggregate(
+    engine: Engine,
+    ctask: Task,
+    workflow_id: str,
+    node: PlannedGroup | PlannedMap,
+    run: int,
+    owner: str,
+    *,
+    data_keys: list[str],
+    results: list[str],
+) -> StepState | None:
+    """Take the lease of the group's (or map's) step to aggregate it; None: not now (a copy
+    of this callback aggregates, or the workflow stopped)."""
+    state = engine.store.begin_step(
         workflow_id,
         RunningStep(
-            step_id=group_id,
+            step_id=node.step_id,
             agent_id=AGGREGATOR_AGENT,
             task_type=f"aggregate.{node.aggregate}",
-            started_at=started_at,
+            started_at=utcnow(),
             worker=ctask.request.hostname,
         ),
         run,
-        [k for m in node.member_ids if (k := plan.tasks[m].output_key)],
-        results=node.member_ids,
+        data_keys,
+        results=results,
         owner=owner,
         lease_seconds=engine.lease_seconds,
         task_id=ctask.request.id,
     )
     if state.status == "leased":  # another copy of this callback is aggregating
         raise ctask.retry(countdown=engine.lease_seconds / 2, max_retries=None)
-    if state.status != S.RUNNING:
+    return state if state.status == S.RUNNING else None
+
+
+def verdict(node: PlannedGroup | PlannedMap, ok: int, total: int) -> str | None:
+    """Why the group (or map) fails, given how many of its members completed; or None."""
+    kind = "group" if isinstance(node, PlannedGroup) else "map"
+    what = "members" if kind == "group" else "items"
+    if node.on_failure == "fail" and ok < total:
+        return f"{kind} {node.step_id}: {total - ok} of {total} {what} failed (on_failure: fail)"
+    rate = ok / total if total else 1.0
+    if node.min_success_rate is not None and rate < node.min_success_rate:
+        return (
+            f"{kind} {node.step_id}: success rate {rate:.2f} is below "
+            f"min_success_rate {node.min_success_rate}"
+        )
+    return None
+
+
+def commit_node(
+    engine: Engine,
+    ctask: Task,
+    workflow_id: str,
+    node: PlannedGroup | PlannedMap,
+    run: int,
+    result: TaskResult,
+    output_json: str,
+) -> None:
+    """Commit a group's (or map's) result as its step, with what follows it; a failure
+    fails the workflow through the saga."""
+    plan = engine.store.plan(workflow_id)
+    ok = result.status == TaskStatus.COMPLETED
+    nxt = next_messages(engine.app, plan, workflow_id, node, run) if ok else Next()
+    outcome: Outcome = "fail" if not ok else "complete" if plan.is_last(node.index) else "continue"
+    reply = engine.store.commit(
+        workflow_id,
+        result,
+        node=node.step_id,
+        output_json=output_json,
+        advance=True,
+        outcome=outcome,
+        run=run,
+        task_id=ctask.request.id,
+        send=engine.dispatch.outgoing(nxt, ctask.request.id),
+    )
+    if reply.committed and reply.status == S.COMPENSATING:
+        engine.saga.fail_workflow(workflow_id, run)
+    elif reply.committed and reply.status == S.RUNNING:
+        engine.dispatch.send_rest(nxt)
+
+
+def run_aggregate(engine: Engine, ctask: Task, workflow_id: str, group_id: str, run: int) -> str:
+    plan = engine.store.plan(workflow_id)
+    node = plan.group(group_id)
+    owner = f"aggregate:{uuid.uuid4().hex[:8]}"
+    state = begin_aggregate(
+        engine, ctask, workflow_id, node, run, owner,
+        data_keys=[k for m in node.member_ids if (k := plan.tasks[m].output_key)],
+        results=node.member_ids,
+    )  # fmt: skip
+    if state is None:
         return outcome_word("skipped")
+    started_at = utcnow()
     members = [state.results.get(sid) for sid in node.member_ids]
     if any(m is None for m in members):
         # A superseded chord (the group was re-dispatched on resume): the newer one aggregates.
         log.info("aggregate of %s %s skipped: members still missing", workflow_id, group_id)
-        store.lease(workflow_id, group_id, owner, 0, release=True)
+        engine.store.lease(workflow_id, group_id, owner, 0, release=True)
         return outcome_word("skipped")
     got = [m for m in members if m is not None]
     t0 = time.perf_counter()
     summary = aggregators[node.aggregate](got, _wall_time(got))
     ok_count = sum(m.status == TaskStatus.COMPLETED for m in got)
-    rate = ok_count / len(got)
-    error = None
-    if node.on_failure == "fail" and ok_count < len(got):
-        failed = len(got) - ok_count
-        error = f"group {group_id}: {failed} of {len(got)} members failed (on_failure: fail)"
-    elif node.min_success_rate is not None and rate < node.min_success_rate:
-        error = (
-            f"group {group_id}: success rate {rate:.2f} is below "
-            f"min_success_rate {node.min_success_rate}"
-        )
-    ok = error is None
+    error = verdict(node, ok_count, len(got))
     result = TaskResult(
         task_id=f"{workflow_id}:{group_id}",
         agent_id=AGGREGATOR_AGENT,
-        status=TaskStatus.COMPLETED if ok else TaskStatus.FAILED,
+        status=TaskStatus.COMPLETED if error is None else TaskStatus.FAILED,
         result=summary,
         error=error,
         execution_time=time.perf_counter() - t0,
@@ -84,24 +144,8 @@ def run_aggregate(engine: Engine, ctask: Task, workflow_id: str, group_id: str, 
         finished_at=utcnow(),
         worker=ctask.request.hostname,
     )
-    nxt = next_messages(engine.app, plan, workflow_id, node, run) if ok else Next()
-    outcome: Outcome = "fail" if not ok else "complete" if plan.is_last(node.index) else "continue"
-    reply = store.commit(
-        workflow_id,
-        result,
-        node=group_id,
-        output_json=dumps(summary),
-        advance=True,
-        outcome=outcome,
-        run=run,
-        task_id=ctask.request.id,
-        send=engine.dispatch.outgoing(nxt, ctask.request.id),
-    )
-    if reply.committed and reply.status == S.COMPENSATING:
-        engine.saga.fail_workflow(workflow_id, run)
-    elif reply.committed and reply.status == S.RUNNING:
-        engine.dispatch.send_rest(nxt)
-    return outcome_word("completed" if ok else "failed", error)
+    commit_node(engine, ctask, workflow_id, node, run, result, dumps(summary))
+    return outcome_word("completed" if error is None else "failed", error)
 
 
 def _wall_time(results: list[TaskResult]) -> float:

@@ -97,7 +97,7 @@ class Reaper:
             )
         self.store.redis.hincrby(meta_key, "reaps", 1)
         self.store.index.touch(wid)
-        step = self.engine.dispatch.send_on(wid, run_no)
+        step = self.engine.dispatch.send_on(wid, run_no, stalled=True)
         self.store.append_history(
             wid,
             HistoryEntry(

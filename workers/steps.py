@@ -86,13 +86,20 @@ class StepRun:
     """One execution of one step message."""
 
     def __init__(
-        self, engine: Engine, ctask: Task, workflow_id: str, step_id: str, run: int
+        self,
+        engine: Engine,
+        ctask: Task,
+        workflow_id: str,
+        step_id: str,
+        run: int,
+        *,
+        task: PlannedTask | None = None,
     ) -> None:
         self.engine, self.store = engine, engine.store
         self.ctask = ctask
         self.workflow_id, self.step_id, self.run_no = workflow_id, step_id, run
         self.plan = self.store.plan(workflow_id)
-        self.task = self.store.task(workflow_id, step_id)
+        self.task = task or self.store.task(workflow_id, step_id)
         self.worker = ctask.request.hostname
         self.owner = f"{self.worker}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this execution
         self.started_at = utcnow()

@@ -29,11 +29,19 @@ local function deliver(messages)
   end
 end
 
-local function send(spec)
-  track(spec.track)
-  deliver(push(spec.ops or '', 1, spec.sends or 0))
+-- (limit: send only the first that many messages, of spec.per_message pushes each; a
+-- map's window decides how many.)
+local function send(spec, limit)
+  local sends = spec.sends or 0
+  local n = limit and math.max(0, math.min(limit * (spec.per_message or 1), sends)) or sends
+  if limit then
+    track({unpack(spec.track or {}, 1, math.max(0, limit))})
+  else
+    track(spec.track)
+  end
+  deliver(push(spec.ops or '', 1, n))
   if spec.arm then
-    local aggregate = {ids = spec.join_track, messages = push(spec.ops or '', (spec.sends or 0) + 1,
+    local aggregate = {ids = spec.join_track, messages = push(spec.ops or '', sends + 1,
       spec.joins or 0)}
     redis.call('HSET', STEPS, 'joined:' .. spec.arm, 0, 'join:' .. spec.arm, cjson.encode(aggregate))
   end

@@ -1,6 +1,6 @@
 -- Restore the shared state to checkpoint spec.target: every value, result and inserted
--- step written after it moves to the archive (so older versions stay readable), and
--- progress counters follow. The restore is itself a new version: versions only grow.
+-- step written after it moves to the archive (so older versions stay readable), a map
+-- begun after it starts over, and progress counters follow. The restore is itself a new version: versions only grow.
 -- Returns {'ok', old status, version, run}, {'invalid', latest version} for a target that
 -- is no checkpoint, or a status refusal (scripts.RestoreReply).
 -- ARGV: spec {from, to, target, now, event, channel, bump_run, keep_failed,
@@ -55,6 +55,10 @@ for i = 1, #fields, 2 do
       table.insert(changed, 'step:' .. name)
     elseif kind == 'b' then
       redis.call('HINCRBY', META, 'current_step', -1)
+    elseif kind == 'm' then
+      -- A map taken back to before it began: it starts over, on the list it then finds.
+      redis.call('HINCRBY', MAPS, 'epoch:' .. name, 1)
+      table.insert(changed, 'map:' .. name)
     end
     redis.call('HDEL', VERSIONS, field)
   end

@@ -1,0 +1,130 @@
+-- A map's message is about to run a batch: it takes the next one in line for this run
+-- (a message delivered again keeps the one it took: claims are by Celery task id), skips
+-- batches committed already, and takes that batch's lease as begin.lua takes a step's.
+-- In the same round trip it loads what the items may see (shared_data: all, or
+-- spec.data_keys; the results in spec.fields), the batch's items and the results of
+-- those items from earlier runs (a retried map runs only what did not complete).
+-- Returns {'ok', batch, attempt, data, results, items, earlier} or {state}: 'missing',
+-- 'stale', 'paused' (it records where), another status, 'duplicate' (this message ran
+-- its batch already), 'drained' (no batch left: the message ends), 'leased'.
+-- ARGV: spec {map, base, run, task_id, owner, worker, lease_ms, running_json, size, n,
+--             data_keys (absent: all), fields, now, channel}
+local spec = cjson.decode(ARGV[1])
+local meta = redis.call('HMGET', META, 'status', 'run')
+local status = meta[1]
+if not status then
+  return {'missing'}
+end
+if tonumber(meta[2]) ~= spec.run then
+  return {'stale'}
+end
+local b, R = spec.base, tostring(spec.run)
+local claim_field = b .. 'claim:' .. spec.task_id
+local claim = redis.call('HGET', MAPS, claim_field)
+if claim == 'done' then
+  redis.call('SREM', TASKS, spec.task_id)
+  return {'duplicate'}
+end
+if status ~= 'running' then
+  -- Not run: the message ends here; resume sends another in its place, which takes the
+  -- batch this one had taken (if it had: it was delivered again) from the line.
+  if claim then
+    local requeue = cjson.decode(redis.call('HGET', MAPS, b .. 'requeue:' .. R) or '[]')
+    table.insert(requeue, tonumber(claim))
+    redis.call('HSET', MAPS, b .. 'requeue:' .. R, cjson.encode(requeue))
+  end
+  redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, -1)
+  redis.call('HSET', MAPS, claim_field, 'done')
+  redis.call('SREM', TASKS, spec.task_id)
+  if status == 'paused' then
+    redis.call('HSETNX', META, 'paused_at', spec.map)
+  end
+  return {status}
+end
+
+local count = tonumber(redis.call('HGET', MAPS, b .. 'todo:' .. R) or 0)
+local function take()
+  local requeue = cjson.decode(redis.call('HGET', MAPS, b .. 'requeue:' .. R) or '[]')
+  if #requeue > 0 then
+    local pos = table.remove(requeue, 1)
+    redis.call('HSET', MAPS, b .. 'requeue:' .. R, cjson.encode(requeue))
+    return pos
+  end
+  if tonumber(redis.call('HGET', MAPS, b .. 'cursor:' .. R) or 0) >= count then
+    return nil
+  end
+  return redis.call('HINCRBY', MAPS, b .. 'cursor:' .. R, 1)
+end
+local pos, batch = tonumber(claim or nil), nil
+while true do
+  pos = pos or take()
+  if not pos then
+    redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, -1)
+    redis.call('HSET', MAPS, claim_field, 'done')
+    redis.call('SREM', TASKS, spec.task_id)
+    return {'drained'}
+  end
+  batch = redis.call('HGET', MAPS, b .. 't:' .. R .. ':' .. pos)
+  if redis.call('HGET', MAPS, b .. 'b:' .. batch) ~= R then
+    break
+  end
+  pos = nil  -- committed meanwhile (taken again after a reset): the next one
+end
+redis.call('HSET', MAPS, claim_field, pos)
+
+local step = spec.map .. '#' .. batch
+local now = now_ms()
+local held = redis.call('HGET', STEPS, 'lease:' .. step)
+if held then
+  local lease = cjson.decode(held)
+  if lease.owner ~= spec.owner then
+    if lease['until'] > now then
+      return {'leased'}
+    end
+    history({event = EVENT.attempt_lost, step = step, worker = lease.worker,
+      error = 'its worker stopped renewing the lease', timestamp = spec.now})
+  end
+end
+redis.call('HSET', STEPS, 'lease:' .. step,
+  cjson.encode({owner = spec.owner, worker = spec.worker, ['until'] = now + spec.lease_ms}))
+local attempt = redis.call('HINCRBY', STEPS, 'attempts:' .. step, 1)
+redis.call('HSET', RUNNING, step, spec.running_json)
+publish(spec.channel, {event = EVENT.step_started, step = step})
+
+local data = {}
+if spec.data_keys == nil then
+  data = redis.call('HGETALL', DATA)
+elseif #spec.data_keys > 0 then
+  local values = redis.call('HMGET', DATA, unpack(spec.data_keys))
+  for i, key in ipairs(spec.data_keys) do
+    if values[i] then
+      table.insert(data, key)
+      table.insert(data, values[i])
+    end
+  end
+end
+local results = {}
+if #(spec.fields or {}) > 0 then
+  local values = redis.call('HMGET', RESULTS, unpack(spec.fields))
+  for i, id in ipairs(spec.fields) do
+    if values[i] then
+      table.insert(results, id)
+      table.insert(results, values[i])
+    end
+  end
+end
+local first = tonumber(batch) * spec.size
+local last = math.min(first + spec.size, spec.n) - 1
+local items, earlier = {}, {}
+for k = first, last do
+  table.insert(items, b .. 'i:' .. k)
+  table.insert(earlier, b .. 'r:' .. k)
+end
+if #items > 0 then
+  items = redis.call('HMGET', MAPS, unpack(items))
+  earlier = redis.call('HMGET', MAPS, unpack(earlier))
+end
+for i = 1, #earlier do
+  earlier[i] = earlier[i] or ''
+end
+return {'ok', tonumber(batch), attempt, data, results, items, earlier}

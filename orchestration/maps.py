@@ -1,0 +1,232 @@
+"""A map's state in Redis: its items, each item's result, its counts and its line of batches.
+
+A map's list is read once, when the map starts, and its items are written one per field
+of the workflow's maps hash (``keys.WorkflowKeys.maps``); a batch's message carries no
+item and no batch number: it takes the next batch in line when it starts
+(``lua/mapbegin.lua``), reads those items by reference, and commits each item's result
+on its own (``lua/mapcommit.lua``). Messages stay the same size however long the list;
+memory grows with it, linearly.
+
+Everything of one map lives under ``<step>@<epoch>:``; a restore that takes the map back
+to before it began bumps the epoch, and it starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestration.errors import StepError
+from orchestration.models import RunningStep, dumps
+from orchestration.plan import PlannedMap
+from orchestration.scripts import (
+    MapBeginReply,
+    MapBeginSpec,
+    MapCommitReply,
+    MapCommitSpec,
+    MapStartReply,
+    MapStartSpec,
+    Outgoing,
+)
+from orchestration.store import StateStore
+
+CHUNK = 1000  # items written, or results read, per round trip
+
+
+class MapInputError(StepError):
+    """``over`` did not lead to a list when the map started."""
+
+    retryable = False
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One item's outcome, as kept in the maps hash (compact: there may be 100,000)."""
+
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+    attempt: int = 1
+
+    def encode(self) -> str:
+        if self.ok:
+            return dumps({"ok": True, "o": self.output, "t": round(self.seconds, 6)})
+        return dumps({"ok": False, "e": self.error, "t": round(self.seconds, 6), "a": self.attempt})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> ItemResult:
+        d = json.loads(raw)
+        return cls(d["ok"], d.get("o"), d.get("e"), d.get("t", 0.0), d.get("a", 1))
+
+
+def batches(n: int, size: int) -> int:
+    return math.ceil(n / size)
+
+
+def walk(value: Any, path: Sequence[str], where: str) -> list[Any]:
+    """The list at ``path`` in ``value``, or a ``MapInputError`` saying what is there."""
+    for i, part in enumerate(path):
+        at = ".".join([where, *path[:i]])
+        if isinstance(value, dict):
+            if part not in value:
+                has = ", ".join(sorted(map(str, value))[:10]) or "nothing"
+                raise MapInputError(f"{at} has no {part!r} (it has: {has})")
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise MapInputError(f"{at} is {_kind(value)}, which has no {part!r}")
+    if not isinstance(value, list):
+        raise MapInputError(f"over {'.'.join([where, *path])} is {_kind(value)}, not a list")
+    return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"an object (keys: {', '.join(sorted(map(str, value))[:10]) or 'none'})"
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+class MapStore:
+    """Reads and atomic writes of maps, beside the :class:`StateStore` they belong to."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.redis = store.redis
+
+    def base(self, workflow_id: str, map_id: str) -> str:
+        return self.store.map_base(workflow_id, map_id)
+
+    def count(self, workflow_id: str, base: str) -> int | None:
+        """How many items the map has (None: its list is not read yet)."""
+        raw = self.redis.hget(self.store.keys(workflow_id).maps, f"{base}n")
+        return None if raw is None else int(raw)
+
+    def read_list(self, workflow_id: str, node: PlannedMap) -> list[Any]:
+        raw = self.redis.hget(self.store.keys(workflow_id).data, node.over_key)
+        if raw is None:
+            raise MapInputError(f"shared_data has no {node.over_key!r} for over {node.over}")
+        return walk(json.loads(raw), node.over_path, node.over_key)
+
+    def put_items(self, workflow_id: str, base: str, items: list[Any]) -> None:
+        """Write the items, a field each (the start script then records how many)."""
+        key = self.store.keys(workflow_id).maps
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start : start + CHUNK]
+            pipe.hset(key, mapping={f"{base}i:{start + k}": dumps(v) for k, v in enumerate(chunk)})
+            if len(pipe) >= 10:
+                pipe.execute()
+        pipe.execute()
+
+    def _results(self, workflow_id: str, base: str, n: int) -> Iterator[bytes | None]:
+        key = self.store.keys(workflow_id).maps
+        for start in range(0, n, CHUNK):
+            fields = [f"{base}r:{k}" for k in range(start, min(n, start + CHUNK))]
+            yield from self.redis.hmget(key, fields)
+
+    def results(self, workflow_id: str, base: str, n: int) -> list[ItemResult | None]:
+        """Every item's result, in input order (None: it has none)."""
+        return [
+            None if r is None else ItemResult.decode(r) for r in self._results(workflow_id, base, n)
+        ]
+
+    def todo(self, workflow_id: str, base: str, n: int, size: int) -> list[int]:
+        """The batches a run of the map sends: every one, or (when items have results from
+        an earlier run) those with an item that did not complete."""
+        n_batches = batches(n, size)
+        key = self.store.keys(workflow_id).maps
+        if not self.redis.hexists(key, f"{base}ok") and not self.redis.hexists(
+            key, f"{base}failed"
+        ):
+            return list(range(n_batches))
+        open_batches: set[int] = set()
+        for k, raw in enumerate(self._results(workflow_id, base, n)):
+            if raw is None or not json.loads(raw)["ok"]:
+                open_batches.add(k // size)
+        return sorted(open_batches)
+
+    def start(
+        self,
+        workflow_id: str,
+        node: PlannedMap,
+        base: str,
+        run: int,
+        n: int,
+        todo: list[int],
+        window: int,
+        send: Outgoing,
+        *,
+        reset: bool = False,
+    ) -> MapStartReply:
+        spec = MapStartSpec(
+            map=node.step_id, base=base, run=run, n=n, todo=todo, window=window, reset=reset,
+            per_message=_per_message(send),
+        )  # fmt: skip
+        raw = self.store.scripts.call("mapstart", self.store.keys(workflow_id), spec, send=send)
+        return MapStartReply.decode(raw)
+
+    def begin(
+        self,
+        workflow_id: str,
+        node: PlannedMap,
+        base: str,
+        run: int,
+        n: int,
+        *,
+        task_id: str,
+        owner: str,
+        running: RunningStep,
+        lease_seconds: float,
+        data_keys: list[str] | None,
+        fields: list[str],
+    ) -> MapBeginReply:
+        spec = MapBeginSpec(
+            map=node.step_id, base=base, run=run, task_id=task_id, owner=owner,
+            worker=running.worker or "", lease_ms=int(lease_seconds * 1000),
+            running_json=running.model_dump_json(), size=node.batch_size, n=n,
+            data_keys=data_keys, fields=fields,
+        )  # fmt: skip
+        raw = self.store.scripts.call("mapbegin", self.store.keys(workflow_id), spec)
+        return MapBeginReply.decode(raw)
+
+    def commit(
+        self,
+        workflow_id: str,
+        node: PlannedMap,
+        base: str,
+        run: int,
+        n: int,
+        batch: int,
+        results: dict[int, ItemResult],
+        *,
+        earlier_failed: int,
+        task_id: str,
+        send: Outgoing,
+    ) -> MapCommitReply:
+        indices = sorted(results)
+        spec = MapCommitSpec(
+            map=node.step_id, base=base, run=run, batch=batch, step=f"{node.step_id}#{batch}",
+            task_id=task_id, indices=indices, ok=[results[k].ok for k in indices],
+            earlier_failed=earlier_failed, seconds=[results[k].seconds for k in indices],
+            agent_id=node.member.agent_id, task_type=node.member.task_type, n=n,
+            per_message=_per_message(send),
+        )  # fmt: skip
+        raw = self.store.scripts.call(
+            "mapcommit",
+            self.store.keys(workflow_id),
+            spec,
+            *(results[k].encode() for k in indices),
+            send=send,
+        )
+        return MapCommitReply.decode(raw)
+
+
+def _per_message(send: Outgoing) -> int:
+    return max(1, len(send.pushes) // len(send.ids)) if send.ids and send.pushes else 1

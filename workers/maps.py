@@ -1,0 +1,337 @@
+"""A map at work: its start (``baton.map``, on the control queue), its batches (the
+member task's messages, ``map_batch``), and its aggregate (``baton.aggregate``, as a
+group's: ``workers/groups.py``).
+
+The start reads the list once, writes its items to the state store and sends as many
+batch messages as the map's window allows; each batch takes the next batch in line,
+runs its items (an async task's all at once on the event loop, a plain one's in turn),
+commits each item's result and sends one more message while batches remain. The last
+batch of the run sends the aggregate. State and scripts: ``orchestration/maps.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from celery import Task
+from celery.canvas import Signature
+from celery.exceptions import SoftTimeLimitExceeded
+
+from agents.base import StepOutput, TaskType
+from orchestration.aggregate import aggregators
+from orchestration.broker import AGGREGATOR_AGENT
+from orchestration.compiler import aggregate_signature, batch_signature
+from orchestration.errors import OutputTooLarge, StepError, is_retryable
+from orchestration.maps import ItemResult, MapInputError, MapStore
+from orchestration.models import (
+    RunningStep,
+    TaskResult,
+    TaskStatus,
+    WorkflowStatus,
+    dumps,
+    utcnow,
+)
+from orchestration.plan import PlannedMap
+from orchestration.reads import decode_results
+from orchestration.scripts import Outgoing
+from workers.engine import Engine
+from workers.groups import begin_aggregate, commit_node, verdict
+from workers.saga import describe
+from workers.steps import StepRun, backoff, outcome_word
+
+log = logging.getLogger("baton.runner")
+S = WorkflowStatus
+#: Most batch messages of one map in flight (its window, if smaller, is the cap).
+MAX_IN_FLIGHT = 1000
+
+
+class MapItemError(StepError):
+    retryable = False
+
+
+def run_map_start(
+    engine: Engine, ctask: Task, workflow_id: str, map_id: str, run: int, reset: bool
+) -> str:
+    """Read the map's list (the first time), then send its batches' first messages."""
+    store, maps = engine.store, MapStore(engine.store)
+    node = store.plan(workflow_id).map(map_id)
+    status, run_now = store.redis.hmget(store.keys(workflow_id).meta, "status", "run")
+    if status is None or int(run_now or 0) != run or status.decode() != S.RUNNING:
+        # (paused: the start script records where, and resume starts the map again)
+        maps.start(workflow_id, node, "", run, 0, [], 0, Outgoing())
+        return outcome_word("skipped")
+    base = maps.base(workflow_id, map_id)
+    n = maps.count(workflow_id, base)
+    if n is None:
+        try:
+            items = maps.read_list(workflow_id, node)
+        except MapInputError as exc:
+            return fail_map(engine, ctask, workflow_id, node, run, f"map {map_id}: {exc}")
+        maps.put_items(workflow_id, base, items)
+        n = len(items)
+    todo = maps.todo(workflow_id, base, n, node.batch_size)
+    tt = engine.registry.get_task(node.member.agent_id, node.member.task_type)
+    window = min(node.window(tt.is_async), MAX_IN_FLIGHT)
+    sigs = [
+        batch_signature(engine.app, workflow_id, node, run) for _ in range(min(window, len(todo)))
+    ]
+    aggregate = aggregate_signature(engine.app, workflow_id, map_id, run)
+    outbox = engine.dispatch.outbox
+    out = outbox.batch(sigs, ctask.request.id)
+    out = Outgoing(out.ids, out.pushes, map_id, outbox.batch([aggregate], ctask.request.id))
+    reply = maps.start(workflow_id, node, base, run, n, todo, window, out, reset=reset)
+    if reply.state != "ok":
+        return outcome_word(reply.state)
+    _published(engine, sigs[: reply.sent], aggregate, reply.aggregate_id, reply.aggregate_message)
+    log.info("map %s of %s: %d items, %d batches sent", map_id, workflow_id, n, reply.sent)
+    return outcome_word(f"started: {n} items")
+
+
+def run_map_aggregate(
+    engine: Engine, ctask: Task, workflow_id: str, node: PlannedMap, run: int
+) -> str:
+    """Once every batch of the run has committed: the items' results, aggregated, as the
+    map's step (a failed item counts against ``min_success_rate`` and ``on_failure``)."""
+    maps = MapStore(engine.store)
+    owner = f"aggregate:{uuid.uuid4().hex[:8]}"
+    state = begin_aggregate(engine, ctask, workflow_id, node, run, owner, data_keys=[], results=[])
+    if state is None:
+        return outcome_word("skipped")
+    started_at, t0 = utcnow(), time.perf_counter()
+    base = maps.base(workflow_id, node.step_id)
+    items = maps.results(workflow_id, base, maps.count(workflow_id, base) or 0)
+    if any(r is None for r in items):
+        log.info("aggregate of map %s %s skipped: items still open", workflow_id, node.step_id)
+        engine.store.lease(workflow_id, node.step_id, owner, 0, release=True)
+        return outcome_word("skipped")
+    done = [r for r in items if r is not None]
+    ok = sum(r.ok for r in done)
+    if node.aggregate == "collect":  # (100,000 items: no record per item to build)
+        output: Any = [r.output if r.ok else None for r in done]
+    else:
+        member = node.member
+        output = aggregators[node.aggregate](
+            [
+                TaskResult.model_construct(
+                    task_id=f"{workflow_id}:{node.step_id}[{k}]",
+                    agent_id=member.agent_id,
+                    status=TaskStatus.COMPLETED if r.ok else TaskStatus.FAILED,
+                    result=r.output,
+                    error=r.error,
+                    execution_time=r.seconds,
+                    step_id=f"{node.step_id}[{k}]",
+                    task_type=member.task_type,
+                    metadata={},
+                )  # fmt: skip
+                for k, r in enumerate(done)
+            ],
+            sum(r.seconds for r in done),
+        )
+    error = verdict(node, ok, len(done))
+    result = TaskResult(
+        task_id=f"{workflow_id}:{node.step_id}", agent_id=AGGREGATOR_AGENT,
+        status=TaskStatus.COMPLETED if error is None else TaskStatus.FAILED,
+        result=output, error=error, execution_time=time.perf_counter() - t0,
+        metadata={"task_type": f"map.{node.aggregate}", "items": len(done),
+                  "failed": len(done) - ok},
+        step_id=node.step_id, task_type=f"map.{node.aggregate}", output_key=node.output_key,
+        started_at=started_at, finished_at=utcnow(), worker=ctask.request.hostname,
+    )  # fmt: skip
+    commit_node(engine, ctask, workflow_id, node, run, result, dumps(output))
+    return outcome_word("completed" if error is None else "failed", error)
+
+
+def fail_map(
+    engine: Engine, ctask: Task, workflow_id: str, node: PlannedMap, run: int, error: str
+) -> str:
+    result = TaskResult(
+        task_id=f"{workflow_id}:{node.step_id}", agent_id=AGGREGATOR_AGENT,
+        status=TaskStatus.FAILED,
+        error=error, step_id=node.step_id, task_type=f"map.{node.aggregate}",
+        output_key=node.output_key, started_at=utcnow(), finished_at=utcnow(),
+        worker=ctask.request.hostname,
+    )  # fmt: skip
+    commit_node(engine, ctask, workflow_id, node, run, result, "null")
+    return outcome_word("failed", error)
+
+
+def _published(
+    engine: Engine, sigs: list[Signature], aggregate: Signature, agg_id: str, agg_message: str
+) -> None:
+    """After a script sent messages: on another broker, publish them; inline, announce."""
+    outbox = engine.dispatch.outbox
+    if agg_id and not outbox.inline:
+        sigs = [*sigs, aggregate.set(task_id=agg_id)]
+    outbox.published(sigs)
+    if agg_message:
+        outbox.announce(agg_message)
+
+
+class MapBatchRun(StepRun):
+    """One message of a map: the batch it takes, its items run, their results committed."""
+
+    def __init__(
+        self, engine: Engine, ctask: Task, workflow_id: str, map_id: str, run: int
+    ) -> None:
+        self.node = engine.store.plan(workflow_id).map(map_id)
+        super().__init__(engine, ctask, workflow_id, map_id, run, task=self.node.member)
+        self.maps = MapStore(engine.store)
+
+    def _run(self) -> str:
+        node, task = self.node, self.task
+        base = self.maps.base(self.workflow_id, node.step_id)
+        n = self.maps.count(self.workflow_id, base) or 0
+        visible, _ = self.plan.visible_results(task)
+        running = RunningStep(
+            step_id=node.step_id, agent_id=task.agent_id, task_type=task.task_type,
+            started_at=self.started_at, worker=self.worker,
+        )  # fmt: skip
+        state = self.maps.begin(
+            self.workflow_id, node, base, self.run_no, n, task_id=self.ctask.request.id,
+            owner=self.owner, running=running, lease_seconds=self.engine.lease_seconds,
+            data_keys=task.context_keys, fields=visible,
+        )  # fmt: skip
+        if state.state == "leased":
+            self._retry(self.engine.lease_seconds / 2)
+        if state.state != "ok":
+            return self._not_run(state.state)
+        step = f"{node.step_id}#{state.batch}"
+        first = state.batch * node.batch_size
+        todo: list[tuple[int, Any]] = []
+        earlier_failed = 0
+        for i, (item, earlier) in enumerate(zip(state.items, state.earlier, strict=True)):
+            before = ItemResult.decode(earlier) if earlier else None
+            if before is not None and before.ok:
+                continue  # completed in an earlier run: not run again
+            earlier_failed += before is not None
+            todo.append((first + i, json.loads(item)))
+        previous = list(decode_results(state.results, state.data).values())
+        tt = self.engine.registry.get_task(task.agent_id, task.task_type)
+        with self.engine.leases.holding(self.workflow_id, step, self.owner, self._renew_slots):
+            try:
+                if tt.is_async:
+                    coro = self._run_async(tt, todo, state.data, previous)
+                    results = self.engine.loop.run(coro)
+                else:
+                    results = {
+                        k: self._run_item(tt, k, item, state.data, previous) for k, item in todo
+                    }
+            finally:
+                self.engine.events.flush()  # its emits come before its commit
+        sig = batch_signature(self.engine.app, self.workflow_id, node, self.run_no)
+        reply = self.maps.commit(
+            self.workflow_id, node, base, self.run_no, n, state.batch, results,
+            earlier_failed=earlier_failed, task_id=self.ctask.request.id,
+            send=self.engine.dispatch.outbox.batch([sig], self.ctask.request.id),
+        )  # fmt: skip
+        if not reply.committed:
+            return self._not_run(reply.state)
+        aggregate = aggregate_signature(
+            self.engine.app, self.workflow_id, node.step_id, self.run_no
+        )
+        _published(
+            self.engine, [sig][: reply.sent], aggregate, reply.aggregate_id, reply.aggregate_message
+        )
+        ok = sum(r.ok for r in results.values())
+        return outcome_word(f"batch {state.batch}: {ok} of {len(results)} items completed")
+
+    # ------------------------------------------------------------------ one item
+
+    def _input(
+        self, tt: TaskType, index: int, item: Any, data: dict[str, Any], previous: list[TaskResult]
+    ) -> Any:
+        return tt.input_for(
+            self.workflow_id, f"{self.node.step_id}[{index}]", self.task.parameters, data,
+            previous, sink=self.engine.events.sink(self.workflow_id), item=item, index=index,
+        )  # fmt: skip
+
+    def _checked(self, out: StepOutput) -> ItemResult:
+        if out.handoff is not None:
+            raise MapItemError("a map's items cannot hand off or wait: return the output")
+        limit = self.engine.max_output_bytes
+        if len(out.encoded) > limit:
+            raise OutputTooLarge(f"an item's output is {len(out.encoded):,} bytes, over {limit:,}")
+        return ItemResult(True, out.output)
+
+    def _run_item(
+        self, tt: TaskType, index: int, item: Any, data: dict[str, Any], previous: list[TaskResult]
+    ) -> ItemResult:
+        """Run one item of a plain task, retrying a transient failure as a step would."""
+        attempt = 0
+        while True:
+            attempt += 1
+            t0 = time.perf_counter()
+            try:
+                res = self._checked(tt.run(self._input(tt, index, item, data, previous)))
+                timeout = self.task.timeout
+                if timeout and time.perf_counter() - t0 > timeout:
+                    raise SoftTimeLimitExceeded()
+                return ItemResult(
+                    True, res.output, seconds=time.perf_counter() - t0, attempt=attempt
+                )
+            except SoftTimeLimitExceeded:
+                error: BaseException = TimeoutError(
+                    f"item exceeded its timeout of {self.task.timeout}s"
+                )
+            except Exception as exc:  # an item's failure is its result, not the batch's
+                error = exc
+            if attempt <= self.task.retries and is_retryable(error):
+                time.sleep(backoff(self.task, attempt))
+                continue
+            log.warning(
+                "map %s of %s: item %d failed: %s",
+                self.node.step_id,
+                self.workflow_id,
+                index,
+                describe(error),
+            )
+            return ItemResult(
+                False, error=describe(error), seconds=time.perf_counter() - t0, attempt=attempt
+            )
+
+    async def _run_async(
+        self,
+        tt: TaskType,
+        todo: list[tuple[int, Any]],
+        data: dict[str, Any],
+        previous: list[TaskResult],
+    ) -> dict[int, ItemResult]:
+        """Every item of the batch on the loop at once (as many as the map lets run)."""
+        gate = asyncio.Semaphore(self.node.in_flight(True))
+
+        async def one(index: int, item: Any) -> ItemResult:
+            async with gate:
+                attempt = 0
+                while True:
+                    attempt += 1
+                    t0 = time.perf_counter()
+                    try:
+                        async with asyncio.timeout(self.task.timeout):
+                            out = await tt.arun(self._input(tt, index, item, data, previous))
+                        res = self._checked(out)
+                        return ItemResult(
+                            True, res.output, seconds=time.perf_counter() - t0, attempt=attempt
+                        )
+                    except TimeoutError:
+                        error: BaseException = TimeoutError(
+                            f"item exceeded its timeout of {self.task.timeout}s"
+                        )
+                    except Exception as exc:
+                        error = exc
+                    if attempt <= self.task.retries and is_retryable(error):
+                        await asyncio.sleep(backoff(self.task, attempt))
+                        continue
+                    return ItemResult(
+                        False,
+                        error=describe(error),
+                        seconds=time.perf_counter() - t0,
+                        attempt=attempt,
+                    )
+
+        outcomes = await asyncio.gather(*(one(k, item) for k, item in todo))
+        return {k: r for (k, _), r in zip(todo, outcomes, strict=True)}
