@@ -163,10 +163,12 @@ class MapStore:
         window: int,
         send: Outgoing,
         *,
+        task_id: str = "",
         reset: bool = False,
     ) -> MapStartReply:
         spec = MapStartSpec(
             map=node.step_id, base=base, run=run, n=n, todo=todo, window=window, reset=reset,
+            task_id=task_id,
             per_message=_per_message(send),
         )  # fmt: skip
         raw = self.store.scripts.call("mapstart", self.store.keys(workflow_id), spec, send=send)

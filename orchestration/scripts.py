@@ -208,6 +208,7 @@ class MapStartSpec(Spec):
     map: str
     base: str
     run: int
+    task_id: str = ""  # the start's own message
     n: int
     todo: list[int]
     window: int

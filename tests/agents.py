@@ -421,11 +421,8 @@ def square(step: StepInput[SquareParams]) -> dict[str, Any]:
             "redis.call('SET', KEYS[1], ARGV[1]) end", 1, f"testlog:map:{tag}:max", now,
         )  # fmt: skip
     try:
-        if r is not None and item.get("hold"):
-            # Held until the test opens the gate (pause and kill tests).
-            r.rpush(f"testlog:map:{tag}:started", str(step.index))
-            r.blpop([f"testlog:map:{tag}:open"], timeout=float(item["hold"]))
-            r.rpush(f"testlog:map:{tag}:open", "1")  # and it stays open for the others
+        if item.get("hold"):  # held at the gate named by the tag (pause and kill tests)
+            wait_at_gate(tag, str(step.index), float(item["hold"]))
         if item.get("fail") or (item.get("until") and test_redis().exists(item["until"])):
             raise ValueError(f"item {step.index} refused")
         return {"index": step.index, "square": item["value"] ** 2}

@@ -442,3 +442,63 @@ def test_a_workflow_past_its_deadline_is_failed_with_the_reason(
     assert ctx.status == WorkflowStatus.FAILED
     assert ctx.error == "deadline exceeded"
     assert [h.event for h in ctx.execution_history][-2:] == ["workflow_reaped", "state_restored"]
+
+
+def map_of_held(tag: str, n: int, **options: object) -> dict[str, object]:
+    """A map over ``n`` items that each wait at the gate ``tag`` (tests/agents.square)."""
+    items = [{"value": i, "hold": 60} for i in range(n)]
+    return {
+        "steps": [
+            step("echo", "src", value=items),
+            {"map": {"over": "src.value", "agent_id": "testkit", "task_type": "square",
+                     "parameters": {"tag": tag}}, "output_key": "squares", **options},
+        ]
+    }  # fmt: skip
+
+
+def test_a_map_whose_worker_is_killed_mid_batch_loses_no_item(
+    harness: Harness, raw_redis: redis.Redis
+) -> None:
+    tag = f"map-kill-{uuid.uuid4().hex[:6]}"
+    a, b = harness.worker(ALL, "map-a", concurrency=2), harness.worker(ALL, "map-b", concurrency=2)
+    wid = harness.orch.run_workflow(map_of_held(tag, 16, batch_size=2, max_concurrency=4))
+    wait_gate_started(raw_redis, tag, count=2)
+    # SIGKILL the whole worker running the first item held: its batch is taken, not done.
+    os.killpg(worker_running(gate_pid(raw_redis, tag), (a, b)).pid, signal.SIGKILL)
+    open_gate(raw_redis, tag, times=200)
+    try:
+        ctx = harness.orch.wait(wid, timeout=90)
+        harness.check_invariants(ctx)
+    finally:
+        harness.stop_all()
+
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert ctx.shared_data["squares"] == [{"index": i, "square": i * i} for i in range(16)]
+    lost = [h.step for h in ctx.execution_history if h.event == "attempt_lost"]
+    assert lost and all(s.startswith("step_2#") for s in lost)
+    runs = {int(k): int(v) for k, v in raw_redis.hgetall(f"testlog:map:{tag}:runs").items()}
+    assert sorted(runs) == list(range(16)) and set(runs.values()) <= {1, 2}
+
+
+def test_a_map_whose_messages_are_lost_is_sent_on_by_the_reaper(
+    harness: Harness, raw_redis: redis.Redis
+) -> None:
+    tag = f"map-lost-{uuid.uuid4().hex[:6]}"
+    first = harness.worker(ALL, "map-lost")
+    wid = harness.orch.run_workflow(map_of_held(tag, 8, max_concurrency=2))
+    wait_gate_started(raw_redis, tag)
+    for proc in first.processes:
+        os.killpg(proc.pid, signal.SIGKILL)
+    store = harness.orch.store
+    store.redis.delete("agent.testkit", "unacked", "unacked_index")  # every message lost
+    open_gate(raw_redis, tag, times=200)
+    harness.worker(ALL, "map-after")
+    try:
+        ctx = harness.orch.wait(wid, timeout=90)
+        harness.check_invariants(ctx)
+    finally:
+        harness.stop_all()
+
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert [h.step for h in ctx.execution_history if h.event == "reaper_redispatched"] == ["step_2"]
+    assert [r["index"] for r in ctx.shared_data["squares"]] == list(range(8))

@@ -10,7 +10,7 @@ import redis
 
 from orchestration import DefinitionError, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from tests.helpers import step
+from tests.helpers import eventually, open_gate, step, wait_gate_started
 
 pytestmark = pytest.mark.workflow_suite
 
@@ -110,3 +110,65 @@ def test_a_definition_must_map_over_an_earlier_output() -> None:
         compile_plan(read_definition(bad), load_catalog(["tests.agents"]))
     assert "steps[1].map.over" in str(err.value)
     assert "'nope' is not produced by any earlier step" in str(err.value)
+
+
+def held(n: int) -> list[dict[str, Any]]:
+    return [{"value": i, "hold": 30} for i in range(n)]
+
+
+def test_a_paused_map_stops_taking_items_and_resumes_with_the_rest(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    wid = orch.run_workflow({"steps": [source(held(12)), mapping(max_concurrency=2, tag=tag)]})
+    wait_gate_started(raw_redis, tag, count=2)
+    orch.pause_workflow(wid)
+    open_gate(raw_redis, tag, times=12)
+
+    # The two items in flight commit; nothing else starts while paused.
+    eventually(lambda: orch.get_workflow_status(wid).maps[0].done == 2, 30, "in-flight items")
+    assert orch.get_workflow_status(wid).status == WorkflowStatus.PAUSED
+    assert raw_redis.llen(f"testlog:gate:{tag}:started") == 2
+
+    orch.resume_workflow(wid)
+    ctx = orch.wait(wid, timeout=60)
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert [r["index"] for r in ctx.shared_data["squares"]] == list(range(12))
+    assert set(raw_redis.hgetall(f"testlog:map:{tag}:runs").values()) == {b"1"}
+
+
+def test_a_retried_map_runs_only_the_items_that_failed(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    tag, broken = uuid.uuid4().hex[:8], f"testlog:broken:{uuid.uuid4().hex[:8]}"
+    raw_redis.set(broken, 1)
+    items = [{"value": i, **({"until": broken} if i % 4 == 0 else {})} for i in range(12)]
+    wid = orch.run_workflow(
+        {"steps": [source(items), mapping(batch_size=5, on_failure="fail", tag=tag)]}
+    )
+    failed = orch.wait(wid, timeout=60)
+    assert failed.status == WorkflowStatus.FAILED
+    assert failed.error == "map step_2: 3 of 12 items failed (on_failure: fail)"
+
+    raw_redis.delete(broken)  # the cause is fixed
+    orch.retry_workflow(wid)
+    ctx = orch.wait(wid, timeout=60)
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert ctx.shared_data["squares"] == [{"index": i, "square": i * i} for i in range(12)]
+    runs = {int(k): int(v) for k, v in raw_redis.hgetall(f"testlog:map:{tag}:runs").items()}
+    assert runs == {i: 2 if i % 4 == 0 else 1 for i in range(12)}
+
+
+def test_a_cancelled_map_commits_nothing_more(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    wid = orch.run_workflow({"steps": [source(held(10)), mapping(max_concurrency=2, tag=tag)]})
+    wait_gate_started(raw_redis, tag, count=2)
+    orch.cancel_workflow(wid)
+    open_gate(raw_redis, tag, times=10)
+    ctx = orch.wait(wid, timeout=30)
+    assert ctx.status == WorkflowStatus.CANCELLED
+    eventually(lambda: not orch.store.outstanding(wid), 30, "the drain")
+    assert orch.get_workflow_status(wid).maps[0].done == 0
+    assert raw_redis.llen(f"testlog:gate:{tag}:started") == 2

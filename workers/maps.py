@@ -63,7 +63,7 @@ def run_map_start(
     status, run_now = store.redis.hmget(store.keys(workflow_id).meta, "status", "run")
     if status is None or int(run_now or 0) != run or status.decode() != S.RUNNING:
         # (paused: the start script records where, and resume starts the map again)
-        maps.start(workflow_id, node, "", run, 0, [], 0, Outgoing())
+        maps.start(workflow_id, node, "", run, 0, [], 0, Outgoing(), task_id=ctask.request.id)
         return outcome_word("skipped")
     base = maps.base(workflow_id, map_id)
     n = maps.count(workflow_id, base)
@@ -84,7 +84,9 @@ def run_map_start(
     outbox = engine.dispatch.outbox
     out = outbox.batch(sigs, ctask.request.id)
     out = Outgoing(out.ids, out.pushes, map_id, outbox.batch([aggregate], ctask.request.id))
-    reply = maps.start(workflow_id, node, base, run, n, todo, window, out, reset=reset)
+    reply = maps.start(
+        workflow_id, node, base, run, n, todo, window, out, task_id=ctask.request.id, reset=reset
+    )
     if reply.state != "ok":
         return outcome_word(reply.state)
     _published(engine, sigs[: reply.sent], aggregate, reply.aggregate_id, reply.aggregate_message)

@@ -8,9 +8,12 @@
 -- and goes when this run's last batch commits (at once, if there is none).
 -- Returns {'ok' | the status that refused | 'stale' | 'missing', messages sent,
 -- aggregate id, its message}.
--- ARGV: spec {map, base, run, todo, window, reset, n, track, sends, per_message, ops, arm,
+-- ARGV: spec {map, base, run, task_id, todo, window, reset, n, track, sends, per_message, ops, arm,
 --             join_track, joins}, outgoing payloads...
 local spec = cjson.decode(ARGV[1])
+if spec.task_id ~= '' then
+  redis.call('SREM', TASKS, spec.task_id)  -- this start's own message: done with
+end
 local status = redis.call('HGET', META, 'status')
 if not status then
   return {'missing', 0, '', ''}
