@@ -155,7 +155,7 @@ def steps_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for node in doc["nodes"]:
         if node["kind"] == "task":
             found[node["step"]["step_id"]] = node["step"]
-        else:
+        elif node["kind"] == "group":
             for branch in node["branches"]:
                 found.update({s["step_id"]: s for s in branch})
     return found
@@ -430,6 +430,31 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_a_map_shows_as_counts_while_it_runs_and_when_done(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis[bytes], dashboard: str
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    items = [{"value": i, **({"hold": 30} if i < 2 else {})} for i in range(40)]
+    wid = orch.run_workflow(
+        {"steps": [step("echo", "src", value=items),
+                   {"map": {"over": "src.value", "agent_id": "testkit", "task_type": "square",
+                            "parameters": {"tag": tag}}, "output_key": "sq", "batch_size": 5}]}
+    )  # fmt: skip
+    wait_gate_started(raw_redis, tag)  # the first batch holds at item 0
+    running = next(
+        n for n in get_json(f"{dashboard}/api/workflows/{wid}")["nodes"] if n["kind"] == "map"
+    )
+    assert (running["status"], running["total"], running["over"]) == ("running", 40, "src.value")
+    assert running["done"] < 40 and running["running"] >= 1
+    assert "branches" not in running and "items" not in running  # counts, not 40 rows
+    open_gate(raw_redis, tag, times=5)
+    orch.wait(wid, timeout=60)
+    done = next(
+        n for n in get_json(f"{dashboard}/api/workflows/{wid}")["nodes"] if n["kind"] == "map"
+    )
+    assert (done["status"], done["done"], done["failed"], done["total"]) == ("completed", 40, 0, 40)
 
 
 def test_a_signal_cannot_be_posted_without_the_pages_xsrf_token(

@@ -186,6 +186,9 @@ def status(workflow_id: str, as_json: bool) -> None:
             table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     for t in r.throttled_steps:
         table.add_row("throttled", f"{t.step} waits for {t.limit} ({t.why} limit)")
+    for m in r.maps:
+        total = "?" if m.total is None else f"{m.total:,}"
+        table.add_row("map", f"{m.step}: {m.done:,} done, {m.failed:,} failed of {total} items")
     console.print(table)
 
 

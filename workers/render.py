@@ -37,7 +37,12 @@ def _running_text(r: WorkflowStatusReport) -> str:
         return text
     steps = ", ".join(f"{s.step_id} {s.agent_id}.{s.task_type}" for s in r.running_steps[:4])
     more = f" +{len(r.running_steps) - 4}" if len(r.running_steps) > 4 else ""
-    return f"running {steps}{more}" if steps else "running"
+    maps = "".join(
+        f" · map {m.step} {m.done + m.failed:,}/{m.total:,}"
+        for m in r.maps
+        if m.total is not None and m.done + m.failed < m.total
+    )
+    return (f"running {steps}{more}" if steps else "running") + maps
 
 
 def render_progress(
@@ -126,6 +131,9 @@ def event_line(e: StreamEvent) -> str:
         total = e.data.get("total")
         what = f"progress {e.data.get('done')}" + (f"/{total}" if total is not None else "")
         what += f" {e.data['message']}" if e.data.get("message") else ""
+    elif e.event == "map_progress" and isinstance(e.data, dict):
+        d = e.data
+        what = f"map {d.get('done', 0):,} done, {d.get('failed', 0):,} failed of {d.get('total'):,}"
     elif e.event == "committed":
         what = f"{e.result or 'committed'} (version {e.version})"
         what += f": {e.error}" if e.error else ""

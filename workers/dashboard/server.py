@@ -49,7 +49,7 @@ from workers.dashboard.prometheus import render_metrics
 from workers.dashboard.views import DEFAULT_FLOWER_URL, DashboardReader
 
 MIN_INTERVAL = 0.2  # seconds between two documents sent for a running step's output
-LIVE_EVENTS = (Event.EMITTED, Event.PROGRESS)
+LIVE_EVENTS = (Event.EMITTED, Event.PROGRESS, Event.MAP_PROGRESS)
 log = logging.getLogger("baton.dashboard")
 
 T = TypeVar("T")
@@ -151,6 +151,15 @@ class WorkflowHandler(_Base):
         self.write_json(doc)
 
 
+def _is_live(event: dict[str, Any]) -> bool:
+    """An event that changes only what runs (a step's output, a map's counts): the
+    documents that carry them go a few a second, not one per event."""
+    step = event.get("step") or ""
+    return event.get("event") in LIVE_EVENTS or (
+        event.get("event") == Event.STEP_STARTED and "#" in step  # a map's batch
+    )
+
+
 def _fingerprint(doc: dict[str, Any]) -> str:
     """The document without what changes by the clock alone (the page ticks those itself)."""
     steps = [
@@ -194,7 +203,7 @@ class EventsHandler(_Base):
                 events = await self.blocking(next, changes)
                 if (
                     events
-                    and all(e.get("event") in LIVE_EVENTS for e in events)
+                    and all(_is_live(e) for e in events)
                     and time.monotonic() - sent_at < MIN_INTERVAL
                 ):
                     continue  # a step emitting fast: a few documents a second carry it

@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 from orchestration.errors import WorkflowNotFound
 from orchestration.models import RunningStep, TaskResult, WorkflowStatus, WorkflowStatusReport
 from orchestration.names import RUN_STARTS, Event
-from orchestration.plan import PlannedGroup, PlannedTask
+from orchestration.plan import PlannedGroup, PlannedMap, PlannedTask
 from orchestration.reads import StateReader, step_sort_key
 
 DEFAULT_FLOWER_URL = "http://localhost:5555"
@@ -226,6 +226,8 @@ class DashboardReader:
         for node in plan.nodes:
             if isinstance(node, PlannedGroup):
                 nodes.append(self._group_doc(node, plan.tasks, ctx.task_results, step_doc))
+            elif isinstance(node, PlannedMap):
+                nodes.append(self._map_doc(node, ctx.task_results, report))
             else:
                 nodes.append({"kind": "task", "step": step_doc(node)})
             nodes.extend({"kind": "task", "step": step_doc(t)} for t in by_node.get(node.index, []))
@@ -244,6 +246,38 @@ class DashboardReader:
             now=now.isoformat(),
         )
         return doc
+
+    @staticmethod
+    def _map_doc(
+        node: PlannedMap, results: dict[str, TaskResult], report: WorkflowStatusReport
+    ) -> dict[str, Any]:
+        result = results.get(node.step_id)
+        counts = next((m for m in report.maps if m.step == node.step_id), None)
+        batches = sum(r.step_id == node.step_id for r in report.running_steps)  # (one a batch)
+        if result is not None:
+            status = result.status.value
+        elif batches or (counts is not None and counts.total is not None):
+            status = "running"
+        else:
+            status = "pending"
+        return {
+            "kind": "map",
+            "step_id": node.step_id,
+            "agent_id": node.member.agent_id,
+            "task_type": node.member.task_type,
+            "over": node.over,
+            "output_key": node.output_key,
+            "aggregate": node.aggregate,
+            "batch_size": node.batch_size,
+            "max_concurrency": node.max_concurrency,
+            "status": status,
+            "done": counts.done if counts else 0,
+            "failed": counts.failed if counts else 0,
+            "total": counts.total if counts else None,
+            "running": batches,
+            "error": result.error if result is not None else None,
+            "finished_at": result.finished_at if result is not None else None,
+        }
 
     @staticmethod
     def _group_doc(
