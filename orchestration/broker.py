@@ -21,6 +21,7 @@ CONTROL_QUEUE = f"{ENGINE}.control"
 AGGREGATE_TASK = f"{ENGINE}.aggregate"
 FINISH_FAILURE_TASK = f"{ENGINE}.finish_failure"
 MAP_TASK = f"{ENGINE}.map"  # starts a map: reads its list, sends its first batches
+BRANCH_TASK = f"{ENGINE}.branch"  # a branch: reads its value, takes one way
 
 
 def agent_queue(agent_id: str) -> str:

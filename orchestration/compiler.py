@@ -23,12 +23,13 @@ from celery.canvas import Signature
 
 from orchestration.broker import (
     AGGREGATE_TASK,
+    BRANCH_TASK,
     CONTROL_QUEUE,
     FINISH_FAILURE_TASK,
     MAP_TASK,
     agent_queue,
 )
-from orchestration.plan import Node, Plan, PlannedMap, PlannedTask
+from orchestration.plan import Node, Plan, PlannedBranch, PlannedGroup, PlannedMap, PlannedTask
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,26 @@ def step_signature(app: Celery, workflow_id: str, task: PlannedTask, run: int) -
     )
 
 
-def map_signature(
-    app: Celery, workflow_id: str, node: PlannedMap, run: int, reset: bool
+def control_signature(
+    app: Celery, name: str, workflow_id: str, step_id: str, run: int, **kwargs: Any
 ) -> Signature:
-    """What starts a map (or sends it on): its list is known only when it runs."""
+    """A task of the engine's own, on the control queue (a map's start, a branch's choice)."""
     return app.signature(
-        MAP_TASK,
-        args=(workflow_id, node.step_id, run),
-        kwargs={"reset": reset} if reset else {},
+        name,
+        args=(workflow_id, step_id, run),
+        kwargs=kwargs,
         immutable=True,
         queue=CONTROL_QUEUE,
         ignore_result=True,
     )
+
+
+def map_signature(
+    app: Celery, workflow_id: str, node: PlannedMap, run: int, reset: bool
+) -> Signature:
+    """What starts a map (or sends it on): its list is known only when it runs."""
+    options = {"reset": True} if reset else {}
+    return control_signature(app, MAP_TASK, workflow_id, node.step_id, run, **options)
 
 
 def batch_signature(app: Celery, workflow_id: str, node: PlannedMap, run: int) -> Signature:
@@ -111,6 +120,9 @@ def start_messages(
         return Next([step_signature(app, workflow_id, node, run)])
     if isinstance(node, PlannedMap):
         return Next([map_signature(app, workflow_id, node, run, reset)])
+    if isinstance(node, PlannedBranch):
+        return Next([control_signature(app, BRANCH_TASK, workflow_id, node.step_id, run)])
+    assert isinstance(node, PlannedGroup)
     heads = [next((s for s in b if s not in committed), None) for b in node.branches]
     return Next(
         [step_signature(app, workflow_id, plan.tasks[h], run) for h in heads if h],
@@ -124,6 +136,12 @@ def start_messages(
 
 def next_messages(app: Celery, plan: Plan, workflow_id: str, done: Node, run: int) -> Next:
     """What the commit of ``done`` (a step, or a group's aggregate) sends."""
+    if isinstance(done, PlannedTask) and done.branch is not None:
+        way = plan.branch(done.branch).way_of(done.step_id).steps
+        pos = way.index(done.step_id)
+        if pos + 1 < len(way):
+            return Next([step_signature(app, workflow_id, plan.tasks[way[pos + 1]], run)])
+        # The way's last step: the workflow goes on after the branch.
     if isinstance(done, PlannedTask) and done.group is not None:
         node = plan.group(done.group)
         branch = next(b for b in node.branches if done.step_id in b)

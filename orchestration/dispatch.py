@@ -13,7 +13,7 @@ from orchestration.broker import CONTROL_QUEUE, agent_queue
 from orchestration.compiler import Next, start_messages
 from orchestration.models import TaskResult, TaskStatus
 from orchestration.outbox import Outbox
-from orchestration.plan import Plan, PlannedGroup, PlannedMap, frontier
+from orchestration.plan import Plan, PlannedBranch, PlannedGroup, PlannedMap, frontier
 from orchestration.scripts import Outgoing
 from orchestration.store import StateStore
 
@@ -62,7 +62,13 @@ class Dispatcher:
         plan = self.store.plan(workflow_id)
         results = self.store.results(workflow_id)
         done = {s for s, r in results.items() if r.status == TaskStatus.COMPLETED}
-        return frontier(plan, done, self.store.inserted(workflow_id)), results
+        taken = {  # the way each branch took
+            b.step_id: list(r.result.get("steps", []))
+            for b in plan.nodes
+            if isinstance(b, PlannedBranch) and (r := results.get(b.step_id)) is not None
+            and isinstance(r.result, dict)
+        }  # fmt: skip
+        return frontier(plan, done, self.store.inserted(workflow_id), taken), results
 
     def queues_for(self, workflow_id: str, step_id: str) -> list[str]:
         """The queues the messages for ``step_id`` go to (a group's members and callback)."""
@@ -73,6 +79,8 @@ class Dispatcher:
             return [*(agent_queue(a) for a in sorted(agents)), CONTROL_QUEUE]
         if isinstance(node, PlannedMap):
             return [agent_queue(node.member.agent_id), CONTROL_QUEUE]
+        if isinstance(node, PlannedBranch):
+            return [CONTROL_QUEUE]
         return [agent_queue(self.store.task(workflow_id, step_id).agent_id)]
 
     def send_on(self, workflow_id: str, run: int, *, stalled: bool = False) -> str | None:

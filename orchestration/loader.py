@@ -19,15 +19,28 @@ from orchestration.aggregate import aggregators
 from orchestration.catalog import Catalog
 from orchestration.errors import BatonError, DefinitionError, HandoffRefused
 from orchestration.models import (
+    STEP_BRANCH,
     STEP_GROUP,
     STEP_MAP,
     STEP_TASK,
+    STEP_WHEN,
+    BranchStep,
     MapStep,
     ParallelStep,
     TaskStep,
+    WhenStep,
     WorkflowDefinition,
 )
-from orchestration.plan import Node, Plan, PlannedGroup, PlannedMap, PlannedTask, handoff_id
+from orchestration.plan import (
+    Node,
+    Plan,
+    PlannedBranch,
+    PlannedCase,
+    PlannedGroup,
+    PlannedMap,
+    PlannedTask,
+    handoff_id,
+)
 from orchestration.waits import WAIT_AGENT
 
 DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
@@ -39,7 +52,14 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in (STEP_TASK, STEP_GROUP, STEP_MAP, "TaskStep") or p.startswith("list["):
+        elif p in (
+            STEP_TASK,
+            STEP_GROUP,
+            STEP_MAP,
+            STEP_BRANCH,
+            STEP_WHEN,
+            "TaskStep",
+        ) or p.startswith("list["):
             continue  # union member names say nothing to a user
         else:
             out += f".{p}" if out else p
@@ -100,6 +120,7 @@ def plan_task(
     *,
     group: str | None = None,
     after: str | None = None,
+    branch: str | None = None,
     dynamic: bool = False,
 ) -> PlannedTask:
     """Check one task step against the registry and the keys available to it."""
@@ -133,6 +154,7 @@ def plan_task(
         parameters=params,
         group=group,
         after=after,
+        branch=branch,
         context_keys=context_keys,
         retries=step.retries,
         retry_backoff=step.retry_backoff,
@@ -187,9 +209,7 @@ def plan_map(
 ) -> PlannedMap:
     """Check a map: its task as a step's, ``over`` as a path into an earlier output."""
     _check_aggregate(step.aggregate, where, problems)
-    over_key, _, path = step.map.over.partition(".")
-    if step.map.over in available:  # an output_key with a dot in it
-        over_key, path = step.map.over, ""
+    over_key, over_path = _split_path(step.map.over, available)
     if over_key not in available:
         have = ", ".join(sorted(available)) or "nothing yet"
         problems.append(
@@ -213,7 +233,7 @@ def plan_map(
         index=index,
         member=member,
         over_key=over_key,
-        over_path=[p for p in path.split(".") if p],
+        over_path=over_path,
         output_key=step.output_key,
         aggregate=step.aggregate,
         batch_size=step.batch_size,
@@ -221,6 +241,66 @@ def plan_map(
         on_failure=step.on_failure,
         min_success_rate=step.min_success_rate,
     )
+
+
+def _split_path(path: str, available: set[str]) -> tuple[str, list[str]]:
+    """``key.a.b`` into the output_key and the path inside it (a key may hold dots)."""
+    if path in available:
+        return path, []
+    key, _, rest = path.partition(".")
+    return key, [p for p in rest.split(".") if p]
+
+
+def plan_branch(
+    step: BranchStep | WhenStep,
+    where: str,
+    step_id: str,
+    index: int,
+    reg: Catalog,
+    problems: Problems,
+    available: set[str],
+    tasks: dict[str, PlannedTask],
+) -> tuple[PlannedBranch, set[str]]:
+    """Check a branch: its path, and every way through it as a sequence of steps. Returns
+    it and the keys every way makes (what later steps may read, whichever runs)."""
+    if isinstance(step, BranchStep):
+        path, field = step.branch.on, f"{where}.branch.on"
+        tests = [(name, name, True) for name in step.branch.cases]
+    else:
+        path, field = step.when.path, f"{where}.when.path"
+        tests = [("then", step.when.equals, False)]
+    key, inner = _split_path(path, available)
+    if key not in available:
+        have = ", ".join(sorted(available)) or "nothing yet"
+        problems.append(
+            (field, f"{path!r}: {key!r} is not produced by any earlier step (available: {have})")
+        )
+    ways: list[PlannedCase] = []
+    made: list[set[str]] = []
+    for n, (way, steps) in enumerate(step.paths(), start=1):
+        ids: list[str] = []
+        seen = set(available)
+        for k, member in enumerate(steps):
+            mid = f"{step_id}.{n}.{k + 1}"
+            tasks[mid] = plan_task(
+                member, f"{where}.{way}[{k}]", mid, index, reg, problems, seen,
+                after=ids[-1] if ids else None, branch=step_id,
+            )  # fmt: skip
+            ids.append(mid)
+            if member.output_key:
+                seen.add(member.output_key)
+        made.append(seen - available)
+        name, equals, loose = (
+            tests[n - 1] if n <= len(tests) else (way.rpartition(".")[2], None, False)
+        )
+        ways.append(PlannedCase(name=name, equals=equals, loose=loose, steps=ids))
+    default = ways.pop() if len(ways) > len(tests) else None
+    if default is not None and not default.steps:
+        default = None  # no default: a value no case names takes no way
+    planned = PlannedBranch(
+        step_id=step_id, index=index, on_key=key, on_path=inner, cases=ways, default=default
+    )
+    return planned, set.intersection(*made) if made else set()
 
 
 def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
@@ -244,6 +324,13 @@ def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
             nodes.append(mapped)
             if step.output_key:
                 available.add(step.output_key)
+            continue
+        if isinstance(step, BranchStep | WhenStep):
+            branched, produced_on_every_way = plan_branch(
+                step, where, sid, i, reg, problems, available, tasks
+            )
+            nodes.append(branched)
+            available |= produced_on_every_way
             continue
         assert isinstance(step, ParallelStep)
         _check_aggregate(step.aggregate, where, problems)
@@ -285,13 +372,18 @@ def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
                 min_success_rate=step.min_success_rate,
             )
         )
-    seen_keys: dict[str, str] = {}
-    for where, key in definition.output_keys():
+    seen_keys: dict[str, tuple[str, str | None]] = {}
+    for where, key, way in definition.output_keys():
         if key in seen_keys:
-            problems.append(
-                (where, f"duplicate output_key {key!r} (first used at {seen_keys[key]})")
-            )
-        seen_keys.setdefault(key, where)
+            first, first_way = seen_keys[key]
+            # Two ways of one branch may make the same key: only one of them runs.
+            alternatives = (
+                way and first_way and way != first_way
+                and way.split(":")[0] == first_way.split(":")[0]
+            )  # fmt: skip
+            if not alternatives:
+                problems.append((where, f"duplicate output_key {key!r} (first used at {first})"))
+        seen_keys.setdefault(key, (where, way))
     seen_waits: dict[str, str] = {}
     for t in tasks.values():  # a signal names one wait
         name = t.parameters.get("name") if t.agent_id == WAIT_AGENT else None
@@ -332,7 +424,7 @@ def plan_handoff(
     except ValidationError as exc:
         raise HandoffRefused(where, _problems(exc)) from None
     problems: Problems = []
-    if step.group is not None:
+    if step.group is not None or step.branch is not None:
         problems.append(("", "handoffs are allowed from top-level steps only"))
     if new.output_key and new.output_key in available:
         problems.append(("handoff.output_key", f"{new.output_key!r} is already in use"))

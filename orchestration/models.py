@@ -43,6 +43,7 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     WAITING = "waiting"
+    SKIPPED = "skipped"  # on a way of a branch not taken
 
 
 class WorkflowStatus(StrEnum):
@@ -216,20 +217,72 @@ class MapStep(_Strict):
     min_success_rate: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
+Case = Annotated[list[Member], Field(min_length=1)]
+
+
+class BranchOn(_Strict):
+    on: Annotated[str, Field(min_length=1)]
+    cases: Annotated[dict[str, Case], Field(min_length=1)]
+    default: Case | None = None
+
+
+class BranchStep(_Strict):
+    """``{"branch": {"on": "classification.tier", "cases": {"high": [steps], ...},
+    "default": [steps]}}``: run the steps of the case the value at ``on`` names (a string,
+    or the JSON of a number or boolean: ``"3"``, ``"true"``), else ``default``, else none.
+    No code is evaluated: a path into an earlier output, and literals."""
+
+    branch: BranchOn
+    description: str = ""
+
+    def paths(self) -> list[tuple[str, list[TaskStep]]]:
+        """Each way through the branch: (where, its steps); none when nothing matches."""
+        out = [(f"branch.cases.{k}", list(v)) for k, v in self.branch.cases.items()]
+        return [*out, ("branch.default", list(self.branch.default or []))]
+
+
+class WhenTest(_Strict):
+    path: Annotated[str, Field(min_length=1)]
+    equals: Any
+
+
+class WhenStep(_Strict):
+    """``{"when": {"path": "approval.approved", "equals": true}, "then": [steps],
+    "else": [steps]}``: the boolean form of a branch (``equals`` any JSON literal)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    when: WhenTest
+    then: Case
+    else_: list[Member] = Field(default_factory=list, alias="else")
+    description: str = ""
+
+    def paths(self) -> list[tuple[str, list[TaskStep]]]:
+        return [("then", list(self.then)), ("else", list(self.else_))]
+
+
 def _step_kind(value: Any) -> str:
     # Choosing the model by shape gives one error naming the field actually wrong,
     # instead of one per union member.
-    for kind, model, field in ((STEP_GROUP, ParallelStep, "parallel"), (STEP_MAP, MapStep, "map")):
+    for kind, model, field in (
+        (STEP_GROUP, ParallelStep, "parallel"),
+        (STEP_MAP, MapStep, "map"),
+        (STEP_BRANCH, BranchStep, "branch"),
+        (STEP_WHEN, WhenStep, "when"),
+    ):
         if isinstance(value, model) or (isinstance(value, dict) and field in value):
             return kind
     return STEP_TASK
 
 
 STEP_TASK, STEP_GROUP, STEP_MAP = "task step", "parallel group", "map"
+STEP_BRANCH, STEP_WHEN = "branch", "when"
 Step = Annotated[
     Annotated[TaskStep, Tag(STEP_TASK)]
     | Annotated[ParallelStep, Tag(STEP_GROUP)]
-    | Annotated[MapStep, Tag(STEP_MAP)],
+    | Annotated[MapStep, Tag(STEP_MAP)]
+    | Annotated[BranchStep, Tag(STEP_BRANCH)]
+    | Annotated[WhenStep, Tag(STEP_WHEN)],
     Discriminator(_step_kind),
     BeforeValidator(_as_task),
 ]
@@ -244,9 +297,11 @@ class WorkflowDefinition(_Strict):
         default=None, description="Fail the workflow if still running this long after start."
     )
 
-    def output_keys(self) -> list[tuple[str, str]]:
-        """(location, output_key) for every step that names one, in order."""
-        found: list[tuple[str, str]] = []
+    def output_keys(self) -> list[tuple[str, str, str | None]]:
+        """(location, output_key, way) for every step that names one, in order; ``way``
+        names the branch path a key is on (the same key may be made on two ways of one
+        branch: only one of them runs)."""
+        found: list[tuple[str, str, str | None]] = []
         for i, step in enumerate(self.steps):
             if isinstance(step, ParallelStep):
                 for b, branch in enumerate(step.parallel):
@@ -256,9 +311,16 @@ class WorkflowDefinition(_Strict):
                             loc = f"steps[{i}].parallel[{b}]" + (
                                 f"[{k}]" if isinstance(branch, list) else ""
                             )
-                            found.append((f"{loc}.output_key", member.output_key))
+                            found.append((f"{loc}.output_key", member.output_key, None))
+            elif isinstance(step, BranchStep | WhenStep):
+                for way, steps in step.paths():
+                    for k, member in enumerate(steps):
+                        if member.output_key:
+                            loc = f"steps[{i}].{way}[{k}].output_key"
+                            found.append((loc, member.output_key, f"{i}:{way}"))
+                continue
             if step.output_key:
-                found.append((f"steps[{i}].output_key", step.output_key))
+                found.append((f"steps[{i}].output_key", step.output_key, None))
         return found
 
 

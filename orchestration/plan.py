@@ -7,7 +7,8 @@ step_id)`` and nothing else. The plan is stored once per workflow and never chan
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +18,7 @@ class _Frozen(BaseModel):
 
 
 class PlannedTask(_Frozen):
-    kind: str = "task"
+    kind: Literal["task"] = "task"
     step_id: str
     index: int  # top-level position, 0-based
     agent_id: str
@@ -25,6 +26,7 @@ class PlannedTask(_Frozen):
     output_key: str | None
     parameters: dict[str, Any] = Field(default_factory=dict)
     group: str | None = None  # step_id of the enclosing parallel group
+    branch: str | None = None  # step_id of the enclosing branch (its steps run in turn)
     after: str | None = None  # the previous step of the same branch sequence
     context_keys: list[str] | None = None
     retries: int = 0
@@ -40,7 +42,7 @@ class PlannedTask(_Frozen):
 
 
 class PlannedGroup(_Frozen):
-    kind: str = "group"
+    kind: Literal["group"] = "group"
     step_id: str
     index: int
     branches: list[list[str]]  # step_ids, one list per branch
@@ -58,7 +60,7 @@ class PlannedMap(_Frozen):
     """A map: ``member`` (its step_id is the map's) runs once per item of the list at
     ``over_path`` in shared_data[``over_key``], ``batch_size`` items a message."""
 
-    kind: str = "map"
+    kind: Literal["map"] = "map"
     step_id: str
     index: int
     member: PlannedTask
@@ -90,13 +92,62 @@ class PlannedMap(_Frozen):
         return min(self.batch_size, self.max_concurrency or self.batch_size)
 
 
-Node = PlannedTask | PlannedGroup | PlannedMap
+class PlannedCase(_Frozen):
+    """One way through a branch: taken when the value equals ``equals`` (with ``loose``, a
+    number or boolean also matches its JSON text: a case named ``"3"`` or ``"true"``)."""
+
+    name: str
+    equals: Any = None
+    loose: bool = False
+    steps: list[str] = Field(default_factory=list)
+
+    def matches(self, value: Any) -> bool:
+        if self.loose and not isinstance(value, str) and value is not None:
+            return bool(json.dumps(value) == self.equals)
+        # Strictly: True is not 1, 1 is 1.0 (JSON has one kind of number).
+        if isinstance(value, bool) or isinstance(self.equals, bool):
+            return type(value) is type(self.equals) and value == self.equals
+        same: bool = value == self.equals
+        return same
+
+
+class PlannedBranch(_Frozen):
+    """A branch: the steps of the first case whose value matches the one at ``on_path``
+    in shared_data[``on_key``] run in turn (else ``default``'s, else none)."""
+
+    kind: Literal["branch"] = "branch"
+    step_id: str
+    index: int
+    on_key: str
+    on_path: list[str] = Field(default_factory=list)
+    cases: list[PlannedCase]
+    default: PlannedCase | None = None
+    output_key: None = None
+
+    @property
+    def on(self) -> str:
+        return ".".join([self.on_key, *self.on_path])
+
+    def choose(self, value: Any) -> PlannedCase | None:
+        return next((c for c in self.cases if c.matches(value)), self.default)
+
+    @property
+    def ways(self) -> list[PlannedCase]:
+        return [*self.cases, *([self.default] if self.default else [])]
+
+    def way_of(self, step_id: str) -> PlannedCase:
+        return next(c for c in self.ways if step_id in c.steps)
+
+
+Node = PlannedTask | PlannedGroup | PlannedMap | PlannedBranch
+#: A plan's node, told apart by its ``kind``.
+AnyNode = Annotated[Node, Field(discriminator="kind")]
 
 
 class Plan(_Frozen):
     name: str
     description: str = ""
-    nodes: list[Node]
+    nodes: list[AnyNode]
     tasks: dict[str, PlannedTask]
     max_handoffs: int = 10
     deadline_seconds: float | None = None
@@ -116,6 +167,21 @@ class Plan(_Frozen):
             if isinstance(node, PlannedMap) and node.step_id == step_id:
                 return node
         raise KeyError(step_id)
+
+    def branch(self, step_id: str) -> PlannedBranch:
+        for node in self.nodes:
+            if isinstance(node, PlannedBranch) and node.step_id == step_id:
+                return node
+        raise KeyError(step_id)
+
+    def ends_workflow(self, task: PlannedTask) -> bool:
+        """Whether committing ``task`` completes the workflow: the last top-level step, or
+        the last step of the way taken through a branch that is last."""
+        if task.group is not None or not self.is_last(task.index):
+            return False
+        if task.branch is not None:
+            return self.branch(task.branch).way_of(task.step_id).steps[-1] == task.step_id
+        return True
 
     def node(self, step_id: str) -> Node | None:
         return next((n for n in self.nodes if n.step_id == step_id), None)
@@ -149,14 +215,23 @@ def handoff_id(step: PlannedTask) -> str:
     return f"{step.step_id}.h1"
 
 
-def frontier(plan: Plan, completed: set[str], inserted: list[PlannedTask]) -> str | None:
-    """The first step (top-level or inserted) that has not completed: where to go on from."""
+def frontier(
+    plan: Plan,
+    completed: set[str],
+    inserted: list[PlannedTask],
+    taken: dict[str, list[str]] | None = None,
+) -> str | None:
+    """The first step (top-level, inserted, or on the way taken through a branch: ``taken``)
+    that has not completed: where to go on from."""
     by_node: dict[int, list[PlannedTask]] = {}
     for task in sorted(inserted, key=lambda t: int(t.step_id.rpartition(".h")[2])):
         by_node.setdefault(task.index, []).append(task)
     for node in plan.nodes:
         if node.step_id not in completed:
             return node.step_id
+        for sid in (taken or {}).get(node.step_id, []):
+            if sid not in completed:
+                return sid
         for task in by_node.get(node.index, []):
             if task.step_id not in completed:
                 return task.step_id

@@ -59,7 +59,7 @@ def commit_wait(
     )
     top = task.group is None
     nxt = next_messages(app, plan, workflow_id, task, run) if ok or not top else Next()
-    last = top and plan.is_last(task.index)
+    last = plan.ends_workflow(task)
     outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
     reply = store.commit(
         workflow_id,

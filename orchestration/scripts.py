@@ -162,6 +162,8 @@ class CommitSpec(Spec):
     max_handoffs: int = 0
     signal: SignalSpec | None = None
     consume: str = ""  # a wait committing its kept signal: that signal is used up
+    add_steps: int = 0  # a branch's choice: the steps on its way, less the branch itself
+    skipped: dict[str, str] = Field(default_factory=dict)  # ... and those not taken
 
 
 class SignalSpec(BaseModel):

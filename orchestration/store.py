@@ -239,6 +239,8 @@ class StateStore(StateReader):
         max_handoffs: int = 0,
         signal: SignalSpec | None = None,
         consume: str = "",
+        add_steps: int = 0,
+        skipped: Sequence[TaskResult] = (),
     ) -> CommitReply:
         """Commit a step's result and send what follows it (see ``commit.lua``).
 
@@ -277,6 +279,8 @@ class StateStore(StateReader):
             max_handoffs=max_handoffs,
             signal=signal,
             consume=consume,
+            add_steps=add_steps,
+            skipped={r.step_id: r.model_dump_json() for r in skipped},
         )
         raw = self.scripts.call(
             "commit",

@@ -14,7 +14,13 @@ from celery import Celery, Task
 from celery.signals import worker_ready
 
 from agents.registry import AgentRegistry, load_agents
-from orchestration.broker import AGGREGATE_TASK, FINISH_FAILURE_TASK, MAP_TASK, producer_app
+from orchestration.broker import (
+    AGGREGATE_TASK,
+    BRANCH_TASK,
+    FINISH_FAILURE_TASK,
+    MAP_TASK,
+    producer_app,
+)
 from orchestration.connection import connect
 from orchestration.embedded import resolve_redis_url
 from orchestration.plan import PlannedMap
@@ -22,6 +28,7 @@ from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
 from orchestration.waits import WAIT_AGENT, WAIT_TASK
 from workers.aio import register as register_asyncio_pool
+from workers.branches import run_branch
 from workers.engine import Engine
 from workers.groups import run_aggregate
 from workers.logs import configure as configure_logging
@@ -72,6 +79,9 @@ def create_app(
             return run_map_aggregate(engine, task, workflow_id, node, run)
         return run_aggregate(engine, task, workflow_id, group_id, run)
 
+    def branch(task: Task, workflow_id: str, branch_id: str, run: int = 1) -> str:
+        return run_branch(engine_for(task.app, reg), task, workflow_id, branch_id, run)
+
     def start_map(
         task: Task, workflow_id: str, map_id: str, run: int = 1, *, reset: bool = False
     ) -> str:
@@ -87,6 +97,7 @@ def create_app(
     app.task(name=AGGREGATE_TASK, bind=True, shared=False, ignore_result=True)(aggregate)
     app.task(name=FINISH_FAILURE_TASK, bind=True, shared=False, ignore_result=True)(finish_failure)
     app.task(name=MAP_TASK, bind=True, shared=False, ignore_result=True)(start_map)
+    app.task(name=BRANCH_TASK, bind=True, shared=False, ignore_result=True)(branch)
     return app
 
 

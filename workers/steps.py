@@ -376,8 +376,8 @@ class StepRun:
     ) -> CommitReply:
         """Commit the result with what follows it, in one compare-and-set script."""
         task, plan, ok = self.task, self.plan, result.status == TaskStatus.COMPLETED
-        top = task.group is None
-        last = top and plan.is_last(task.index) and handoff is None
+        top = task.group is None  # (a branch's steps run in turn, as top-level ones do)
+        last = plan.ends_workflow(task) and handoff is None
         outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
         return self.store.commit(
             self.workflow_id,

@@ -13,7 +13,7 @@
 -- ARGV: spec {step, node, output_key, advance, outcome, now, error, retention, run,
 --             agent_id, task_type, status, seconds (for the metrics),
 --             task_id, track, sends, ops, join {group, total}, arm, join_track, joins,
---             handoff_id, max_handoffs, channel},
+--             handoff_id, max_handoffs, add_steps, skipped {step: result JSON}, channel},
 --       output_json, result_json, history_json, handoff_json, outgoing payloads...
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
@@ -121,6 +121,17 @@ if spec.handoff_id ~= '' and outcome ~= 'fail' then
   table.insert(written, version)
   redis.call('HINCRBY', META, 'total_steps', 1)
   table.insert(changed, 'step:' .. spec.handoff_id)
+end
+if (spec.add_steps or 0) ~= 0 and outcome ~= 'fail' then
+  -- A branch took its way: progress counts the steps on it (restore takes them back).
+  redis.call('HINCRBY', META, 'total_steps', spec.add_steps)
+  table.insert(written, 'k:' .. spec.step .. ':' .. spec.add_steps)
+  table.insert(written, version)
+end
+for id, skipped in pairs(spec.skipped or {}) do  -- a branch's steps on the ways not taken
+  redis.call('HSET', RESULTS, id, skipped)
+  table.insert(written, 'r:' .. id)
+  table.insert(written, version)
 end
 if spec.advance and outcome ~= 'fail' then
   redis.call('HINCRBY', META, 'current_step', 1)

@@ -55,6 +55,9 @@ for i = 1, #fields, 2 do
       table.insert(changed, 'step:' .. name)
     elseif kind == 'b' then
       redis.call('HINCRBY', META, 'current_step', -1)
+    elseif kind == 'k' then
+      local delta = tonumber(string.match(name, ':(-?%d+)$'))
+      redis.call('HINCRBY', META, 'total_steps', -delta)
     elseif kind == 'm' then
       -- A map taken back to before it began: it starts over, on the list it then finds.
       redis.call('HINCRBY', MAPS, 'epoch:' .. name, 1)

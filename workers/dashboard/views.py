@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 from orchestration.errors import WorkflowNotFound
 from orchestration.models import RunningStep, TaskResult, WorkflowStatus, WorkflowStatusReport
 from orchestration.names import RUN_STARTS, Event
-from orchestration.plan import PlannedGroup, PlannedMap, PlannedTask
+from orchestration.plan import PlannedBranch, PlannedGroup, PlannedMap, PlannedTask
 from orchestration.reads import StateReader, step_sort_key
 
 DEFAULT_FLOWER_URL = "http://localhost:5555"
@@ -228,6 +228,8 @@ class DashboardReader:
                 nodes.append(self._group_doc(node, plan.tasks, ctx.task_results, step_doc))
             elif isinstance(node, PlannedMap):
                 nodes.append(self._map_doc(node, ctx.task_results, report))
+            elif isinstance(node, PlannedBranch):
+                nodes.append(self._branch_doc(node, plan.tasks, ctx.task_results, step_doc))
             else:
                 nodes.append({"kind": "task", "step": step_doc(node)})
             nodes.extend({"kind": "task", "step": step_doc(t)} for t in by_node.get(node.index, []))
@@ -246,6 +248,42 @@ class DashboardReader:
             now=now.isoformat(),
         )
         return doc
+
+    @staticmethod
+    def _branch_doc(
+        node: PlannedBranch,
+        tasks: dict[str, PlannedTask],
+        results: dict[str, TaskResult],
+        step_doc: Callable[[PlannedTask], dict[str, Any]],
+    ) -> dict[str, Any]:
+        choice = results.get(node.step_id)
+        decided = choice.result if choice is not None and isinstance(choice.result, dict) else {}
+        ways: list[dict[str, Any]] = [
+            {
+                "name": w.name,
+                "taken": decided.get("taken") == w.name if decided else None,
+                "steps": [step_doc(tasks[sid]) for sid in w.steps],
+            }
+            for w in node.ways
+        ]
+        steps = [st for w in ways if w["taken"] for st in w["steps"]]
+        if not decided:
+            status = "pending"
+        elif any(st["status"] == "failed" for st in steps):
+            status = "failed"
+        elif all(st["status"] == "completed" for st in steps):
+            status = "completed"
+        else:
+            status = "running"
+        return {
+            "kind": "branch",
+            "step_id": node.step_id,
+            "on": node.on,
+            "value": decided.get("value"),
+            "taken": decided.get("taken"),
+            "status": status,
+            "ways": ways,
+        }
 
     @staticmethod
     def _map_doc(
