@@ -1,7 +1,8 @@
-"""The engine's own step, ``baton.wait``: what ``wait_for``, ``sleep`` and ``sleep_until``
-steps become. Registered like any task type so that definitions, plans, groups and the
-saga treat a wait as a step; a worker never calls the function below: it parks the step
-or commits its signal (``workers/waits.py``)."""
+"""The engine's own steps: ``baton.wait`` (what ``wait_for``, ``sleep`` and ``sleep_until``
+steps become) and ``baton.workflow`` (a sub-workflow step). Registered like any task type
+so that definitions, plans, groups and the saga treat them as steps; a worker never calls
+the functions below: it parks the step, commits its signal (``workers/waits.py``) or
+starts its child (``workers/subflows.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from pydantic import model_validator
 
 from agents.base import StepInput
 from agents.registry import Agent
-from orchestration.waits import WAIT_AGENT, WAIT_TASK, WaitParams, check_schema
+from orchestration.waits import (
+    SUBFLOW_TASK,
+    WAIT_AGENT,
+    WAIT_TASK,
+    SubflowParams,
+    WaitParams,
+    check_schema,
+)
 
 engine = Agent(WAIT_AGENT, description="The engine's own steps: waits for signals and timers")
 
@@ -31,3 +39,9 @@ class CheckedWaitParams(WaitParams):
 def wait(step: StepInput[CheckedWaitParams]) -> Any:
     """Waits for a signal or a time (the worker handles it; this is never called)."""
     raise RuntimeError("baton.wait is handled by the worker, not called")
+
+
+@engine.task(SUBFLOW_TASK, params=SubflowParams)
+def workflow(step: StepInput[SubflowParams]) -> Any:
+    """Runs a child workflow and waits for it (the worker handles it; never called)."""
+    raise RuntimeError("baton.workflow is handled by the worker, not called")

@@ -15,6 +15,7 @@ import redis
 from orchestration.broker import producer_app, serve_hint
 from orchestration.catalog import Catalog, load_catalog
 from orchestration.connection import connect
+from orchestration.definitions import Definitions
 from orchestration.dispatch import Dispatcher
 from orchestration.embedded import EmbeddedRedis, LocalWorkers
 from orchestration.errors import (
@@ -27,7 +28,7 @@ from orchestration.errors import (
 )
 from orchestration.limiter import BudgetUse, Limiter
 from orchestration.limits import Limit, LimitValues
-from orchestration.loader import DefinitionSource, load_plan
+from orchestration.loader import DefinitionSource, compile_plan, read_definition
 from orchestration.models import (
     WORKFLOW_ID,
     Checkpoint,
@@ -86,6 +87,7 @@ class WorkflowOrchestrator:
         )
         self.app = producer_app(url, self.settings)
         self.dispatch = Dispatcher(self.app, self.store)
+        self.definitions = Definitions(self.redis, self.settings.key_prefix)
         self.limiter = Limiter(self.redis, self.settings.key_prefix)
         if local_workers:
             self._workers = LocalWorkers(
@@ -103,7 +105,17 @@ class WorkflowOrchestrator:
         Given a ``workflow_id`` that already exists, returns it unchanged (safe retries), or
         raises ``WorkflowStateError`` if it was created from a different definition.
         """
-        return self._create(load_plan(definition, self.registry), workflow_id)[0]
+        return self._create(self._plan(definition), workflow_id)[0]
+
+    def _plan(self, definition: DefinitionSource) -> Plan:
+        """The checked plan, registered sub-workflows named in it copied in."""
+        return compile_plan(self.definitions.resolve(read_definition(definition)), self.registry)
+
+    def register_workflow(self, definition: DefinitionSource) -> str:
+        """Register a definition under its name, for ``{"workflow": "<name>"}`` steps of
+        workflows created after; checked first (``DefinitionError``), returns the name."""
+        self._plan(definition)
+        return self.definitions.register(definition)
 
     def _create(
         self, plan: Plan, workflow_id: str | None, *, start: bool = False
@@ -165,12 +177,20 @@ class WorkflowOrchestrator:
         )
         if t.outstanding:
             self.app.control.revoke(t.outstanding)
+        for child in self._children(workflow_id, S.CREATED, S.RUNNING, S.PAUSED, S.WAITING):
+            self.cancel_workflow(child)
 
     def pause_workflow(self, workflow_id: str) -> None:
         """Stop before the next step; steps already running finish and commit."""
         self.store.transition(
             workflow_id, [S.RUNNING, S.WAITING], S.PAUSED, event=Event.WORKFLOW_PAUSED
         )
+        for child in self._children(workflow_id, S.RUNNING, S.WAITING):
+            self.pause_workflow(child)
+
+    def _children(self, workflow_id: str, *among: WorkflowStatus) -> list[str]:
+        """Its sub-workflows whose status is one of ``among`` (cancel and pause reach them)."""
+        return [c for c in self.store.children(workflow_id) if self.store.status_of(c) in among]
 
     def resume_workflow(self, workflow_id: str) -> None:
         """Continue a paused workflow from exactly where it stopped."""
@@ -183,20 +203,13 @@ class WorkflowOrchestrator:
         )
         if t.paused_at:  # something stopped at the pause; else the in-flight step goes on
             self.dispatch.send_on(workflow_id, t.run)
+        for child in self._children(workflow_id, S.PAUSED):
+            self.resume_workflow(child)
 
     def retry_workflow(self, workflow_id: str) -> None:
         """Restart a failed workflow from its last good checkpoint: the steps committed there
         are not run again (those its saga undid, and the failed one, are)."""
-        restored = self.store.restore(
-            workflow_id,
-            self.store.get_status(workflow_id).version,
-            [S.FAILED],
-            S.RUNNING,
-            event=Event.WORKFLOW_RETRIED,
-            bump_run=True,
-            archive_failed=True,
-        )
-        self.dispatch.send_on(workflow_id, restored.run)
+        self.dispatch.retry(workflow_id)
 
     def rollback(self, workflow_id: str, to_version: int) -> None:
         """Restore checkpoint ``to_version`` of a stopped workflow; it is then ``paused``.
@@ -297,7 +310,7 @@ class WorkflowOrchestrator:
     def run_workflow(self, definition: DefinitionSource, workflow_id: str | None = None) -> str:
         """Validate, create and start a workflow: one script stores it and sends its first
         messages. Given an existing ``workflow_id``, starts it only if it is ``created``."""
-        plan = load_plan(definition, self.registry)
+        plan = self._plan(definition)
         wid, created = self._create(plan, workflow_id, start=True)
         if not created and self.store.status_of(wid) == WorkflowStatus.CREATED:
             self.start_workflow(wid, plan)

@@ -11,7 +11,8 @@ from celery import Celery
 
 from orchestration.broker import CONTROL_QUEUE, agent_queue
 from orchestration.compiler import Next, start_messages
-from orchestration.models import TaskResult, TaskStatus
+from orchestration.models import TaskResult, TaskStatus, WorkflowStatus
+from orchestration.names import Event
 from orchestration.outbox import Outbox
 from orchestration.plan import Plan, PlannedBranch, PlannedGroup, PlannedMap, frontier
 from orchestration.scripts import Outgoing
@@ -82,6 +83,21 @@ class Dispatcher:
         if isinstance(node, PlannedBranch):
             return [CONTROL_QUEUE]
         return [agent_queue(self.store.task(workflow_id, step_id).agent_id)]
+
+    def retry(self, workflow_id: str) -> int:
+        """Restart a failed workflow from its last good checkpoint (``retry_workflow``);
+        its new run."""
+        restored = self.store.restore(
+            workflow_id,
+            self.store.get_status(workflow_id).version,
+            [WorkflowStatus.FAILED],
+            WorkflowStatus.RUNNING,
+            event=Event.WORKFLOW_RETRIED,
+            bump_run=True,
+            archive_failed=True,
+        )
+        self.send_on(workflow_id, restored.run)
+        return restored.run
 
     def send_on(self, workflow_id: str, run: int, *, stalled: bool = False) -> str | None:
         """Send the workflow on from the first step that has not completed (resume, retry,

@@ -163,6 +163,11 @@ def due_member(workflow_id: str, step_id: str, run: int) -> str:
     return f"{workflow_id}|{step_id}|{run}"
 
 
+def definitions_key(prefix: str) -> str:
+    """Hash: workflow name -> a registered definition (JSON), for sub-workflow steps."""
+    return f"{prefix}:definitions"
+
+
 def metrics_key(prefix: str) -> str:
     """Hash of counters for ``/metrics``; its fields are named in ``names.Metric``."""
     return f"{prefix}:metrics"

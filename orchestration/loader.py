@@ -41,7 +41,7 @@ from orchestration.plan import (
     PlannedTask,
     handoff_id,
 )
-from orchestration.waits import WAIT_AGENT
+from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT
 
 DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
 Problems = list[tuple[str, str]]
@@ -124,6 +124,9 @@ def plan_task(
     dynamic: bool = False,
 ) -> PlannedTask:
     """Check one task step against the registry and the keys available to it."""
+    nested = group is not None or branch is not None
+    if nested and (step.agent_id, step.task_type) == (WAIT_AGENT, SUBFLOW_TASK):
+        plan_subflow(step.parameters, where, reg, problems, available)  # (its outputs: its own)
     params: dict[str, Any] = dict(step.parameters)
     compensation = None
     # What the step loads: its context_keys, else the keys its task type reads, else all.
@@ -303,21 +306,73 @@ def plan_branch(
     return planned, set.intersection(*made) if made else set()
 
 
-def compile_plan(definition: WorkflowDefinition, reg: Catalog) -> Plan:
-    """Check a parsed definition against the registry and the data flow; assign step ids."""
+def plan_subflow(
+    params: dict[str, Any], where: str, reg: Catalog, problems: Problems, available: set[str]
+) -> set[str]:
+    """Check a sub-workflow step: the child as a workflow of its own (its inputs are its
+    first keys), its inputs' paths, its outputs. Returns the parent keys it makes."""
+    child = params.get("workflow")
+    if isinstance(child, str):
+        problems.append(
+            (f"{where}.workflow", f"no workflow is registered as {child!r} (register it with "
+             "orchestrator.register_workflow or baton register FILE)")
+        )  # fmt: skip
+        return set()
+    inputs: dict[str, str] = params.get("inputs") or {}
+    outputs: dict[str, str] = params.get("outputs") or {}
+    for key, path in inputs.items():
+        parent_key, _ = _split_path(path, available)
+        if parent_key not in available:
+            have = ", ".join(sorted(available)) or "nothing yet"
+            problems.append(
+                (f"{where}.inputs.{key}", f"{path!r}: {parent_key!r} is not produced by any "
+                 f"earlier step (available: {have})")
+            )  # fmt: skip
+    try:
+        definition = read_definition(child or {})
+        compile_plan(definition, reg, initial=set(inputs))
+    except DefinitionError as exc:
+        problems.extend(
+            (f"{where}.workflow.{w}" if w else f"{where}.workflow", m) for w, m in exc.problems
+        )
+        return set(outputs)
+    made = {k for _, k, _ in definition.output_keys()} | set(inputs)
+    for parent_key, child_key in outputs.items():
+        if child_key not in made:
+            problems.append(
+                (f"{where}.outputs.{parent_key}", f"the sub-workflow makes no {child_key!r} "
+                 f"(it makes: {', '.join(sorted(made)) or 'nothing'})")
+            )  # fmt: skip
+        if parent_key in available:
+            problems.append((f"{where}.outputs.{parent_key}", f"{parent_key!r} is already in use"))
+    return set(outputs)
+
+
+def compile_plan(
+    definition: WorkflowDefinition, reg: Catalog, *, initial: set[str] | None = None
+) -> Plan:
+    """Check a parsed definition against the registry and the data flow; assign step ids.
+    ``initial``: the keys its shared_data holds from the start (a sub-workflow's inputs)."""
     problems: Problems = []
     nodes: list[Node] = []
     tasks: dict[str, PlannedTask] = {}
-    available: set[str] = set()
+    available: set[str] = set(initial or ())
     for i, step in enumerate(definition.steps):
         sid = f"step_{i + 1}"
         where = f"steps[{i}]"
         if isinstance(step, TaskStep):
+            made: set[str] = set()
+            if (step.agent_id, step.task_type) == (WAIT_AGENT, SUBFLOW_TASK):
+                made = plan_subflow(step.parameters, where, reg, problems, available)
+                step = (
+                    step.model_copy(update={"parameters": {**step.parameters, "workflow": {}}})
+                    if isinstance(step.parameters.get("workflow"), str)
+                    else step
+                )
             node = plan_task(step, where, sid, i, reg, problems, available)
             tasks[sid] = node
             nodes.append(node)
-            if step.output_key:
-                available.add(step.output_key)
+            available |= made | ({step.output_key} if step.output_key else set())
             continue
         if isinstance(step, MapStep):
             mapped = plan_map(step, where, sid, i, reg, problems, available)

@@ -125,11 +125,38 @@ class SleepStep(_Strict):
         return v
 
 
+class SubflowStep(_Strict):
+    """``{"workflow": {definition} or "registered name", "inputs": {"child_key":
+    "parent_key.path"}, "outputs": {"parent_key": "child_key"}}``: run a workflow as one
+    step, as a child with its own id (``<parent id>.<step id>``), linked both ways."""
+
+    workflow: dict[str, Any] | Annotated[str, Field(min_length=1)]
+    inputs: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
+    outputs: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
+    output_key: Annotated[str, Field(min_length=1)] | None = None
+    description: str = ""
+
+
 def _as_task(value: Any) -> Any:
     """A ``wait_for``/``sleep``/``sleep_until`` step, written as the engine's own task step
-    (``baton.wait``), so that everything that handles steps handles it."""
+    (``baton.wait``), so that everything that handles steps handles it; a ``workflow`` step
+    likewise (``baton.workflow``)."""
     if not isinstance(value, dict):
         return value
+    if "workflow" in value:
+        try:
+            sub = SubflowStep.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(
+                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            ) from None
+        return {
+            "agent_id": "baton",
+            "task_type": "workflow",
+            "output_key": sub.output_key,
+            "parameters": {"workflow": sub.workflow, "inputs": sub.inputs, "outputs": sub.outputs},
+            "description": sub.description,
+        }
     if "wait_for" in value:
         kind: type[WaitStep] | type[SleepStep] = WaitStep
     elif "sleep" in value or "sleep_until" in value:
@@ -513,6 +540,9 @@ class WorkflowStatusReport(BaseModel):
     running_steps: list[RunningStep] = Field(default_factory=list)
     throttled_steps: list[ThrottledStep] = Field(default_factory=list)
     maps: list[MapProgress] = Field(default_factory=list)
+    parent: str | None = None  # a sub-workflow's parent workflow (and ``parent_step``)
+    parent_step: str | None = None
+    children: list[str] = Field(default_factory=list)  # its sub-workflows' ids
     error: str | None = None
     failed_step: str | None = None
     created_at: str

@@ -36,6 +36,7 @@ from orchestration.models import (
 from orchestration.names import Event
 from orchestration.plan import Plan, PlannedTask
 from orchestration.pubsub import Subscriptions
+from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT, child_id
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,20 @@ class StateReader:
                 )
         return points
 
+    def children(self, workflow_id: str) -> list[str]:
+        """The ids of its sub-workflows that exist (started by its ``workflow`` steps)."""
+        ids = [
+            child_id(workflow_id, t.step_id)
+            for t in self.plan(workflow_id).tasks.values()
+            if (t.agent_id, t.task_type) == (WAIT_AGENT, SUBFLOW_TASK)
+        ]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for cid in ids:
+            pipe.exists(self.keys(cid).meta)
+        return [cid for cid, there in zip(ids, pipe.execute(), strict=True) if there]
+
     def map_base(self, workflow_id: str, map_id: str) -> str:
         """A map's prefix in the maps hash, for its current epoch (``orchestration/maps.py``)."""
         epoch = self.redis.hget(self.keys(workflow_id).maps, f"epoch:{map_id}")
@@ -343,6 +358,9 @@ class StateReader:
             running_steps=running,
             throttled_steps=sorted(throttled, key=lambda t: step_sort_key(t.step)),
             maps=self.map_progress(workflow_id),
+            parent=meta.get("parent"),
+            parent_step=meta.get("parent_step"),
+            children=self.children(workflow_id),
             error=meta.get("error"),
             failed_step=meta.get("failed_step"),
             created_at=meta.fields["created_at"],

@@ -28,6 +28,7 @@ def commit_wait(
     output: Any = None,
     error: str | None = None,
     since: str | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> tuple[CommitReply, Next]:
     """Commit the wait ``step_id`` with ``output`` (or fail it with ``error``) and send the
     workflow on; if the wait is not parked yet, the script keeps the signal for it."""
@@ -72,6 +73,7 @@ def commit_wait(
         send=dispatch.outgoing(nxt),
         join=Join(group=nxt.group, total=len(nxt.ends)) if nxt.group and nxt.joins else None,
         signal=signal,
+        outputs=outputs,
     )
     if reply.committed and reply.status in ("running", "waiting"):
         dispatch.send_rest(nxt, reply.aggregate_id, reply.aggregate_message)

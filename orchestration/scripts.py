@@ -92,6 +92,11 @@ class CreateSpec(Spec):
     score: float
     start: bool = False
     deadline_at: float | None = None
+    data: dict[str, str] = Field(default_factory=dict)  # initial shared_data, key -> JSON
+    parent: str | None = None  # a sub-workflow: its parent, the parent's step, its timer
+    parent_step: str | None = None
+    parent_due: str | None = None
+    parent_run: int | None = None
 
 
 class TransitionSpec(Spec):
@@ -163,6 +168,7 @@ class CommitSpec(Spec):
     signal: SignalSpec | None = None
     consume: str = ""  # a wait committing its kept signal: that signal is used up
     add_steps: int = 0  # a branch's choice: the steps on its way, less the branch itself
+    outputs: dict[str, str] = Field(default_factory=dict)  # more shared_data keys -> JSON
     skipped: dict[str, str] = Field(default_factory=dict)  # ... and those not taken
 
 

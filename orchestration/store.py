@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -79,10 +79,13 @@ class StateStore(StateReader):
         *,
         start: Outgoing | None = None,
         deadline_at: float | None = None,
+        data: dict[str, Any] | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> bool:
         """Store a new workflow as ``created`` (or, given ``start``, as running with its first
         messages sent, in the same script); False if the id already exists with this plan,
-        ``WorkflowStateError`` if it exists with another."""
+        ``WorkflowStateError`` if it exists with another. ``data``: its shared_data from
+        the start; ``parent``: (workflow, step, run) whose sub-workflow it is."""
         entry = HistoryEntry(event=Event.WORKFLOW_CREATED, status=S.CREATED)
         spec = CreateSpec(
             workflow_id=workflow_id,
@@ -92,7 +95,13 @@ class StateStore(StateReader):
             now=entry.timestamp,
             start=start is not None,
             deadline_at=deadline_at,
-        )
+            data={k: dumps(v) for k, v in (data or {}).items()},
+            **(
+                {"parent": parent[0], "parent_step": parent[1], "parent_run": parent[2],
+                 "parent_due": due_member(*parent)}
+                if parent else {}
+            ),
+        )  # fmt: skip
         raw = self.scripts.call(
             "create",
             self.keys(workflow_id),
@@ -241,6 +250,7 @@ class StateStore(StateReader):
         consume: str = "",
         add_steps: int = 0,
         skipped: Sequence[TaskResult] = (),
+        outputs: dict[str, Any] | None = None,
     ) -> CommitReply:
         """Commit a step's result and send what follows it (see ``commit.lua``).
 
@@ -281,6 +291,7 @@ class StateStore(StateReader):
             consume=consume,
             add_steps=add_steps,
             skipped={r.step_id: r.model_dump_json() for r in skipped},
+            outputs={k: dumps(v) for k, v in (outputs or {}).items()},
         )
         raw = self.scripts.call(
             "commit",

@@ -46,5 +46,9 @@ class DueTimers:
     def drop(self, workflow_id: str, step_id: str, run: int) -> None:
         self.redis.zrem(self.key, f"{workflow_id}|{step_id}|{run}")
 
+    def reschedule(self, workflow_id: str, step_id: str, run: int, at: float) -> None:
+        """Fire the timer at ``at`` (epoch seconds) instead, if it is still pending."""
+        self.redis.zadd(self.key, {f"{workflow_id}|{step_id}|{run}": int(at * 1000)}, xx=True)
+
     def pending(self) -> int:
         return int(self.redis.zcard(self.key))

@@ -20,6 +20,24 @@ from pydantic import BaseModel, ConfigDict
 from orchestration.errors import BatonError
 
 WAIT_AGENT, WAIT_TASK = "baton", "wait"
+SUBFLOW_TASK = "workflow"  # a sub-workflow step: it waits for its child to end
+
+
+class SubflowParams(BaseModel):
+    """What a planned sub-workflow step carries: the child's definition (checked with the
+    parent's), where its inputs come from, where its outputs go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow: dict[str, Any]
+    inputs: dict[str, str] = {}  # child's shared_data key -> parent's path
+    outputs: dict[str, str] = {}  # parent's shared_data key -> child's key
+
+
+def child_id(workflow_id: str, step_id: str) -> str:
+    """A sub-workflow's id: its parent's and the step's, so that it is found again (a
+    retried parent goes on with the child it has)."""
+    return f"{workflow_id}.{step_id}"
 
 
 class SignalError(BatonError, ValueError):

@@ -26,7 +26,7 @@ from orchestration.embedded import resolve_redis_url
 from orchestration.plan import PlannedMap
 from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
-from orchestration.waits import WAIT_AGENT, WAIT_TASK
+from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT, WAIT_TASK
 from workers.aio import register as register_asyncio_pool
 from workers.branches import run_branch
 from workers.engine import Engine
@@ -35,10 +35,12 @@ from workers.logs import configure as configure_logging
 from workers.maps import MapBatchRun, run_map_aggregate, run_map_start
 from workers.reaper import Reaper
 from workers.steps import StepRun
+from workers.subflows import SubflowRun
 from workers.transport import install as install_safe_redis_transport
 from workers.waits import TimerSweep, WaitRun
 
 WAIT_CELERY_NAME = f"{WAIT_AGENT}.{WAIT_TASK}"
+SUBFLOW_CELERY_NAME = f"{WAIT_AGENT}.{SUBFLOW_TASK}"
 _engines: dict[int, Engine] = {}
 _engines_lock = threading.Lock()
 register_asyncio_pool()
@@ -69,7 +71,7 @@ def create_app(
             return None
         if map_batch:
             return MapBatchRun(engine, task, workflow_id, step_id, run)()
-        kind = WaitRun if task.name == WAIT_CELERY_NAME else StepRun
+        kind = {WAIT_CELERY_NAME: WaitRun, SUBFLOW_CELERY_NAME: SubflowRun}.get(task.name, StepRun)
         return kind(engine, task, workflow_id, step_id, run)()
 
     def aggregate(task: Task, workflow_id: str, group_id: str, run: int = 1) -> str:

@@ -22,9 +22,10 @@ from orchestration.reads import StepState
 from orchestration.resume import commit_wait
 from orchestration.scripts import SignalSpec
 from orchestration.timers import DueTimers
-from orchestration.waits import OnTimeoutDefault, WaitParams
+from orchestration.waits import SUBFLOW_TASK, OnTimeoutDefault, WaitParams
 from workers.engine import Engine
 from workers.steps import StepRun, outcome_word
+from workers.subflows import settle_subflow
 
 log = logging.getLogger("baton.waits")
 
@@ -117,7 +118,11 @@ class TimerSweep:
         if parked is None or parked.get("run") != run:
             self.timers.drop(workflow_id, step_id, run)  # committed, cancelled or rolled back
             return
-        params = WaitParams.model_validate(store.task(workflow_id, step_id).parameters)
+        task = store.task(workflow_id, step_id)
+        if task.task_type == SUBFLOW_TASK:  # its child ended, or it looks in on it
+            settle_subflow(self.engine, workflow_id, step_id, run)
+            return
+        params = WaitParams.model_validate(task.parameters)
         output: Any = None
         error = None
         if params.name is None:

@@ -119,3 +119,12 @@ local function settle(spec, quiet)
   end
   return nil
 end
+
+-- A sub-workflow that ends wakes its parent's step now (its timer, in the due index): the
+-- timer sweep commits the step with the child's outputs, or its failure.
+local function wake_parent()
+  local due = redis.call('HGET', META, 'parent_due')
+  if due then
+    redis.call('ZADD', DUE, now_ms(), due)
+  end
+end

@@ -133,6 +133,14 @@ for id, skipped in pairs(spec.skipped or {}) do  -- a branch's steps on the ways
   table.insert(written, 'r:' .. id)
   table.insert(written, version)
 end
+for key, value in pairs(spec.outputs or {}) do  -- a sub-workflow's outputs, a key each
+  if outcome ~= 'fail' then
+    redis.call('HSET', DATA, key, value)
+    table.insert(written, 'd:' .. key)
+    table.insert(written, version)
+    table.insert(changed, 'data:' .. key)
+  end
+end
 if spec.advance and outcome ~= 'fail' then
   redis.call('HINCRBY', META, 'current_step', 1)
   table.insert(written, 'b:' .. spec.node)
@@ -169,6 +177,7 @@ elseif outcome == 'complete' then
   redis.call('DEL', RUNNING)
   active(false)
   expire_all(spec.retention)
+  wake_parent()
 end
 local joined = false
 if spec.join and outcome ~= 'fail' then

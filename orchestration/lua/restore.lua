@@ -91,6 +91,7 @@ elseif spec.to == 'failed' then
   count_workflow('failed')
   redis.call('HSET', META, 'finished_at', spec.now)
   expire_all(spec.retention)
+  wake_parent()
 end
 history({event = spec.event, status = spec.to, version = version, restored_to = target,
   changed = #changed > 0 and changed or nil, timestamp = spec.now})  -- ({} would be an object)

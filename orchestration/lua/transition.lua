@@ -35,6 +35,7 @@ if spec.to == 'cancelled' then
   end
   redis.call('DEL', TASKS, RUNNING, WAITS)
   expire_all(spec.retention)
+  wake_parent()
 end
 history({event = spec.event, status = spec.to, error = spec.error, timestamp = spec.now})
 publish_status(spec, {event = EVENT.status, status = spec.to})

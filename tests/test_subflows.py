@@ -1,0 +1,132 @@
+"""Sub-workflows: a workflow run as one step of another, with its own id, linked both ways."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from orchestration import DefinitionError, WorkflowStatus
+from orchestration.client import WorkflowOrchestrator
+from tests.helpers import eventually, open_gate, step, wait_gate_started
+
+pytestmark = pytest.mark.workflow_suite
+
+
+def child(*steps: dict[str, Any], name: str = "child") -> dict[str, Any]:
+    return {"name": name, "steps": list(steps)}
+
+
+def parent(sub: dict[str, Any] | str, *after: dict[str, Any], **link: Any) -> dict[str, Any]:
+    return {
+        "name": "parent",
+        "steps": [step("echo", "a", value="seed value"),
+                  {"workflow": sub, **link}, *after],
+    }  # fmt: skip
+
+
+def test_a_sub_workflow_runs_as_a_step_with_its_inputs_and_outputs(
+    orch: WorkflowOrchestrator,
+) -> None:
+    sub = child(step("echo", "b", value="made by the child"))
+    wid = orch.run_workflow(
+        parent(sub, step("echo", "c"), inputs={"seed": "a.value"}, outputs={"from_child": "b"})
+    )
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert ctx.shared_data["from_child"]["value"] == "made by the child"
+    assert "from_child" in ctx.shared_data["c"]["saw_keys"]
+    cid = f"{wid}.step_2"
+    assert ctx.task_results["step_2"].result == {"workflow_id": cid, "status": "completed"}
+    kid = orch.get_context(cid)
+    assert kid.shared_data["seed"] == "seed value"  # its input, from the parent's path
+    assert kid.shared_data["b"]["saw_keys"] == ["seed"]
+    # Linked both ways.
+    assert orch.get_workflow_status(wid).children == [cid]
+    report = orch.get_workflow_status(cid)
+    assert (report.parent, report.parent_step) == (wid, "step_2")
+
+
+def test_a_registered_workflow_is_called_by_name(orch: WorkflowOrchestrator) -> None:
+    name = f"registered-{uuid.uuid4().hex[:6]}"
+    assert orch.register_workflow(child(step("echo", "b", value=7), name=name)) == name
+    ctx = orch.wait(orch.run_workflow(parent(name, outputs={"got": "b"})), timeout=60)
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert ctx.shared_data["got"]["value"] == 7
+
+
+def test_a_failed_sub_workflow_fails_its_step_and_a_retry_goes_on_with_it(
+    orch: WorkflowOrchestrator,
+) -> None:
+    sub = child(step("echo", "x"), step("flaky", "y", failures=1, permanent=True))
+    wid = orch.run_workflow(parent(sub, step("echo", "after")))
+    failed = orch.wait(wid, timeout=60)
+    cid = f"{wid}.step_2"
+    assert (failed.status, failed.failed_step) == (WorkflowStatus.FAILED, "step_2")
+    assert failed.error.startswith(f"sub-workflow {cid} failed at step_2: StepError: record 1")
+
+    orch.retry_workflow(wid)  # the child is retried, from its failed step
+    ctx = orch.wait(wid, timeout=60)
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    kid = orch.get_context(cid)
+    assert kid.status == WorkflowStatus.COMPLETED and kid.run == 2
+    done = [h.step for h in kid.execution_history if h.event == "step_completed"]
+    assert done.count("step_1") == 1  # not run again
+
+
+def test_a_retried_parent_does_not_run_a_completed_child_again(
+    orch: WorkflowOrchestrator,
+) -> None:
+    wid = orch.run_workflow(
+        parent(child(step("echo", "b")), step("flaky", "z", failures=1, permanent=True))
+    )
+    assert orch.wait(wid, timeout=60).status == WorkflowStatus.FAILED
+    orch.retry_workflow(wid)
+    ctx = orch.wait(wid, timeout=60)
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    kid = orch.get_context(f"{wid}.step_2")
+    assert kid.run == 1
+    assert [h.event for h in kid.execution_history].count("workflow_completed") == 1
+
+
+def test_cancel_and_pause_reach_the_child(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    g = f"sub-{uuid.uuid4().hex[:6]}"
+    wid = orch.run_workflow(parent(child(step("gate", "held", name=g), step("echo", "b"))))
+    cid = f"{wid}.step_2"
+    wait_gate_started(raw_redis, g)
+    orch.pause_workflow(wid)
+    assert orch.get_workflow_status(cid).status == WorkflowStatus.PAUSED
+    open_gate(raw_redis, g)
+    eventually(lambda: "step_1" in orch.get_context(cid).task_results, 30, "the held step")
+    orch.resume_workflow(wid)
+    assert orch.wait(wid, timeout=60).status == WorkflowStatus.COMPLETED
+
+    g2 = f"sub-{uuid.uuid4().hex[:6]}"
+    wid2 = orch.run_workflow(parent(child(step("gate", "held", name=g2))))
+    wait_gate_started(raw_redis, g2)
+    orch.cancel_workflow(wid2)
+    assert orch.get_workflow_status(f"{wid2}.step_2").status == WorkflowStatus.CANCELLED
+    open_gate(raw_redis, g2)
+
+
+def test_a_sub_workflow_is_checked_with_its_parent(orch: WorkflowOrchestrator) -> None:
+    with pytest.raises(DefinitionError) as err:
+        orch.create_workflow(
+            parent(child(step("no_such_task", "b"), step("read", key="seed")),
+                   inputs={"seed": "nope.value"})
+        )  # fmt: skip
+    text = str(err.value)
+    assert "steps[1].workflow.steps[0].task_type" in text
+    assert "steps[1].inputs.seed: 'nope.value': 'nope' is not produced" in text
+    assert "reads 'seed'" not in text  # its inputs are the child's first keys
+    with pytest.raises(
+        DefinitionError, match=r"steps\[1\].outputs.out: the sub-workflow makes no 'gone'"
+    ):
+        orch.create_workflow(parent(child(step("echo", "b")), outputs={"out": "gone"}))
+    with pytest.raises(DefinitionError, match="no workflow is registered as 'nowhere'"):
+        orch.create_workflow(parent("nowhere"))
