@@ -457,6 +457,21 @@ def test_a_map_shows_as_counts_while_it_runs_and_when_done(
     assert (done["status"], done["done"], done["failed"], done["total"]) == ("completed", 40, 0, 40)
 
 
+def test_a_sub_workflow_and_its_parent_link_to_each_other(
+    orch: WorkflowOrchestrator, dashboard: str
+) -> None:
+    wid = orch.run_workflow(
+        {"steps": [step("echo", "a"), {"workflow": {"name": "kid", "steps": [step("echo", "b")]}}]}
+    )
+    assert orch.wait(wid, timeout=60).status == WorkflowStatus.COMPLETED
+    cid = f"{wid}.step_2"
+    parent, kid = (get_json(f"{dashboard}/api/workflows/{w}") for w in (wid, cid))
+    assert (parent["children"], parent["parent"]) == ([cid], None)
+    assert (kid["parent"], kid["parent_step"], kid["name"]) == (wid, "step_2", "kid")
+    listed = {w["workflow_id"]: w for w in get_json(f"{dashboard}/api/workflows")["workflows"]}
+    assert listed[cid]["parent"] == wid
+
+
 def test_a_signal_cannot_be_posted_without_the_pages_xsrf_token(
     orch: WorkflowOrchestrator, dashboard: str
 ) -> None:

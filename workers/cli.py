@@ -157,6 +157,15 @@ def run(file: Path, wait: bool, workflow_id: str | None, timeout: float | None) 
 
 
 @cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def register(file: Path) -> None:
+    """Register the workflow in FILE by its name, for sub-workflow steps to call
+    ({"workflow": "<name>"}); prints the name."""
+    with _orchestrator() as orch:
+        click.echo(orch.register_workflow(file))
+
+
+@cli.command()
 @click.argument("workflow_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
 def status(workflow_id: str, as_json: bool) -> None:
@@ -186,6 +195,10 @@ def status(workflow_id: str, as_json: bool) -> None:
             table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     for t in r.throttled_steps:
         table.add_row("throttled", f"{t.step} waits for {t.limit} ({t.why} limit)")
+    if r.parent:
+        table.add_row("parent", f"{r.parent} (its step {r.parent_step})")
+    if r.children:
+        table.add_row("sub-workflows", ", ".join(r.children))
     for m in r.maps:
         total = "?" if m.total is None else f"{m.total:,}"
         table.add_row("map", f"{m.step}: {m.done:,} done, {m.failed:,} failed of {total} items")
@@ -363,7 +376,8 @@ def list_(limit: int, as_json: bool) -> None:
     keep_whole(table, 0)
     table.columns[1].max_width = 24
     for r in reports:
-        table.add_row(r.workflow_id, r.name, r.status.value, r.progress, r.created_at[:19])
+        name = f"{r.name} (in {r.parent[:8]})" if r.parent else r.name
+        table.add_row(r.workflow_id, name, r.status.value, r.progress, r.created_at[:19])
     console.print(table)
 
 

@@ -56,6 +56,9 @@ def workflow_summary(report: WorkflowStatusReport, now: datetime | None = None) 
         "running_steps": [f"{r.agent_id}.{r.task_type}" for r in report.running_steps],
         "error": report.error,
         "failed_step": report.failed_step,
+        "parent": report.parent,
+        "parent_step": report.parent_step,
+        "children": report.children,
     }
 
 
