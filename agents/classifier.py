@@ -69,3 +69,42 @@ def classify_records(step: StepInput[ClassifyParams]) -> ClassifyOutput:
         revenue_share={t: round(revenue[t] / grand, 4) if grand else 0.0 for t in TIERS},
         assignments=assignments,
     )
+
+
+class ConcentrationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_key: str = "segment_scores"  # a map's collected outputs: segment, revenue each
+    threshold: float = Field(default=0.4, gt=0, le=1)
+
+
+class ConcentrationOutput(BaseModel):
+    label: str  # "concentrated" (one segment holds threshold or more of revenue) or "balanced"
+    top_segment: str
+    top_share: float
+    shares: dict[str, float]
+    segments_missing: int  # segments the map could not score (failed items)
+
+
+@classifier.task(
+    params=ConcentrationParams, output=ConcentrationOutput, reads=lambda p: [p.input_key]
+)
+def classify_concentration(step: StepInput[ConcentrationParams]) -> ConcentrationOutput:
+    """Whether revenue is concentrated in one segment, from per-segment revenue."""
+    p = step.parameters
+    scored = step.require(p.input_key)
+    if not isinstance(scored, list):
+        raise ValueError(f"shared_data[{p.input_key!r}] is not a list of segment scores")
+    rows = [s for s in scored if isinstance(s, dict) and "segment" in s and "revenue" in s]
+    total = sum(float(s["revenue"]) for s in rows)
+    if not rows or total <= 0:
+        raise ValueError(f"shared_data[{p.input_key!r}] has no segment with revenue")
+    shares = {str(s["segment"]): round(float(s["revenue"]) / total, 4) for s in rows}
+    top = max(shares, key=lambda k: (shares[k], k))
+    return ConcentrationOutput(
+        label="concentrated" if shares[top] >= p.threshold else "balanced",
+        top_segment=top,
+        top_share=shares[top],
+        shares=dict(sorted(shares.items())),
+        segments_missing=len(scored) - len(rows),
+    )

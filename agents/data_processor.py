@@ -144,3 +144,43 @@ def _repair(rows: list[Record]) -> dict[str, int]:
                 r[field] = counts.most_common(1)[0][0]
                 repaired[field] += 1
     return dict(sorted(repaired.items()))
+
+
+class SegmentParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_key: str = "cleaned_records"
+    by: str = "region"  # the record field whose values are the segments
+
+
+class Segment(BaseModel):
+    segment: str
+    records: list[dict[str, Any]]
+
+
+class SegmentOutput(BaseModel):
+    by: str
+    segments: int
+    records_unsegmented: int  # records with no value in the field
+    items: list[Segment]  # one per value found, by name: a map's list
+
+
+@data_processor.task(params=SegmentParams, output=SegmentOutput, reads=lambda p: [p.input_key])
+def segment_records(step: StepInput[SegmentParams]) -> SegmentOutput:
+    """Split records by a field into the segments the data has (as many as it has), for a
+    map to run a task once per segment."""
+    p = step.parameters
+    records = records_from(step.require(p.input_key), p.input_key)
+    by: dict[str, list[Record]] = {}
+    for r in records:
+        value = r.get(p.by)
+        if value not in (None, ""):
+            by.setdefault(str(value), []).append(r)
+    if not by:
+        raise ValueError(f"no record in {p.input_key!r} has a value in {p.by!r}")
+    return SegmentOutput(
+        by=p.by,
+        segments=len(by),
+        records_unsegmented=len(records) - sum(len(v) for v in by.values()),
+        items=[Segment(segment=k, records=by[k]) for k in sorted(by)],
+    )

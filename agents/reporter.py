@@ -259,9 +259,22 @@ def _extra_keys(p: ReportParams, shared: dict[str, Any]) -> list[str]:
     ]
 
 
+def _is_rows(value: Any) -> bool:
+    """A non-empty list of objects with the same keys (a failed map item's null left out)."""
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(r, dict) for r in value)
+        and len({tuple(r) for r in value}) == 1
+    )  # fmt: skip
+
+
 def _extra_sections(key: str, value: Any, limit: int) -> list[Section]:
     """A parallel group's summary as one section per agent, anything else as figures."""
     perf = value.get("agent_performance") if isinstance(value, dict) else None
+    if _is_rows(value):  # a map's collected outputs: a row each, their plain fields
+        cols = [k for k, v in value[0].items() if not isinstance(v, dict | list)]
+        rows = [[fmt(r.get(c)) for c in cols] for r in value[:limit]]
+        more = [("ul", [f"{len(value) - limit} more not shown"])] if len(value) > limit else []
+        return [Section(f"Results: {key}", [("table", (cols, rows)), *more])]
     if not isinstance(perf, dict):
         return [Section(f"Results: {key}", [("table", (["Figure", "Value"], _flat(value, limit)))])]
     rows = [

@@ -9,7 +9,15 @@ from datetime import date
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.base import StepInput
-from agents.records import customer_summaries, mean, parse_date, percentile, records_from
+from agents.records import (
+    Record,
+    customer_summaries,
+    mean,
+    num,
+    parse_date,
+    percentile,
+    records_from,
+)
 from agents.registry import Agent
 
 scorer = Agent("scorer", description="RFM scores and segments per customer")
@@ -53,11 +61,53 @@ def score_records(step: StepInput[ScoreParams]) -> ScoreOutput:
     """Score R, F and M 1–5 by quintile; the sum (3–15) ranks, the pattern segments."""
     p = step.parameters
     records = records_from(step.require(p.input_key), p.input_key)
+    return rfm(records, p.as_of, p.top_n, p.input_key)
+
+
+class SegmentScoreParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: str | None = None
+    top_n: int = Field(default=3, ge=0)
+
+
+class SegmentScore(BaseModel):
+    segment: str
+    customers: int
+    orders: int
+    revenue: float
+    average_score: float
+    segments: dict[str, int]
+    top_customers: list[CustomerScore]
+
+
+@scorer.task(params=SegmentScoreParams, output=SegmentScore)
+def score_segment(step: StepInput[SegmentScoreParams]) -> SegmentScore:
+    """A map's item ``{"segment": ..., "records": [...]}``: RFM scores within the segment
+    (its own quintiles), its revenue and its best customers."""
+    item = step.item
+    if not isinstance(item, dict) or "segment" not in item:
+        raise ValueError(f"score_segment takes a segment with its records, not {item!r}")
+    records = records_from(item, f"segment {item['segment']}")
+    scored = rfm(records, step.parameters.as_of, step.parameters.top_n, str(item["segment"]))
+    return SegmentScore(
+        segment=str(item["segment"]),
+        customers=scored.records_scored,
+        orders=len(records),
+        revenue=round(sum(num(r, "revenue") or 0.0 for r in records), 2),
+        average_score=scored.average_score,
+        segments=scored.segments,
+        top_customers=scored.top_customers,
+    )
+
+
+def rfm(records: list[Record], as_of_raw: str | None, top_n: int, where: str) -> ScoreOutput:
+    """RFM scores of the customers in ``records``, cut at their own quintiles."""
     summaries = customer_summaries(records)
     dated = {cid: c for cid, c in summaries.items() if c.last_order is not None}
     if not dated:
-        raise ValueError(f"no customer in {p.input_key!r} has an order with a valid date")
-    as_of = _as_of(p.as_of, [c.last_order for c in dated.values() if c.last_order])
+        raise ValueError(f"no customer in {where!r} has an order with a valid date")
+    as_of = _as_of(as_of_raw, [c.last_order for c in dated.values() if c.last_order])
     recency = {cid: (as_of - c.last_order).days for cid, c in dated.items() if c.last_order}
     frequency = {cid: c.orders for cid, c in dated.items()}
     monetary = {cid: round(c.revenue, 2) for cid, c in dated.items()}
@@ -97,7 +147,7 @@ def score_records(step: StepInput[ScoreParams]) -> ScoreOutput:
         score_distribution={str(k): distribution[k] for k in sorted(distribution)},
         segments={s: segments[s] for s in SEGMENTS},
         quintile_cutoffs=cuts,
-        top_customers=ranked[: p.top_n],
+        top_customers=ranked[:top_n],
     )
 
 

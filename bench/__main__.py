@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--repeats N] [--only io|waits] [--out DIR]``: run every scenario on
-both sides, write the report.
+"""``python -m bench [--quick] [--repeats N] [--only io|waits|maps] [--out DIR]``: run every
+scenario on both sides, write the report.
 
 Owns everything it starts: a private redis-server on a free port (never a shared Redis),
 and each side's worker processes, one side at a time.
@@ -28,6 +28,7 @@ import kombu
 import redis
 
 from bench import io as iobench
+from bench import maps as mapsbench
 from bench import profiling, report, scenarios
 from bench import waits as waitsbench
 from bench.scenarios import Sizes
@@ -223,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--only",
-        choices=["io", "waits"],
-        help="only these scenarios (io: bench/io.py's, waits: bench/waits.py's); the report"
-        " goes to benchmarks-io.md or benchmarks-waits.md",
+        choices=["io", "waits", "maps"],
+        help="only these scenarios (io: bench/io.py's, waits: bench/waits.py's, maps:"
+        " bench/maps.py's); the report goes to benchmarks-io.md, benchmarks-waits.md or"
+        " benchmarks-maps.md",
     )
     args = parser.parse_args(argv)
     sz = Sizes.quick() if args.quick else Sizes()
@@ -254,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "waits"):
             log("waits scenarios: signal latency, sleepers")
             waits_results = waitsbench.run(root / "waits", 1 if args.quick else 2, args.quick)
+        maps_results: list[dict[str, Any]] = []
+        if args.only in (None, "maps"):
+            log("maps scenarios: a map vs chords, scaling with the count")
+            maps_results = mapsbench.run(root / "maps", 1 if args.quick else 2, args.quick)
         info = machine(server, r)
     finally:
         r.close()
@@ -269,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": prof,
         "io": io_results,
         "waits": waits_results,
+        "maps": maps_results,
         "elapsed_s": time.perf_counter() - t_start,
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }

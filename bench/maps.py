@@ -43,6 +43,7 @@ import redis
 from celery import chord, group
 
 from bench import msglog
+from bench.bare import QUEUE
 from bench.sides import BareSide, Workdir
 from orchestration.client import WorkflowOrchestrator
 from orchestration.embedded import LocalWorkers, RedisServer
@@ -71,7 +72,8 @@ class MapSizes:
 
     @classmethod
     def quick(cls) -> MapSizes:
-        return cls(items=1_000, scale=(200, 1_000), warmup=50, timeout=300.0)
+        # (500 items and up: a map's hash is past Redis's compact encoding, as at full size)
+        return cls(items=1_000, scale=(500, 2_000), warmup=50, timeout=300.0)
 
 
 def ts(iso: str | None) -> float:
@@ -133,9 +135,6 @@ def baton_map(
         "workflow_id": wid,
         "wall_s": wall,
         "map_s": mapped - listed,
-        "list_to_map_start_s": ts(ctx.task_results["step_2"].started_at) - listed
-        if ctx.task_results["step_2"].started_at
-        else None,
         "keys_bytes": sum(per_key.values()),
         "keys_bytes_per_item": sum(per_key.values()) / n,
         "per_key": per_key,
@@ -206,7 +205,12 @@ def _canvas(side: BareSide, n: int, chunk: int | None) -> Any:
     item, collect = side._task("noop_item"), side._task("collect_items")
     if chunk is None:
         return chord(group(item.s(i) for i in range(n)), collect.s())
-    return chord(item.chunks(zip(range(n)), chunk).group(), collect.s())
+    # A chunk is a ``celery.starmap`` task, which the router (by task name) would send to
+    # ``agent.celery``: sent to the worker's queue by name instead.
+    chunks = item.chunks(zip(range(n)), chunk).group()
+    for sig in chunks.tasks:
+        sig.set(queue=QUEUE)
+    return chord(chunks, collect.s())
 
 
 def celery_chord(
@@ -279,8 +283,12 @@ def run_once(root: Path, sz: MapSizes, baton_first: bool = True) -> dict[str, An
     server = RedisServer(root / "redis").start()
     try:
         r = redis.Redis.from_url(server.url)
-        out: dict[str, Any] = {"sizes": {**asdict(sz), "scale": list(sz.scale)},
-                               "cores": os.cpu_count()}  # fmt: skip
+        compact = r.config_get("hash-max-*-entries")  # (listpack, or ziplist before 7)
+        out: dict[str, Any] = {
+            "sizes": {**asdict(sz), "scale": list(sz.scale)},
+            "cores": os.cpu_count(),
+            "hash_compact_entries": int(next(iter(compact.values()), 0)),
+        }
         order = ["baton", "celery"] if baton_first else ["celery", "baton"]
         for name in order:
             t0 = time.perf_counter()
@@ -408,6 +416,7 @@ def report(runs: list[dict[str, Any]]) -> str:
             f" {col(s, 'used_memory_per_item', '{:,.0f}')} |"
         )  # fmt: skip
     small = sz["scale"][0]
+    compact = int(runs[0].get("hash_compact_entries", 0))
     for kind, label in (("chord", "Celery chord"), ("chunked", f"Celery chord, chunks of {chunk}")):
         m = [r["celery"]["messages"][kind] for r in runs]
         lines.append(
@@ -416,12 +425,14 @@ def report(runs: list[dict[str, Any]]) -> str:
             f" {col(m, 'bytes_per_message_max', '{:,.0f}')} |"
             f" {col(m, 'message_bytes_per_item', '{:,.1f}')} | – | – |"
         )  # fmt: skip
-    keys = sorted({key for r in runs for key in r["baton"]["scale"][-1]["per_key"]})
     big = sz["scale"][-1]
+    sizes: dict[str, list[float]] = {}
+    for r in runs:
+        for key, size in r["baton"]["scale"][-1]["per_key"].items():
+            sizes.setdefault(key, []).append(size / big)
+    keys = sorted(sizes, key=lambda key: -max(sizes[key]))
     per_key = ", ".join(
-        f"`{key}` "
-        + _span([r["baton"]["scale"][-1]["per_key"].get(key, 0) / big for r in runs], "{:,.0f}")
-        for key in keys
+        f"`{key}` " + _span(sizes[key], "{:,.0f}") for key in keys if max(sizes[key]) >= 0.5
     )
     return "\n".join([
         timed,
@@ -430,9 +441,13 @@ def report(runs: list[dict[str, Any]]) -> str:
         " items, every task message logged by `bench/msglog.py`: its JSON body and headers;"
         " the list step's message left out). Memory is what the finished workflow holds:"
         " `MEMORY USAGE` of each of its keys (its list of items and the collected outputs"
-        " included), and the growth of `INFO memory` `used_memory` over the run. Celery's"
-        f" messages at {small:,} items below it, for comparison (the client sends the"
-        " header's; its memory is the `used_memory` growth above).\n",
+        " included), and the growth of `INFO memory` `used_memory` over the run. (Redis"
+        f" keeps a hash of up to {compact:,} fields in a compact encoding; a map's hash has"
+        f" two fields per item, so below about {compact // 2:,} items its memory per item is"
+        " smaller than the linear figure here.) Celery's messages at"
+        f" {small:,} items below it, for comparison (the client sends the header's; the"
+        " largest message is the callback's, which carries every item's result; Celery's"
+        " memory is the `used_memory` growth above).\n",
         "\n".join(lines),
         "",
         f"Per key, bytes per item at {big:,} items: {per_key}.",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import waits
+from bench import maps, waits
 
 Getter = Callable[[dict[str, Any]], float]
 KB, MB = 1024, 1024 * 1024
@@ -265,6 +265,9 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("waits"):
         add("")
         add(waits_targets(data["waits"]))
+    if data.get("maps"):
+        add("")
+        add(maps_targets(data["maps"]))
     add(HOW_BATON_GETS_THERE)
     add("\n## Machine\n")
     add(table(["", ""], [[k, str(v)] for k, v in m.items()]))
@@ -276,7 +279,9 @@ def markdown(data: dict[str, Any]) -> str:
         ".venv/bin/python -m bench --only io --out /tmp/b  # section 8's scenarios only:"
         " /tmp/b/benchmarks-io.md\n"
         ".venv/bin/python -m bench --only waits --out /tmp/b  # section 9's:"
-        " /tmp/b/benchmarks-waits.md\n```\n"
+        " /tmp/b/benchmarks-waits.md\n"
+        ".venv/bin/python -m bench --only maps --out /tmp/b  # section 10's:"
+        " /tmp/b/benchmarks-maps.md\n```\n"
     )
     add(
         "It starts its own `redis-server` (`orchestration.embedded.RedisServer`, on a free port,"
@@ -514,6 +519,9 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("waits"):
         add("")
         add(waits.section(data["waits"]).rstrip("\n"))
+    if data.get("maps"):
+        add("")
+        add(maps.section(data["maps"]).rstrip("\n"))
     add("")
     add(profile_section(data["profile"], data.get("notes", "")))
     return "\n".join(out) + "\n"
@@ -788,22 +796,70 @@ def waits_targets(runs: list[dict[str, Any]]) -> str:
     )
 
 
+#: Section 10's targets: the map's wall time against each chord's (per run, the worst),
+#: the largest map's bytes per message and memory per item against the smallest's.
+MAPS_TARGETS = {"chord": 0.5, "chunked": 1.0, "flat": 1.05, "linear": 1.25}
+
+
+def maps_targets(runs: list[dict[str, Any]]) -> str:
+    """Maps (section 10) against their targets, on every run (the worst)."""
+    t, sz = MAPS_TARGETS, runs[0]["sizes"]
+    n, small, big = sz["items"], sz["scale"][0], sz["scale"][-1]
+    wall = [float(r["baton"]["timed"]["wall_s"]) for r in runs]
+    scale = [r["baton"]["scale"] for r in runs]
+
+    def vs(other: str, label: str, bound: float) -> list[str]:
+        c = [float(r["celery"][other]["wall_s"]) for r in runs]
+        ratio = maps.ratios(runs, other)
+        return [label, _fmt(wall, 2), _fmt(c, 2), _fmt(ratio, 2, "×"), f"≤ {bound:g}×",
+                _met(max(ratio) <= bound)]  # fmt: skip
+
+    def grows(field: str, label: str, bound: float, what: str, digits: int = 0) -> list[str]:
+        lo, hi = [float(s[0][field]) for s in scale], [float(s[-1][field]) for s in scale]
+        ratio = maps.scale_ratio(runs, field)
+        ok = all(x == x for x in ratio) and max(ratio) <= bound  # (NaN: nothing measured)
+        return [label, f"{_fmt(lo, digits)} → {_fmt(hi, digits)}", "–", _fmt(ratio, 2, "×"),
+                f"{what} (≤ {bound:g}×)", _met(ok)]  # fmt: skip
+
+    done = [float(s[-1]["wall_s"]) for s in scale]
+    rows = [
+        vs("chord", f"Map of {n:,} items vs a chord of {n:,} tasks, wall (s)", t["chord"]),
+        vs("chunked", f"Map of {n:,} items vs a chord over chunks of {sz['chunk']}, wall (s)",
+           t["chunked"]),
+        grows("bytes_per_message_max", f"Map task message, largest (bytes), {small:,} →"
+              f" {big:,} items", t["flat"], "flat"),
+        grows("keys_bytes_per_item", f"Map Redis memory per item (bytes), {small:,} →"
+              f" {big:,} items", t["linear"], "linear"),
+        [f"Map of {big:,} items on {runs[0]['cores']} cores, wall (s)", _fmt(done, 2), "–", "–",
+         "completes", _met(len(done) == len(runs))],
+    ]  # fmt: skip
+    return (
+        "Maps over run-time lists (section 10; Celery: a chord, and a chord over `chunks`),"
+        f" over {len(runs)} run(s), each judged:\n\n" + table(HEAD, rows)
+    )
+
+
 def only_markdown(data: dict[str, Any], only: str) -> str:
-    """The report of ``python -m bench --only io|waits``: those scenarios alone."""
-    title = {"io": "agents that call the outside world", "waits": "signals and timers"}[only]
+    """The report of ``python -m bench --only io|waits|maps``: those scenarios alone."""
+    title = {
+        "io": "agents that call the outside world",
+        "waits": "signals and timers",
+        "maps": "maps over run-time lists",
+    }[only]
     out = [
         f"# Benchmarks: {title} (Baton vs bare Celery)\n",
         f"Written by `python -m bench --only {only}` from a real run"
         f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}); the full report is"
         " `docs/benchmarks.md`.\n",
     ]
-    targets = io_targets(data["io"]) if only == "io" else waits_targets(data["waits"])
-    out += ["## Targets\n", targets]
+    targets = {"io": io_targets, "waits": waits_targets, "maps": maps_targets}[only]
+    section = {"io": io_section, "waits": waits.section, "maps": maps.section}[only]
+    out += ["## Targets\n", targets(data[only])]
     out += [
         "\n## Machine\n",
         table(["", ""], [[k, str(v)] for k, v in data["machine"].items()]),
         "",
-        io_section(data["io"]) if only == "io" else waits.section(data["waits"]),
+        section(data[only]),
     ]
     return "\n".join(out)
 

@@ -21,6 +21,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
@@ -251,6 +252,14 @@ class BranchOn(_Strict):
     on: Annotated[str, Field(min_length=1)]
     cases: Annotated[dict[str, Case], Field(min_length=1)]
     default: Case | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare ``on:`` key as the boolean true.
+        if isinstance(value, dict) and True in value and "on" not in value:
+            value = {("on" if k is True else k): v for k, v in value.items()}
+        return value
 
 
 class BranchStep(_Strict):

@@ -29,6 +29,7 @@ SECTIONS = [
     "## 7. Client wait",
     "## 8. Agents that call the outside world",
     "## 9. People and time in the loop",
+    "## 10. Maps over run-time lists",
     "## Where a Baton step's time goes",
 ]
 #: Section 8's parts (bench/io.py), each with a table of figures.
@@ -91,6 +92,10 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     # So are the signals' and timers' (section 9).
     waits = [r for r in headline if r[0].startswith(("Signal", "500 workflows"))]
     assert len(waits) == 2 and all(NUMBER.search(r[1]) for r in waits), headline
+    # And the maps' (section 10): against the two chords, messages, memory, the largest map.
+    maps = [r for r in headline if r[0].startswith("Map ")]
+    assert len(maps) == 5 and all(NUMBER.search(r[1]) for r in maps), headline
+    assert all(NUMBER.search(r[2]) for r in maps[:2]), maps  # the chords' wall times
 
     section8 = _section(text, "## 8. Agents that call the outside world")
     for part in IO_PARTS:

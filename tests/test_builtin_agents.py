@@ -467,6 +467,54 @@ def test_scorer_rfm(shared: dict[str, Any], truth: dict[str, Any]) -> None:
     assert top[0]["customer_id"] == biggest and top[0]["segment"] == "champions"
 
 
+def test_segments_scores_and_concentration_for_a_map(
+    shared: dict[str, Any], truth: dict[str, Any]
+) -> None:
+    clean = truth["clean"]
+    by_region: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in clean:
+        by_region[r["region"]].append(r)
+    seg = run("data_processor", "segment_records", {"by": "region"}, shared)
+    assert [i["segment"] for i in seg["items"]] == sorted(by_region)
+    assert [len(i["records"]) for i in seg["items"]] == [
+        len(by_region[k]) for k in sorted(by_region)
+    ]
+    assert (seg["segments"], seg["records_unsegmented"]) == (len(by_region), 0)
+
+    # Each segment scored on its own records, as a map's item.
+    scorer = registry.get_task("scorer", "score_segment")
+    scores = []
+    for index, item in enumerate(seg["items"]):
+        step = StepInput[Any](
+            workflow_id="wf-test", step_id=f"map[{index}]", agent_id="scorer",
+            task_type="score_segment", parameters=scorer.validate_params({}),
+            item=item, index=index,
+        )  # fmt: skip
+        scores.append(scorer.run(step).output)
+    for s, k in zip(scores, sorted(by_region), strict=True):
+        rows = by_region[k]
+        assert s["segment"] == k and s["orders"] == len(rows)
+        assert s["customers"] == len({r["customer_id"] for r in rows})
+        assert s["revenue"] == pytest.approx(sum(_col(rows, "revenue")), abs=0.01)
+        assert len(s["top_customers"]) == min(3, s["customers"])
+
+    total = sum(s["revenue"] for s in scores)
+    out = run(
+        "classifier", "classify_concentration", {"threshold": 0.3}, {"segment_scores": scores}
+    )
+    top = max(scores, key=lambda s: s["revenue"])
+    assert (out["top_segment"], out["top_share"]) == (
+        top["segment"],
+        round(top["revenue"] / total, 4),
+    )
+    assert out["label"] == ("concentrated" if top["revenue"] / total >= 0.3 else "balanced")
+    assert sum(out["shares"].values()) == pytest.approx(1.0, abs=1e-3)
+    strict = run(
+        "classifier", "classify_concentration", {"threshold": 0.2}, {"segment_scores": scores}
+    )
+    assert strict["label"] == "concentrated"
+
+
 # --------------------------------------------------------------------------- reporter
 
 

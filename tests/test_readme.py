@@ -94,3 +94,25 @@ def test_the_async_agent_example_calls_a_chat_api_under_its_limits(tmp_path: Pat
     )
     assert [e[1] for e in emitted] == ["progress", "emitted", "progress"]
     assert json.loads(emitted[1][2]) == text
+
+
+def test_the_segment_review_runs_from_the_readme(tmp_path: Path) -> None:
+    """The README's two commands, as printed: register the pipeline, run the review."""
+    readme = (ROOT / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "segment_review" in b]
+    commands = [line.split("#")[0].split() for line in block.strip().splitlines()]
+    assert [c[:2] for c in commands] == [["baton", "register"], ["baton", "run"]]
+    env = fresh_env(tmp_path)
+    name = run(["-m", "workers.cli", *commands[0][1:]], env).stdout.strip()
+    assert name == "Data Analysis Pipeline"
+    out = run(["-m", "workers.cli", *commands[1][1:]], env).stdout
+    wid = out.split()[0]
+    assert f"Segment Review {wid}: completed" in out
+    report = (tmp_path / "reports" / wid / "report.md").read_text()
+    # The map's outputs (one row per region found), the classification, the child's report.
+    table = report.split("## Results: segment_scores", 1)[1].split("##", 1)[0]
+    regions = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert regions[1:] == ["Atlantis", "Central", "East", "North", "South", "West"]
+    assert "| label | balanced |" in report and "| top_segment | East |" in report
+    child = tmp_path / "reports" / f"{wid}.step_7" / "report.md"
+    assert child.is_file() and f"| report_path | {child} |" in report
