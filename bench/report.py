@@ -811,7 +811,7 @@ def maps_targets(runs: list[dict[str, Any]]) -> str:
     def vs(other: str, label: str, bound: float) -> list[str]:
         c = [float(r["celery"][other]["wall_s"]) for r in runs]
         ratio = maps.ratios(runs, other)
-        return [label, _fmt(wall, 2), _fmt(c, 2), _fmt(ratio, 2, "×"), f"≤ {bound:g}×",
+        return [label, _fmt(wall, 2), _fmt(c, 2), _fmt(ratio, 2, "×"), f"≤ {bound:.1f}×",
                 _met(max(ratio) <= bound)]  # fmt: skip
 
     def grows(field: str, label: str, bound: float, what: str, digits: int = 0) -> list[str]:
@@ -852,8 +852,12 @@ def only_markdown(data: dict[str, Any], only: str) -> str:
         f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}); the full report is"
         " `docs/benchmarks.md`.\n",
     ]
-    targets = {"io": io_targets, "waits": waits_targets, "maps": maps_targets}[only]
-    section = {"io": io_section, "waits": waits.section, "maps": maps.section}[only]
+    render: dict[str, tuple[Callable[[Any], str], Callable[[Any], str]]] = {
+        "io": (io_targets, io_section),
+        "waits": (waits_targets, waits.section),
+        "maps": (maps_targets, maps.section),
+    }
+    targets, section = render[only]
     out += ["## Targets\n", targets(data[only])]
     out += [
         "\n## Machine\n",

@@ -172,3 +172,23 @@ def test_a_cancelled_map_commits_nothing_more(
     eventually(lambda: not orch.store.outstanding(wid), 30, "the drain")
     assert orch.get_workflow_status(wid).maps[0].done == 0
     assert raw_redis.llen(f"testlog:gate:{tag}:started") == 2
+
+
+def test_a_rollback_to_before_a_map_runs_it_again_on_the_list_it_then_finds(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    items = [{"value": i} for i in range(6)]
+    wid = orch.run_workflow({"steps": [source(items), mapping(batch_size=4, tag=tag)]})
+    assert orch.wait(wid, timeout=60).status == WorkflowStatus.COMPLETED
+    before_map = next(c.version for c in orch.get_checkpoints(wid) if c.step == "step_1")
+
+    orch.rollback(wid, before_map)
+    assert "squares" not in orch.get_context(wid).shared_data
+    orch.resume_workflow(wid)
+    ctx = orch.wait(wid, timeout=60)
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert [r["square"] for r in ctx.shared_data["squares"]] == [i * i for i in range(6)]
+    runs = {int(k): int(v) for k, v in raw_redis.hgetall(f"testlog:map:{tag}:runs").items()}
+    assert runs == dict.fromkeys(range(6), 2)  # every item ran again
+    assert orch.get_workflow_status(wid).maps[0].done == 6  # counted once, in the new epoch

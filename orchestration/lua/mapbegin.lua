@@ -32,6 +32,8 @@ if status ~= 'running' then
     local requeue = cjson.decode(redis.call('HGET', MAPS, b .. 'requeue:' .. R) or '[]')
     table.insert(requeue, tonumber(claim))
     redis.call('HSET', MAPS, b .. 'requeue:' .. R, cjson.encode(requeue))
+  else
+    redis.call('HINCRBY', MAPS, b .. 'unclaimed:' .. R, -1)
   end
   redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, -1)
   redis.call('HSET', MAPS, claim_field, 'done')
@@ -60,6 +62,9 @@ while true do
   pos = pos or take()
   if not pos then
     redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, -1)
+    if not claim then
+      redis.call('HINCRBY', MAPS, b .. 'unclaimed:' .. R, -1)
+    end
     redis.call('HSET', MAPS, claim_field, 'done')
     redis.call('SREM', TASKS, spec.task_id)
     return {'drained'}
@@ -69,6 +74,9 @@ while true do
     break
   end
   pos = nil  -- committed meanwhile (taken again after a reset): the next one
+end
+if not claim then
+  redis.call('HINCRBY', MAPS, b .. 'unclaimed:' .. R, -1)  -- this message took its batch
 end
 redis.call('HSET', MAPS, claim_field, pos)
 

@@ -54,12 +54,15 @@ redis.call('HSET', META, 'updated_at', spec.now)
 local count = tonumber(redis.call('HGET', MAPS, b .. 'todo:' .. R) or 0)
 local cursor = tonumber(redis.call('HGET', MAPS, b .. 'cursor:' .. R) or 0)
 local queued = redis.call('HGET', MAPS, b .. 'requeue:' .. R)
-local more = cursor < count or (queued and #cjson.decode(queued) > 0)
+local left = count - cursor + (queued and #cjson.decode(queued) or 0)
+-- Batches left beyond those the messages already sent will take: one more message.
+local more = left > tonumber(redis.call('HGET', MAPS, b .. 'unclaimed:' .. R) or 0)
 local aggregate, message, sent = '', '', 0
 if status == 'running' then
   if more then
     send(spec)
     redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, 1)
+    redis.call('HINCRBY', MAPS, b .. 'unclaimed:' .. R, 1)
     sent = 1
   end
   if joined >= count then

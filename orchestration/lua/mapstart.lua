@@ -26,8 +26,9 @@ if status ~= 'running' or tonumber(redis.call('HGET', META, 'run')) ~= spec.run 
 end
 local b, R = spec.base, tostring(spec.run)
 if redis.call('HSETNX', MAPS, b .. 'n', spec.n) == 1 then
-  -- Its items are in (written by the caller): a restore to before now starts it over.
-  redis.call('HSET', VERSIONS, 'm:' .. spec.map, redis.call('HGET', META, 'version'))
+  -- Its items are in (written by the caller): a restore to the version it began after, or
+  -- earlier, starts it over (so it counts as written by the next version).
+  redis.call('HSET', VERSIONS, 'm:' .. spec.map, tonumber(redis.call('HGET', META, 'version')) + 1)
 end
 local count = tonumber(redis.call('HGET', MAPS, b .. 'todo:' .. R))
 if not count then
@@ -42,7 +43,7 @@ end
 local cursor = tonumber(redis.call('HGET', MAPS, b .. 'cursor:' .. R) or 0)
 local requeue = cjson.decode(redis.call('HGET', MAPS, b .. 'requeue:' .. R) or '[]')
 if spec.reset then
-  redis.call('HSET', MAPS, b .. 'inflight:' .. R, 0)
+  redis.call('HSET', MAPS, b .. 'inflight:' .. R, 0, b .. 'unclaimed:' .. R, 0)
   local now = now_ms()
   requeue = {}
   for pos = 1, cursor do
@@ -62,6 +63,7 @@ local need = math.max(0, math.min(spec.window - inflight, count - cursor + #requ
 send(spec, need)
 if need > 0 then
   redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, need)
+  redis.call('HINCRBY', MAPS, b .. 'unclaimed:' .. R, need)  -- sent, no batch taken yet
 end
 local aggregate, message = '', ''
 if tonumber(redis.call('HGET', MAPS, b .. 'joined:' .. R) or 0) >= count then

@@ -42,6 +42,9 @@ for i = 1, #fields, 2 do
       drop = true
     end
   end
+  if kind == 'm' and spec.keep_failed then
+    drop = false  -- the saga's restore keeps a map's items: a retry re-runs the failed ones
+  end
   if drop then
     if kind == 'd' then
       archive(DATA, field, name, written)
@@ -59,7 +62,7 @@ for i = 1, #fields, 2 do
       local delta = tonumber(string.match(name, ':(-?%d+)$'))
       redis.call('HINCRBY', META, 'total_steps', -delta)
     elseif kind == 'm' then
-      -- A map taken back to before it began: it starts over, on the list it then finds.
+      -- A map taken back to before it began starts over, on the list it then finds.
       redis.call('HINCRBY', MAPS, 'epoch:' .. name, 1)
       table.insert(changed, 'map:' .. name)
     end
