@@ -44,23 +44,39 @@ class MapInputError(StepError):
 
 @dataclass(frozen=True)
 class ItemResult:
-    """One item's outcome, as kept in the maps hash (compact: there may be 100,000)."""
+    """One item's outcome, as kept in the maps hash. Compact, for there may be 100,000: a
+    completed item is ``+<seconds> <its output's JSON>``, kept as the task encoded it, so a
+    map that collects its outputs joins them without parsing one; a failed item is
+    ``-<JSON of its error, seconds and attempts>``."""
 
     ok: bool
-    output: Any = None
+    output_json: str = "null"
     error: str | None = None
     seconds: float = 0.0
     attempt: int = 1
 
+    @property
+    def output(self) -> Any:
+        return json.loads(self.output_json) if self.ok else None
+
     def encode(self) -> str:
         if self.ok:
-            return dumps({"ok": True, "o": self.output, "t": round(self.seconds, 6)})
-        return dumps({"ok": False, "e": self.error, "t": round(self.seconds, 6), "a": self.attempt})
+            return f"+{self.seconds:.6f} {self.output_json}"
+        return "-" + dumps({"e": self.error, "t": round(self.seconds, 6), "a": self.attempt})
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ItemResult:
-        d = json.loads(raw)
-        return cls(d["ok"], d.get("o"), d.get("e"), d.get("t", 0.0), d.get("a", 1))
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if text.startswith("+"):
+            seconds, _, output = text[1:].partition(" ")
+            return cls(True, output, seconds=float(seconds))
+        d = json.loads(text[1:])
+        return cls(False, error=d.get("e"), seconds=d.get("t", 0.0), attempt=d.get("a", 1))
+
+    @staticmethod
+    def completed(raw: bytes | None) -> bool:
+        """Whether a stored result is a completed item's (read without parsing it)."""
+        return raw is not None and raw[:1] == b"+"
 
 
 def batches(n: int, size: int) -> int:
@@ -148,7 +164,7 @@ class MapStore:
             return list(range(n_batches))
         open_batches: set[int] = set()
         for k, raw in enumerate(self._results(workflow_id, base, n)):
-            if raw is None or not json.loads(raw)["ok"]:
+            if not ItemResult.completed(raw):
                 open_batches.add(k // size)
         return sorted(open_batches)
 
@@ -178,9 +194,7 @@ class MapStore:
         self,
         workflow_id: str,
         node: PlannedMap,
-        base: str,
         run: int,
-        n: int,
         *,
         task_id: str,
         owner: str,
@@ -190,9 +204,9 @@ class MapStore:
         fields: list[str],
     ) -> MapBeginReply:
         spec = MapBeginSpec(
-            map=node.step_id, base=base, run=run, task_id=task_id, owner=owner,
+            map=node.step_id, run=run, task_id=task_id, owner=owner,
             worker=running.worker or "", lease_ms=int(lease_seconds * 1000),
-            running_json=running.model_dump_json(), size=node.batch_size, n=n,
+            running_json=running.model_dump_json(), size=node.batch_size,
             data_keys=data_keys, fields=fields,
         )  # fmt: skip
         raw = self.store.scripts.call("mapbegin", self.store.keys(workflow_id), spec)

@@ -228,7 +228,6 @@ class MapBeginSpec(Spec):
     """mapbegin.lua. ``data_keys`` None loads all of shared_data."""
 
     map: str
-    base: str
     run: int
     task_id: str
     owner: str
@@ -236,7 +235,6 @@ class MapBeginSpec(Spec):
     lease_ms: int
     running_json: str
     size: int
-    n: int
     data_keys: list[str] | None = None
     fields: list[str] = Field(default_factory=list)
 
@@ -478,13 +476,15 @@ class MapBeginReply:
     results: dict[bytes, bytes] = field(default_factory=dict)
     items: list[bytes] = field(default_factory=list)
     earlier: list[bytes] = field(default_factory=list)
+    base: str = ""  # the map's prefix in the maps hash (its epoch's)
+    n: int = 0  # its items
 
     @classmethod
     def decode(cls, raw: Raw) -> MapBeginReply:
         raw = _list("mapbegin", raw)
         if len(raw) == 1:
             return cls(text(raw[0]))
-        _shape("mapbegin", raw, 7)
+        _shape("mapbegin", raw, 9)
         data, results = raw[3], raw[4]
         return cls(
             text(raw[0]),
@@ -494,6 +494,8 @@ class MapBeginReply:
             dict(zip(results[::2], results[1::2], strict=True)),
             list(raw[5]),
             list(raw[6]),
+            text(raw[7]),
+            int(raw[8]),
         )
 
 

@@ -22,7 +22,7 @@ from celery import Task
 from celery.canvas import Signature
 from celery.exceptions import SoftTimeLimitExceeded
 
-from agents.base import StepOutput, TaskType
+from agents.base import StepInput, StepOutput, TaskType
 from orchestration.aggregate import aggregators
 from orchestration.broker import AGGREGATOR_AGENT
 from orchestration.compiler import aggregate_signature, batch_signature
@@ -113,8 +113,11 @@ def run_map_aggregate(
         return outcome_word("skipped")
     done = [r for r in items if r is not None]
     ok = sum(r.ok for r in done)
-    if node.aggregate == "collect":  # (100,000 items: no record per item to build)
-        output: Any = [r.output if r.ok else None for r in done]
+    output: Any = None
+    if node.aggregate == "collect":  # (100,000 items: their outputs joined, none parsed)
+        output_json = "[" + ",".join(r.output_json if r.ok else "null" for r in done) + "]"
+        if node.output_key is None:  # the result keeps it (else shared_data does)
+            output = json.loads(output_json)
     else:
         member = node.member
         output = aggregators[node.aggregate](
@@ -134,6 +137,7 @@ def run_map_aggregate(
             ],
             sum(r.seconds for r in done),
         )
+        output_json = dumps(output)
     error = verdict(node, ok, len(done))
     result = TaskResult(
         task_id=f"{workflow_id}:{node.step_id}", agent_id=AGGREGATOR_AGENT,
@@ -144,7 +148,7 @@ def run_map_aggregate(
         step_id=node.step_id, task_type=f"map.{node.aggregate}", output_key=node.output_key,
         started_at=started_at, finished_at=utcnow(), worker=ctask.request.hostname,
     )  # fmt: skip
-    commit_node(engine, ctask, workflow_id, node, run, result, dumps(output))
+    commit_node(engine, ctask, workflow_id, node, run, result, output_json)
     return outcome_word("completed" if error is None else "failed", error)
 
 
@@ -186,15 +190,13 @@ class MapBatchRun(StepRun):
 
     def _run(self) -> str:
         node, task = self.node, self.task
-        base = self.maps.base(self.workflow_id, node.step_id)
-        n = self.maps.count(self.workflow_id, base) or 0
         visible, _ = self.plan.visible_results(task)
         running = RunningStep(
             step_id=node.step_id, agent_id=task.agent_id, task_type=task.task_type,
             started_at=self.started_at, worker=self.worker,
         )  # fmt: skip
         state = self.maps.begin(
-            self.workflow_id, node, base, self.run_no, n, task_id=self.ctask.request.id,
+            self.workflow_id, node, self.run_no, task_id=self.ctask.request.id,
             owner=self.owner, running=running, lease_seconds=self.engine.lease_seconds,
             data_keys=task.context_keys, fields=visible,
         )  # fmt: skip
@@ -202,6 +204,7 @@ class MapBatchRun(StepRun):
             self._retry(self.engine.lease_seconds / 2)
         if state.state != "ok":
             return self._not_run(state.state)
+        base, n = state.base, state.n
         step = f"{node.step_id}#{state.batch}"
         first = state.batch * node.batch_size
         todo: list[tuple[int, Any]] = []
@@ -214,15 +217,18 @@ class MapBatchRun(StepRun):
             todo.append((first + i, json.loads(item)))
         previous = list(decode_results(state.results, state.data).values())
         tt = self.engine.registry.get_task(task.agent_id, task.task_type)
+        # One input for the batch, its parameters checked once; each item gets a copy.
+        self.template = tt.input_for(
+            self.workflow_id, node.step_id, task.parameters, state.data, previous,
+            sink=self.engine.events.sink(self.workflow_id),
+        )  # fmt: skip
         with self.engine.leases.holding(self.workflow_id, step, self.owner, self._renew_slots):
             try:
                 if tt.is_async:
-                    coro = self._run_async(tt, todo, state.data, previous)
+                    coro = self._run_async(tt, todo)
                     results = self.engine.loop.run(coro)
                 else:
-                    results = {
-                        k: self._run_item(tt, k, item, state.data, previous) for k, item in todo
-                    }
+                    results = {k: self._run_item(tt, k, item) for k, item in todo}
             finally:
                 self.engine.events.flush()  # its emits come before its commit
         sig = batch_signature(self.engine.app, self.workflow_id, node, self.run_no)
@@ -244,13 +250,10 @@ class MapBatchRun(StepRun):
 
     # ------------------------------------------------------------------ one item
 
-    def _input(
-        self, tt: TaskType, index: int, item: Any, data: dict[str, Any], previous: list[TaskResult]
-    ) -> Any:
-        return tt.input_for(
-            self.workflow_id, f"{self.node.step_id}[{index}]", self.task.parameters, data,
-            previous, sink=self.engine.events.sink(self.workflow_id), item=item, index=index,
-        )  # fmt: skip
+    def _input(self, index: int, item: Any) -> StepInput[Any]:
+        return self.template.model_copy(
+            update={"step_id": f"{self.node.step_id}[{index}]", "item": item, "index": index}
+        )
 
     def _checked(self, out: StepOutput) -> ItemResult:
         if out.handoff is not None:
@@ -258,23 +261,21 @@ class MapBatchRun(StepRun):
         limit = self.engine.max_output_bytes
         if len(out.encoded) > limit:
             raise OutputTooLarge(f"an item's output is {len(out.encoded):,} bytes, over {limit:,}")
-        return ItemResult(True, out.output)
+        return ItemResult(True, out.encoded)
 
-    def _run_item(
-        self, tt: TaskType, index: int, item: Any, data: dict[str, Any], previous: list[TaskResult]
-    ) -> ItemResult:
+    def _run_item(self, tt: TaskType, index: int, item: Any) -> ItemResult:
         """Run one item of a plain task, retrying a transient failure as a step would."""
         attempt = 0
         while True:
             attempt += 1
             t0 = time.perf_counter()
             try:
-                res = self._checked(tt.run(self._input(tt, index, item, data, previous)))
+                res = self._checked(tt.run(self._input(index, item)))
                 timeout = self.task.timeout
                 if timeout and time.perf_counter() - t0 > timeout:
                     raise SoftTimeLimitExceeded()
                 return ItemResult(
-                    True, res.output, seconds=time.perf_counter() - t0, attempt=attempt
+                    True, res.output_json, seconds=time.perf_counter() - t0, attempt=attempt
                 )
             except SoftTimeLimitExceeded:
                 error: BaseException = TimeoutError(
@@ -296,13 +297,7 @@ class MapBatchRun(StepRun):
                 False, error=describe(error), seconds=time.perf_counter() - t0, attempt=attempt
             )
 
-    async def _run_async(
-        self,
-        tt: TaskType,
-        todo: list[tuple[int, Any]],
-        data: dict[str, Any],
-        previous: list[TaskResult],
-    ) -> dict[int, ItemResult]:
+    async def _run_async(self, tt: TaskType, todo: list[tuple[int, Any]]) -> dict[int, ItemResult]:
         """Every item of the batch on the loop at once (as many as the map lets run)."""
         gate = asyncio.Semaphore(self.node.in_flight(True))
 
@@ -314,10 +309,10 @@ class MapBatchRun(StepRun):
                     t0 = time.perf_counter()
                     try:
                         async with asyncio.timeout(self.task.timeout):
-                            out = await tt.arun(self._input(tt, index, item, data, previous))
+                            out = await tt.arun(self._input(index, item))
                         res = self._checked(out)
                         return ItemResult(
-                            True, res.output, seconds=time.perf_counter() - t0, attempt=attempt
+                            True, res.output_json, seconds=time.perf_counter() - t0, attempt=attempt
                         )
                     except TimeoutError:
                         error: BaseException = TimeoutError(

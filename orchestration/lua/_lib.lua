@@ -85,23 +85,40 @@ local function count_workflow(status)
   end
 end
 
-local function observe_step(agent, task_type, status, seconds)
+-- Steps observed (one, or a map's batch of items: counted together, a few commands for
+-- the lot): statuses[i] took seconds[i].
+local function observe_steps(agent, task_type, statuses, seconds)
   if not METRICS then
     return
   end
   -- One bucket per observation (the first whose bound holds it; '+Inf' past the last):
   -- /metrics sums them into Prometheus' cumulative buckets and count when it renders.
   local label = agent .. '|' .. task_type
-  local bucket = '+Inf'
-  for _, le in ipairs(BUCKETS) do
-    if seconds <= le then
-      bucket = le
-      break
+  local by_status, by_bucket, total = {}, {}, 0
+  for i, status in ipairs(statuses) do
+    local s = seconds[i]
+    local bucket = '+Inf'
+    for _, le in ipairs(BUCKETS) do
+      if s <= le then
+        bucket = le
+        break
+      end
     end
+    by_status[status] = (by_status[status] or 0) + 1
+    by_bucket[bucket] = (by_bucket[bucket] or 0) + 1
+    total = total + s
   end
-  redis.call('HINCRBY', METRICS, METRIC.steps_total .. '|' .. label .. '|' .. status, 1)
-  redis.call('HINCRBYFLOAT', METRICS, METRIC.step_seconds_sum .. '|' .. label, seconds)
-  redis.call('HINCRBY', METRICS, METRIC.step_seconds_in .. '|' .. label .. '|' .. bucket, 1)
+  for status, n in pairs(by_status) do
+    redis.call('HINCRBY', METRICS, METRIC.steps_total .. '|' .. label .. '|' .. status, n)
+  end
+  redis.call('HINCRBYFLOAT', METRICS, METRIC.step_seconds_sum .. '|' .. label, total)
+  for bucket, n in pairs(by_bucket) do
+    redis.call('HINCRBY', METRICS, METRIC.step_seconds_in .. '|' .. label .. '|' .. bucket, n)
+  end
+end
+
+local function observe_step(agent, task_type, status, seconds)
+  observe_steps(agent, task_type, {status}, {seconds})
 end
 
 -- A running workflow with nothing in flight and a wait parked is waiting: it holds no

@@ -4,10 +4,10 @@
 -- In the same round trip it loads what the items may see (shared_data: all, or
 -- spec.data_keys; the results in spec.fields), the batch's items and the results of
 -- those items from earlier runs (a retried map runs only what did not complete).
--- Returns {'ok', batch, attempt, data, results, items, earlier} or {state}: 'missing',
+-- Returns {'ok', batch, attempt, data, results, items, earlier, base, n} or {state}: 'missing',
 -- 'stale', 'paused' (it records where), another status, 'duplicate' (this message ran
 -- its batch already), 'drained' (no batch left: the message ends), 'leased'.
--- ARGV: spec {map, base, run, task_id, owner, worker, lease_ms, running_json, size, n,
+-- ARGV: spec {map, run, task_id, owner, worker, lease_ms, running_json, size,
 --             data_keys (absent: all), fields, now, channel}
 local spec = cjson.decode(ARGV[1])
 local meta = redis.call('HMGET', META, 'status', 'run')
@@ -18,7 +18,10 @@ end
 if tonumber(meta[2]) ~= spec.run then
   return {'stale'}
 end
-local b, R = spec.base, tostring(spec.run)
+-- The map's prefix for its current epoch, and its count of items (written by its start).
+local b = spec.map .. '@' .. (redis.call('HGET', MAPS, 'epoch:' .. spec.map) or '0') .. ':'
+local n = tonumber(redis.call('HGET', MAPS, b .. 'n') or 0)
+local R = tostring(spec.run)
 local claim_field = b .. 'claim:' .. spec.task_id
 local claim = redis.call('HGET', MAPS, claim_field)
 if claim == 'done' then
@@ -122,7 +125,7 @@ if #(spec.fields or {}) > 0 then
   end
 end
 local first = tonumber(batch) * spec.size
-local last = math.min(first + spec.size, spec.n) - 1
+local last = math.min(first + spec.size, n) - 1
 local items, earlier = {}, {}
 for k = first, last do
   table.insert(items, b .. 'i:' .. k)
@@ -135,4 +138,4 @@ end
 for i = 1, #earlier do
   earlier[i] = earlier[i] or ''
 end
-return {'ok', tonumber(batch), attempt, data, results, items, earlier}
+return {'ok', tonumber(batch), attempt, data, results, items, earlier, b, n}

@@ -28,7 +28,7 @@ if redis.call('HGET', MAPS, b .. 'b:' .. spec.batch) == R then
   release()
   return {'duplicate', status, 0, '', ''}
 end
-local ok, failed = 0, 0
+local ok, failed, statuses = 0, 0, {}
 for i, index in ipairs(spec.indices) do
   redis.call('HSET', MAPS, b .. 'r:' .. index, ARGV[1 + i])
   if spec.ok[i] then
@@ -36,9 +36,9 @@ for i, index in ipairs(spec.indices) do
   else
     failed = failed + 1
   end
-  observe_step(spec.agent_id, spec.task_type, spec.ok[i] and 'completed' or 'failed',
-    spec.seconds[i])
+  statuses[i] = spec.ok[i] and 'completed' or 'failed'
 end
+observe_steps(spec.agent_id, spec.task_type, statuses, spec.seconds)
 if ok > 0 then
   redis.call('HINCRBY', MAPS, b .. 'ok', ok)
 end
