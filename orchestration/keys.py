@@ -108,10 +108,11 @@ class WorkflowKeys:
     @property
     def maps(self) -> str:
         """Hash: every map's items and results, by ``<map step>@<epoch>:``: ``n`` (items),
-        ``i:<index>`` (an item, JSON), ``r:<index>`` (its result), ``ok``/``failed``
-        (counts), ``todo:<run>`` (the batches that run sends), ``b:<batch>`` (the run that
-        committed it), ``joined:<run>``; and ``epoch:<map step>``, bumped when a restore
-        takes the map back, so that it starts over."""
+        ``i:<batch>`` (a batch's items, a JSON list), ``r:<index>`` (an item's result),
+        ``ok``/``failed`` (counts), ``todo:<run>`` (the batches that run sends),
+        ``b:<batch>`` (the run that committed it), ``joined:<run>``; and
+        ``epoch:<map step>``, bumped when a restore takes the map back, so that it starts
+        over."""
         return f"{self._base}:maps"
 
     @property

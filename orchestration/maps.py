@@ -1,7 +1,7 @@
 """A map's state in Redis: its items, each item's result, its counts and its line of batches.
 
-A map's list is read once, when the map starts, and its items are written one per field
-of the workflow's maps hash (``keys.WorkflowKeys.maps``); a batch's message carries no
+A map's list is read once, when the map starts, and its items are written to the
+workflow's maps hash (``keys.WorkflowKeys.maps``), a field per batch; a batch's message carries no
 item and no batch number: it takes the next batch in line when it starts
 (``lua/mapbegin.lua``), reads those items by reference, and commits each item's result
 on its own (``lua/mapcommit.lua``). Messages stay the same size however long the list;
@@ -130,14 +130,14 @@ class MapStore:
             raise MapInputError(f"shared_data has no {node.over_key!r} for over {node.over}")
         return walk(json.loads(raw), node.over_path, node.over_key)
 
-    def put_items(self, workflow_id: str, base: str, items: list[Any]) -> None:
-        """Write the items, a field each (the start script then records how many)."""
+    def put_items(self, workflow_id: str, base: str, items: list[Any], size: int) -> None:
+        """Write the items, a JSON list per batch (the start script then records how many):
+        a batch reads one field, and the list is encoded a batch at a time, not an item."""
         key = self.store.keys(workflow_id).maps
         pipe = self.redis.pipeline(transaction=False)
-        for start in range(0, len(items), CHUNK):
-            chunk = items[start : start + CHUNK]
-            pipe.hset(key, mapping={f"{base}i:{start + k}": dumps(v) for k, v in enumerate(chunk)})
-            if len(pipe) >= 10:
+        for b, start in enumerate(range(0, len(items), size)):
+            pipe.hset(key, f"{base}i:{b}", dumps(items[start : start + size]))
+            if len(pipe) >= 100:
                 pipe.execute()
         pipe.execute()
 
@@ -147,11 +147,10 @@ class MapStore:
             fields = [f"{base}r:{k}" for k in range(start, min(n, start + CHUNK))]
             yield from self.redis.hmget(key, fields)
 
-    def results(self, workflow_id: str, base: str, n: int) -> list[ItemResult | None]:
-        """Every item's result, in input order (None: it has none)."""
-        return [
-            None if r is None else ItemResult.decode(r) for r in self._results(workflow_id, base, n)
-        ]
+    def raw_results(self, workflow_id: str, base: str, n: int) -> list[bytes | None]:
+        """Every item's result as stored (``ItemResult.encode``), in input order (None: it
+        has none)."""
+        return list(self._results(workflow_id, base, n))
 
     def todo(self, workflow_id: str, base: str, n: int, size: int) -> list[int]:
         """The batches a run of the map sends: every one, or (when items have results from

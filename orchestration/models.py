@@ -33,9 +33,12 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, as the state store keeps values (NaN refused: JSON has none)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 class TaskStatus(StrEnum):

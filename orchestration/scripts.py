@@ -474,7 +474,7 @@ class MapBeginReply:
     attempt: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     results: dict[bytes, bytes] = field(default_factory=dict)
-    items: list[bytes] = field(default_factory=list)
+    items: list[Any] = field(default_factory=list)
     earlier: list[bytes] = field(default_factory=list)
     base: str = ""  # the map's prefix in the maps hash (its epoch's)
     n: int = 0  # its items
@@ -492,7 +492,7 @@ class MapBeginReply:
             int(raw[2]),
             {text(k): json.loads(v) for k, v in zip(data[::2], data[1::2], strict=True)},
             dict(zip(results[::2], results[1::2], strict=True)),
-            list(raw[5]),
+            json.loads(raw[5]),
             list(raw[6]),
             text(raw[7]),
             int(raw[8]),

@@ -72,7 +72,7 @@ def run_map_start(
             items = maps.read_list(workflow_id, node)
         except MapInputError as exc:
             return fail_map(engine, ctask, workflow_id, node, run, f"map {map_id}: {exc}")
-        maps.put_items(workflow_id, base, items)
+        maps.put_items(workflow_id, base, items, node.batch_size)
         n = len(items)
     todo = maps.todo(workflow_id, base, n, node.batch_size)
     tt = engine.registry.get_task(node.member.agent_id, node.member.task_type)
@@ -106,19 +106,19 @@ def run_map_aggregate(
         return outcome_word("skipped")
     started_at, t0 = utcnow(), time.perf_counter()
     base = maps.base(workflow_id, node.step_id)
-    items = maps.results(workflow_id, base, maps.count(workflow_id, base) or 0)
-    if any(r is None for r in items):
+    raw = maps.raw_results(workflow_id, base, maps.count(workflow_id, base) or 0)
+    if any(r is None for r in raw):
         log.info("aggregate of map %s %s skipped: items still open", workflow_id, node.step_id)
         engine.store.lease(workflow_id, node.step_id, owner, 0, release=True)
         return outcome_word("skipped")
-    done = [r for r in items if r is not None]
-    ok = sum(r.ok for r in done)
     output: Any = None
     if node.aggregate == "collect":  # (100,000 items: their outputs joined, none parsed)
-        output_json = "[" + ",".join(r.output_json if r.ok else "null" for r in done) + "]"
+        output_json, ok, n_items = collected(raw)
         if node.output_key is None:  # the result keeps it (else shared_data does)
             output = json.loads(output_json)
     else:
+        done = [ItemResult.decode(r) for r in raw if r is not None]
+        ok, n_items = sum(r.ok for r in done), len(done)
         member = node.member
         output = aggregators[node.aggregate](
             [
@@ -138,18 +138,32 @@ def run_map_aggregate(
             sum(r.seconds for r in done),
         )
         output_json = dumps(output)
-    error = verdict(node, ok, len(done))
+    error = verdict(node, ok, n_items)
     result = TaskResult(
         task_id=f"{workflow_id}:{node.step_id}", agent_id=AGGREGATOR_AGENT,
         status=TaskStatus.COMPLETED if error is None else TaskStatus.FAILED,
         result=output, error=error, execution_time=time.perf_counter() - t0,
-        metadata={"task_type": f"map.{node.aggregate}", "items": len(done),
-                  "failed": len(done) - ok},
+        metadata={"task_type": f"map.{node.aggregate}", "items": n_items,
+                  "failed": n_items - ok},
         step_id=node.step_id, task_type=f"map.{node.aggregate}", output_key=node.output_key,
         started_at=started_at, finished_at=utcnow(), worker=ctask.request.hostname,
     )  # fmt: skip
     commit_node(engine, ctask, workflow_id, node, run, result, output_json)
     return outcome_word("completed" if error is None else "failed", error)
+
+
+def collected(raw: list[bytes | None]) -> tuple[str, int, int]:
+    """The items' outputs as one JSON list (a failed item's null), joined from their stored
+    JSON without parsing any; and how many completed, of how many."""
+    parts, ok = [], 0
+    for r in raw:
+        if ItemResult.completed(r):
+            assert r is not None
+            parts.append(r[r.index(b" ") + 1 :])
+            ok += 1
+        else:
+            parts.append(b"null")
+    return (b"[" + b",".join(parts) + b"]").decode(), ok, len(raw)
 
 
 def fail_map(
@@ -214,7 +228,7 @@ class MapBatchRun(StepRun):
             if before is not None and before.ok:
                 continue  # completed in an earlier run: not run again
             earlier_failed += before is not None
-            todo.append((first + i, json.loads(item)))
+            todo.append((first + i, item))
         previous = list(decode_results(state.results, state.data).values())
         tt = self.engine.registry.get_task(task.agent_id, task.task_type)
         # One input for the batch, its parameters checked once; each item gets a copy.

@@ -2,7 +2,7 @@
 -- (a message delivered again keeps the one it took: claims are by Celery task id), skips
 -- batches committed already, and takes that batch's lease as begin.lua takes a step's.
 -- In the same round trip it loads what the items may see (shared_data: all, or
--- spec.data_keys; the results in spec.fields), the batch's items and the results of
+-- spec.data_keys; the results in spec.fields), the batch's items (a JSON list) and the results of
 -- those items from earlier runs (a retried map runs only what did not complete).
 -- Returns {'ok', batch, attempt, data, results, items, earlier, base, n} or {state}: 'missing',
 -- 'stale', 'paused' (it records where), another status, 'duplicate' (this message ran
@@ -126,16 +126,15 @@ if #(spec.fields or {}) > 0 then
 end
 local first = tonumber(batch) * spec.size
 local last = math.min(first + spec.size, n) - 1
-local items, earlier = {}, {}
+local earlier = {}
 for k = first, last do
-  table.insert(items, b .. 'i:' .. k)
   table.insert(earlier, b .. 'r:' .. k)
 end
-if #items > 0 then
-  items = redis.call('HMGET', MAPS, unpack(items))
+if #earlier > 0 then
   earlier = redis.call('HMGET', MAPS, unpack(earlier))
 end
 for i = 1, #earlier do
   earlier[i] = earlier[i] or ''
 end
+local items = redis.call('HGET', MAPS, b .. 'i:' .. batch) or '[]'  -- the batch's, one JSON list
 return {'ok', tonumber(batch), attempt, data, results, items, earlier, b, n}
