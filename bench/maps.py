@@ -72,7 +72,7 @@ class MapSizes:
 
     @classmethod
     def quick(cls) -> MapSizes:
-        # (500 items and up: a map's hash is past Redis's compact encoding, as at full size)
+        # (quick sizes straddle Redis's compact hash encoding: the full run's are past it)
         return cls(items=1_000, scale=(500, 2_000), warmup=50, timeout=300.0)
 
 
@@ -443,11 +443,11 @@ def report(runs: list[dict[str, Any]]) -> str:
         " `MEMORY USAGE` of each of its keys (its list of items and the collected outputs"
         " included), and the growth of `INFO memory` `used_memory` over the run. (Redis"
         f" keeps a hash of up to {compact:,} fields in a compact encoding; a map's hash has"
-        f" two fields per item, so below about {compact // 2:,} items its memory per item is"
-        " smaller than the linear figure here.) Celery's messages at"
-        f" {small:,} items below it, for comparison (the client sends the header's; the"
-        " largest message is the callback's, which carries every item's result; Celery's"
-        " memory is the `used_memory` growth above).\n",
+        " a field per item (its result) and one per batch (its items), so below about"
+        f" {compact:,} items its memory per item is smaller than the linear figure here.)"
+        f" Celery's messages at {small:,} items below it, for comparison (the client sends"
+        " the header's; the largest message is the callback's, which carries every item's"
+        " result; Celery's memory is the `used_memory` growth above).\n",
         "\n".join(lines),
         "",
         f"Per key, bytes per item at {big:,} items: {per_key}.",
