@@ -44,7 +44,14 @@ from orchestration.resume import commit_wait
 from orchestration.scripts import SignalSpec
 from orchestration.settings import BatonSettings, get_settings, redact
 from orchestration.store import StateStore
-from orchestration.waits import WAIT_AGENT, SignalError, WaitParams, check_payload
+from orchestration.waits import (
+    SUBFLOW_TASK,
+    WAIT_AGENT,
+    SignalError,
+    WaitParams,
+    check_payload,
+    child_id,
+)
 
 log = logging.getLogger("baton.client")
 S = WorkflowStatus
@@ -294,6 +301,7 @@ class WorkflowOrchestrator:
         out: list[WaitingStep] = []
         for wid in self.store.index.list_ids(limit):
             for step_id, w in self.store.parked(wid).items():
+                child = self.store.task(wid, step_id).task_type == SUBFLOW_TASK
                 out.append(
                     WaitingStep(
                         workflow_id=wid,
@@ -301,8 +309,9 @@ class WorkflowOrchestrator:
                         name=w.get("name") or None,
                         since=w.get("since", ""),
                         until=datetime.fromtimestamp(w["due_ms"] / 1000, UTC).isoformat()
-                        if w.get("due_ms")
+                        if w.get("due_ms") and not child
                         else None,
+                        child=child_id(wid, step_id) if child else None,
                     )
                 )
         return out

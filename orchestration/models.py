@@ -501,8 +501,8 @@ class StreamEvent(BaseModel):
 
 
 class WaitingStep(BaseModel):
-    """A wait parked in a workflow: the signal it waits for (None: a timer), since when,
-    and until when (its timeout or wake-up time, if any)."""
+    """A wait parked in a workflow: the signal it waits for (None: a timer), or the
+    sub-workflow (``child``), since when, and until when (its timeout or wake-up time)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -511,6 +511,7 @@ class WaitingStep(BaseModel):
     name: str | None
     since: str
     until: str | None = None
+    child: str | None = None
 
 
 class MapProgress(BaseModel):

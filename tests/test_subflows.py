@@ -99,6 +99,8 @@ def test_cancel_and_pause_reach_the_child(
     wid = orch.run_workflow(parent(child(step("gate", "held", name=g), step("echo", "b"))))
     cid = f"{wid}.step_2"
     wait_gate_started(raw_redis, g)
+    [waits] = [w for w in orch.waiting() if w.workflow_id == wid]
+    assert (waits.step_id, waits.child, waits.name) == ("step_2", cid, None)
     orch.pause_workflow(wid)
     assert orch.get_workflow_status(cid).status == WorkflowStatus.PAUSED
     open_gate(raw_redis, g)

@@ -176,7 +176,7 @@ def waiting_table(waits: list[WaitingStep]) -> Table:
         table.add_row(
             w.workflow_id,
             w.step_id,
-            f"signal {w.name}" if w.name else "a time",
+            f"signal {w.name}" if w.name else f"workflow {w.child}" if w.child else "a time",
             w.since[:19],
             (w.until or "–")[:19],
         )
