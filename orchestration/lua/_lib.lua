@@ -145,3 +145,55 @@ local function wake_parent()
     redis.call('ZADD', DUE, now_ms(), due)
   end
 end
+
+-- Take a step's lease for spec.owner, count the attempt, mark the step running and say
+-- it started. A lease a live execution holds is not taken: returns nil and that lease; a
+-- lapsed one is recorded as a lost attempt, then taken. Returns the attempt.
+local function take_lease(step, spec)
+  local now = now_ms()
+  local held = redis.call('HGET', STEPS, 'lease:' .. step)
+  if held then
+    local lease = cjson.decode(held)
+    if lease.owner ~= spec.owner then
+      if lease['until'] > now then
+        return nil, lease
+      end
+      history({event = EVENT.attempt_lost, step = step, worker = lease.worker,
+        error = 'its worker stopped renewing the lease', timestamp = spec.now})
+    end
+  end
+  redis.call('HSET', STEPS, 'lease:' .. step,
+    cjson.encode({owner = spec.owner, worker = spec.worker, ['until'] = now + spec.lease_ms}))
+  local attempt = redis.call('HINCRBY', STEPS, 'attempts:' .. step, 1)
+  redis.call('HSET', RUNNING, step, spec.running_json)
+  publish(spec.channel, {event = EVENT.step_started, step = step})
+  return attempt
+end
+
+-- The state a step may see, read in its begin: shared_data (all of it, or data_keys),
+-- and the results named in fields (as flat key, value lists).
+local function visible_state(data_keys, fields)
+  local data = {}
+  if data_keys == nil then
+    data = redis.call('HGETALL', DATA)
+  elseif #data_keys > 0 then
+    local values = redis.call('HMGET', DATA, unpack(data_keys))
+    for i, key in ipairs(data_keys) do
+      if values[i] then
+        table.insert(data, key)
+        table.insert(data, values[i])
+      end
+    end
+  end
+  local results = {}
+  if #fields > 0 then
+    local values = redis.call('HMGET', RESULTS, unpack(fields))
+    for i, id in ipairs(fields) do
+      if values[i] then
+        table.insert(results, id)
+        table.insert(results, values[i])
+      end
+    end
+  end
+  return data, results
+end

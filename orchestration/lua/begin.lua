@@ -28,44 +28,19 @@ end
 if status ~= 'running' then
   return {status, 0}
 end
-local now = now_ms()
-local held = redis.call('HGET', STEPS, 'lease:' .. spec.step)
-if held then
-  local lease = cjson.decode(held)
-  if lease.owner ~= spec.owner then
-    if lease['until'] > now then
-      if redis.call('HINCRBY', STEPS, 'deferred:' .. spec.step, 1) == 1 then
-        history({event = EVENT.redelivery_deferred, step = spec.step, worker = spec.worker,
-          error = 'delivered again while ' .. tostring(lease.worker) .. ' still runs it',
-          timestamp = spec.now})
-      end
-      return {'leased', 0}
-    end
-    history({event = EVENT.attempt_lost, step = spec.step, worker = lease.worker,
-      error = 'its worker stopped renewing the lease', timestamp = spec.now})
+local attempt, lease = take_lease(spec.step, spec)
+if not attempt then
+  if redis.call('HINCRBY', STEPS, 'deferred:' .. spec.step, 1) == 1 then
+    history({event = EVENT.redelivery_deferred, step = spec.step, worker = spec.worker,
+      error = 'delivered again while ' .. tostring(lease.worker) .. ' still runs it',
+      timestamp = spec.now})
   end
+  return {'leased', 0}
 end
-redis.call('HSET', STEPS, 'lease:' .. spec.step,
-  cjson.encode({owner = spec.owner, worker = spec.worker, ['until'] = now + spec.lease_ms}))
-local attempt = redis.call('HINCRBY', STEPS, 'attempts:' .. spec.step, 1)
-redis.call('HSET', RUNNING, spec.step, spec.running_json)
-publish(spec.channel, {event = EVENT.step_started, step = spec.step})
 
 -- The state the step may see, in the same round trip: shared_data (all of it, or its
 -- context_keys), and the results it is shown (earlier top-level and inserted steps and
 -- its branch predecessors: never a sibling's, never the whole history of a big group).
-local data = {}
-if spec.data_keys == nil then
-  data = redis.call('HGETALL', DATA)
-elseif #spec.data_keys > 0 then
-  local values = redis.call('HMGET', DATA, unpack(spec.data_keys))
-  for i, key in ipairs(spec.data_keys) do
-    if values[i] then
-      table.insert(data, key)
-      table.insert(data, values[i])
-    end
-  end
-end
 local fields = spec.fields or {}
 if spec.inserted_before then
   for _, id in ipairs(redis.call('HKEYS', DYNAMIC)) do
@@ -75,14 +50,5 @@ if spec.inserted_before then
     end
   end
 end
-local results = {}
-if #fields > 0 then
-  local values = redis.call('HMGET', RESULTS, unpack(fields))
-  for i, id in ipairs(fields) do
-    if values[i] then
-      table.insert(results, id)
-      table.insert(results, values[i])
-    end
-  end
-end
+local data, results = visible_state(spec.data_keys, fields)
 return {status, attempt, data, results}

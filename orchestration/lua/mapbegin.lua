@@ -84,46 +84,11 @@ end
 redis.call('HSET', MAPS, claim_field, pos)
 
 local step = spec.map .. '#' .. batch
-local now = now_ms()
-local held = redis.call('HGET', STEPS, 'lease:' .. step)
-if held then
-  local lease = cjson.decode(held)
-  if lease.owner ~= spec.owner then
-    if lease['until'] > now then
-      return {'leased'}
-    end
-    history({event = EVENT.attempt_lost, step = step, worker = lease.worker,
-      error = 'its worker stopped renewing the lease', timestamp = spec.now})
-  end
+local attempt = take_lease(step, spec)
+if not attempt then
+  return {'leased'}
 end
-redis.call('HSET', STEPS, 'lease:' .. step,
-  cjson.encode({owner = spec.owner, worker = spec.worker, ['until'] = now + spec.lease_ms}))
-local attempt = redis.call('HINCRBY', STEPS, 'attempts:' .. step, 1)
-redis.call('HSET', RUNNING, step, spec.running_json)
-publish(spec.channel, {event = EVENT.step_started, step = step})
-
-local data = {}
-if spec.data_keys == nil then
-  data = redis.call('HGETALL', DATA)
-elseif #spec.data_keys > 0 then
-  local values = redis.call('HMGET', DATA, unpack(spec.data_keys))
-  for i, key in ipairs(spec.data_keys) do
-    if values[i] then
-      table.insert(data, key)
-      table.insert(data, values[i])
-    end
-  end
-end
-local results = {}
-if #(spec.fields or {}) > 0 then
-  local values = redis.call('HMGET', RESULTS, unpack(spec.fields))
-  for i, id in ipairs(spec.fields) do
-    if values[i] then
-      table.insert(results, id)
-      table.insert(results, values[i])
-    end
-  end
-end
+local data, results = visible_state(spec.data_keys, spec.fields or {})
 local first = tonumber(batch) * spec.size
 local last = math.min(first + spec.size, n) - 1
 local earlier = {}
