@@ -170,30 +170,24 @@ local function take_lease(step, spec)
   return attempt
 end
 
--- The state a step may see, read in its begin: shared_data (all of it, or data_keys),
--- and the results named in fields (as flat key, value lists).
-local function visible_state(data_keys, fields)
-  local data = {}
-  if data_keys == nil then
-    data = redis.call('HGETALL', DATA)
-  elseif #data_keys > 0 then
-    local values = redis.call('HMGET', DATA, unpack(data_keys))
-    for i, key in ipairs(data_keys) do
-      if values[i] then
-        table.insert(data, key)
-        table.insert(data, values[i])
-      end
-    end
-  end
-  local results = {}
+-- The fields of hash that exist, as a flat key, value list.
+local function present(hash, fields)
+  local out = {}
   if #fields > 0 then
-    local values = redis.call('HMGET', RESULTS, unpack(fields))
-    for i, id in ipairs(fields) do
+    local values = redis.call('HMGET', hash, unpack(fields))
+    for i, field in ipairs(fields) do
       if values[i] then
-        table.insert(results, id)
-        table.insert(results, values[i])
+        table.insert(out, field)
+        table.insert(out, values[i])
       end
     end
   end
-  return data, results
+  return out
+end
+
+-- The state a step may see, read in its begin: shared_data (all of it, or data_keys),
+-- and the results named in fields.
+local function visible_state(data_keys, fields)
+  local data = data_keys == nil and redis.call('HGETALL', DATA) or present(DATA, data_keys)
+  return data, present(RESULTS, fields)
 end
