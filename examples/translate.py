@@ -1,7 +1,7 @@
 # examples/translate.py  (in your project: myproject/translate.py)
 import os
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from agents import Agent, StepInput
@@ -22,17 +22,17 @@ class TranslateParams(BaseModel):
 async def translate(step: StepInput[TranslateParams]) -> dict:
     p = step.parameters
     step.progress(0, 1, f"asking for {p.language}")
-    async with httpx.AsyncClient(base_url=os.environ["BATON_LLM_BASE_URL"], timeout=60) as http:
+    async with aiohttp.ClientSession() as http:
         reply = await http.post(
-            "/chat/completions",
+            os.environ["BATON_LLM_BASE_URL"] + "/chat/completions",
             headers={"Authorization": f"Bearer {os.environ['BATON_LLM_API_KEY']}"},
             json={
                 "model": os.environ.get("BATON_LLM_MODEL", "gpt-4o-mini"),
                 "messages": [{"role": "user", "content": f"Into {p.language}: {p.text}"}],
             },
+            raise_for_status=True,
         )
-    reply.raise_for_status()
-    text = reply.json()["choices"][0]["message"]["content"]
+        text = (await reply.json())["choices"][0]["message"]["content"]
     step.emit(text)  # watchers see it now; the output is committed when the step ends
     step.progress(1, 1)
     return {"language": p.language, "text": text}

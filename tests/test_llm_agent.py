@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -200,7 +200,7 @@ def test_an_unreachable_api_is_retryable(env: pytest.MonkeyPatch) -> None:
         port = sock.getsockname()[1]
     point_at(env, f"http://127.0.0.1:{port}/v1", default=KEYS["default"])
     err = failure({"input_key": "figures"}, FIGURES)
-    assert err.retryable and "ConnectError" in str(err) and KEYS["default"] not in str(err)
+    assert err.retryable and "ClientConnectorError" in str(err) and KEYS["default"] not in str(err)
 
 
 def test_params_are_checked() -> None:
@@ -216,24 +216,20 @@ def test_200_concurrent_slow_requests_in_one_loop(monkeypatch: pytest.MonkeyPatc
     with LLMServer(["sk-slow"], quota_per_second=10_000, delay=0.5) as slow:
         point_at(monkeypatch, slow.url, default="sk-slow")
 
-        async def many() -> tuple[list[Any], llm.Clients]:
+        async def many() -> tuple[list[Any], aiohttp.ClientSession]:
             steps = [step_for({"input_key": "figures"}, FIGURES, f"s{i}") for i in range(200)]
-            held = await llm.clients()
+            held = await llm.session()
             outs = await asyncio.gather(*(summarise.arun(s) for s in steps))
-            assert await llm.clients() is held  # kept on the loop, for every step on it
-            # 200 at once: spread over 4 clients of at most 64 each, none in flight now.
-            assert list(held.busy.values()) == [0, 0, 0, 0] and llm.PER_CLIENT == 64
+            assert await llm.session() is held  # kept on the loop, for every step on it
             return [o.output for o in outs], held
 
-        started = time.monotonic()
         try:
             outs, held = asyncio.run(many())
         finally:
             get_settings.cache_clear()
-        elapsed = time.monotonic() - started
         stats = slow.stats()["keys"]["sk-slow"]
-    assert elapsed < 10  # serially: 200 x 0.5 s = 100 s
-    assert all(http.is_closed for http in held.busy) and not llm._loops  # closed with the loop
+    assert held.closed and not llm._loops  # closed with the loop
+    # All at once on one connection each (serially they would be 200 x 0.5 s).
     assert stats["accepted"] == 200 and stats["max_in_flight"] >= 150
     assert {o["summary"] for o in outs} == {reply_for(stats["last_request"]["messages"])}
 

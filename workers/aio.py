@@ -2,32 +2,42 @@
 their steps at once (``baton worker --pool asyncio --concurrency 500``).
 
 Every ``async def`` task function of a process is awaited on one event loop, running in a
-thread of its own (started lazily, so each forked child has its own). Whatever the pool,
-a step's bookkeeping (its ``begin`` and ``commit`` scripts, its retries) stays in Celery's
-hands, on the thread that took its message; only the agent's coroutine runs on the loop.
+thread of its own (started lazily, so each forked child has its own).
 
-The asyncio pool is Celery's thread pool as wide as the concurrency, with the loop
-started with it and stopped after it: a thread per in-flight step costs a stack and a
-wait on a future, while its coroutine shares the loop with the others, so 500 steps that
-wait on a model API need one process. Plain functions given to the same worker run on
-those threads. Late acks, redelivery, leases, the compare-and-set commit, retries, task
-events and warm shutdown (running steps finish and commit, queued ones go back) are
-Celery's and Baton's as in prefork. A step's ``timeout`` cancels its coroutine
-(``CancelledError`` inside it, catchable); a plain function cannot be interrupted on a
-thread, so in this pool its timeout is checked when it returns.
+In the asyncio pool, a step of an async task runs whole on that loop's thread, in a
+greenlet of its own: Celery's tracer, Baton's ``begin`` and ``commit`` scripts, its
+retries, exactly as in prefork, until the step awaits its agent's coroutine. There the
+greenlet switches out, the coroutine becomes a task on the loop, and when it is done the
+greenlet is switched back in with its result (SQLAlchemy's asyncio bridge does the same).
+So 1,000 steps in flight cost 1,000 small greenlets and tasks, not 1,000 OS threads
+fighting over the GIL; the Redis calls around each step are short and block the loop only
+while they run. Celery's per-task state (``task.request``, ``current_task``) is kept per
+greenlet (``celery.utils.threads`` keys it by greenlet when greenlet is installed), and
+the logs' step context is a contextvar copied into the coroutine's task.
+
+Plain functions given to the same worker (and the engine's control tasks) run on a thread
+pool as wide as the concurrency, so one worker serves both kinds. Late acks, redelivery,
+leases, the compare-and-set commit, retries, task events and warm shutdown (running steps
+finish and commit, queued ones go back) are Celery's and Baton's as in prefork. A step's
+``timeout`` cancels its coroutine (``CancelledError`` inside it, catchable); a plain
+function cannot be interrupted on a thread, so in this pool its timeout is checked when it
+returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from celery.concurrency import ALIASES
+from celery.concurrency.base import apply_target
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.exceptions import SoftTimeLimitExceeded
+from greenlet import getcurrent, greenlet
 
 from agents.registry import Agent
 from orchestration.errors import BatonError
@@ -74,7 +84,11 @@ class EventLoop:
 
         If this thread is interrupted (Celery's soft time limit in prefork, a shutdown),
         the coroutine is cancelled too: it never runs on after its step has given up.
+        From a step's greenlet on the loop's own thread (the asyncio pool), the greenlet
+        switches out until the coroutine is done.
         """
+        if isinstance(current := getcurrent(), StepGreenlet):
+            return current.await_(_bounded(coro, timeout))  # type: ignore[no-any-return]
         future = asyncio.run_coroutine_threadsafe(_bounded(coro, timeout), self.loop())
         try:
             return future.result()
@@ -103,17 +117,96 @@ async def _bounded(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
 event_loop = EventLoop()
 
 
+class StepGreenlet(greenlet):  # type: ignore[misc]
+    """One step of an async task, run on the loop's thread (see the module's docstring).
+
+    Its parent is the loop's thread: where it awaits, it switches there with the
+    coroutine; :meth:`_resume` switches it back in with the coroutine's outcome.
+    """
+
+    def __init__(self, run: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(run)
+        self.loop = loop
+
+    def await_(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Called inside: switch out until the coroutine, a task on the loop, is done."""
+        return self.parent.switch((coro, contextvars.copy_context()))  # type: ignore[no-any-return]
+
+    def start(self) -> None:
+        self._advance(self.switch)
+
+    def _advance(self, switch: Callable[..., Any], *outcome: Any) -> None:
+        """Switch in (with the awaited outcome); when it awaits again, schedule that."""
+        try:
+            out = switch(*outcome)
+        except BaseException:  # apply_target reports a task's errors itself: not one
+            log.exception("asyncio pool: a step's greenlet failed")
+            return
+        if not self.dead:
+            coro, ctx = out
+            task = self.loop.create_task(coro, context=ctx)
+            task.add_done_callback(self._resume)
+
+    def _resume(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self._advance(self.throw, asyncio.CancelledError())
+        elif (exc := task.exception()) is not None:
+            self._advance(self.throw, exc)
+        else:
+            self._advance(self.switch, task.result())
+
+
 class AsyncioPool(ThreadTaskPool):  # type: ignore[misc]
-    """``--pool asyncio``: a thread per in-flight step, their coroutines on one loop."""
+    """``--pool asyncio``: async tasks' steps in greenlets on the loop's thread, plain
+    ones on a thread pool as wide as the concurrency."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_flight = 0  # steps in greenlets: a warm shutdown waits for them
+        self._idle = threading.Condition()
 
     def on_start(self) -> None:
         event_loop.loop()
         log.info("asyncio pool: up to %d steps at once on one event loop", self.limit)
         super().on_start()
 
+    def on_apply(
+        self,
+        target: Callable[..., Any],
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        callback: Callable[..., Any] | None = None,
+        accept_callback: Callable[..., Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        task = self.app.tasks.get(args[0]) if args else None  # (name, id, request, body..)
+        if not getattr(task, "baton_async", False):
+            return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
+        loop = event_loop.loop()
+
+        def run() -> None:
+            try:
+                apply_target(target, args, kwargs, callback, accept_callback)
+            finally:
+                with self._idle:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
+
+        with self._idle:
+            self._in_flight += 1
+        loop.call_soon_threadsafe(lambda: StepGreenlet(run, loop).start())
+        return None
+
     def on_stop(self) -> None:
-        super().on_stop()  # waits for running steps: they finish and commit (warm shutdown)
+        with self._idle:  # running steps finish and commit (warm shutdown)
+            self._idle.wait_for(lambda: self._in_flight == 0)
+        super().on_stop()
         event_loop.stop()
+
+    def _get_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = super()._get_info()
+        info["steps-on-loop"] = self._in_flight
+        return info
 
 
 def check_pool(pool: str, agents: Sequence[Agent], autoscale: str | None = None) -> None:

@@ -54,6 +54,7 @@ def create_app(
     reg = registry or load_agents(settings.agent_modules)
     install_safe_redis_transport()
     app = producer_app(redis_url, settings)
+    app.conf.worker_consumer = "workers.consumer:Consumer"  # task events sent in batches
 
     def step(
         task: Task,
@@ -95,7 +96,11 @@ def create_app(
     for tt in reg.task_types():
         # max_retries=None: Baton counts a step's attempts itself; Celery's retries here are
         # waits (a limit's turn, a lease held elsewhere), which must not run out.
-        app.task(name=tt.celery_name, bind=True, shared=False, max_retries=None)(step)
+        # baton_async: the asyncio pool runs its steps on the event loop's thread.
+        app.task(
+            name=tt.celery_name, bind=True, shared=False, max_retries=None,
+            baton_async=tt.is_async,
+        )(step)  # fmt: skip
     app.task(name=AGGREGATE_TASK, bind=True, shared=False, ignore_result=True)(aggregate)
     app.task(name=FINISH_FAILURE_TASK, bind=True, shared=False, ignore_result=True)(finish_failure)
     app.task(name=MAP_TASK, bind=True, shared=False, ignore_result=True)(start_map)

@@ -35,6 +35,18 @@ class Message(virtual.Message):
 class Channel(kombu_redis.Channel):
     Message = Message
 
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # Stock kombu builds a new client for each publish to a fanout exchange (every
+        # batch of task events) and each QoS call; one client (thread-safe: it takes a
+        # connection from the pool per command) serves them all.
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+        if self._sync_client is None:
+            self._sync_client = super()._create_client()  # type: ignore[no-untyped-call]
+        return self._sync_client
+
+    _sync_client: Any = None
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
             return bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
