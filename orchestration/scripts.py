@@ -548,9 +548,16 @@ class Scripts:
         self._scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
 
     def call(
-        self, name: str, keys: WorkflowKeys, spec: Spec, *args: str, send: Outgoing = NOTHING
+        self,
+        name: str,
+        keys: WorkflowKeys,
+        spec: Spec,
+        *args: str,
+        send: Outgoing = NOTHING,
+        client: redis.client.Pipeline[bytes] | None = None,
     ) -> Any:
-        """Run script ``name`` for one workflow; it also sends ``send`` (see _outbox.lua)."""
+        """Run script ``name`` for one workflow; it also sends ``send`` (see _outbox.lua).
+        On a pipeline (``client``), it is queued there; its reply comes from ``execute``."""
         join = send.aggregate or NOTHING
         pushes = [*send.pushes, *join.pushes]
         full = spec.model_copy(
@@ -572,4 +579,5 @@ class Scripts:
             # None is left out: cjson's null is truthy in Lua.
             args=[full.model_dump_json(by_alias=True, exclude_none=True), *args,
                   *(p.payload for p in pushes)],
+            client=client,
         )  # fmt: skip

@@ -230,6 +230,18 @@ class StateStore(StateReader):
         )
         return LeaseReply.decode(self.scripts.call("lease", self.keys(workflow_id), spec)).held
 
+    def renew_leases(
+        self, held: Sequence[tuple[str, str, str]], lease_seconds: float
+    ) -> list[bool]:
+        """Renew the leases of many running steps, ``(workflow_id, step_id, owner)`` each,
+        in one round trip (a worker's heartbeat: an asyncio pool may hold a thousand);
+        for each, False if its execution no longer holds it."""
+        pipe = self.redis.pipeline(transaction=False)
+        for workflow_id, step_id, owner in held:
+            spec = LeaseSpec(step=step_id, owner=owner, lease_ms=int(lease_seconds * 1000))
+            self.scripts.call("lease", self.keys(workflow_id), spec, client=pipe)
+        return [LeaseReply.decode(raw).held for raw in pipe.execute()]
+
     def commit(
         self,
         workflow_id: str,

@@ -88,7 +88,7 @@ class EventLoop:
         switches out until the coroutine is done.
         """
         if isinstance(current := getcurrent(), StepGreenlet):
-            return current.await_(_bounded(coro, timeout))  # type: ignore[no-any-return]
+            return current.await_(_bounded(coro, timeout))
         future = asyncio.run_coroutine_threadsafe(_bounded(coro, timeout), self.loop())
         try:
             return future.result()

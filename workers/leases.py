@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from orchestration.store import StateStore
 
 log = logging.getLogger("baton.leases")
+#: Leases renewed in one round trip.
+BEAT_BATCH = 500
 
 
 class LeaseKeeper:
@@ -50,13 +52,26 @@ class LeaseKeeper:
         while not tick.wait(self.seconds / 3):
             with self._lock:
                 held = list(self._held.items())
-            for (workflow_id, step_id), (owner, also) in held:
+            for i in range(0, len(held), BEAT_BATCH):
+                self._renew(held[i : i + BEAT_BATCH])
+
+    def _renew(
+        self, held: list[tuple[tuple[str, str], tuple[str, Callable[[], None] | None]]]
+    ) -> None:
+        try:
+            kept = self.store.renew_leases(
+                [(wf, step, owner) for (wf, step), (owner, _) in held], self.seconds
+            )
+        except Exception as exc:  # Redis away for a moment: the next beat retries
+            log.warning("renewing %d step leases failed: %s", len(held), exc)
+            return
+        for ((workflow_id, step_id), (owner, also)), ok in zip(held, kept, strict=True):
+            if not ok:
+                with self._lock:  # lost (its commit came, or another took it over)
+                    if self._held.get((workflow_id, step_id), ("",))[0] == owner:
+                        del self._held[(workflow_id, step_id)]
+            elif also is not None:
                 try:
-                    if not self.store.lease(workflow_id, step_id, owner, self.seconds):
-                        with self._lock:  # lost (its commit came, or another took it over)
-                            if self._held.get((workflow_id, step_id), ("",))[0] == owner:
-                                del self._held[(workflow_id, step_id)]
-                    elif also is not None:
-                        also()
-                except Exception as exc:  # Redis away for a moment: the next beat retries
-                    log.warning("lease renewal for %s %s failed: %s", workflow_id, step_id, exc)
+                    also()
+                except Exception as exc:
+                    log.warning("renewing the slots of %s %s failed: %s", workflow_id, step_id, exc)
