@@ -7,11 +7,15 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 
-def connect(url: str, retries: int = 20) -> redis.Redis[bytes]:
+def connect(
+    url: str,
+    retries: int = 20,
+    client: type[redis.Redis[bytes]] = redis.Redis,  # type: ignore[assignment]
+) -> redis.Redis[bytes]:
     """A client that rides out a Redis restart: commands are retried with backoff (20
     retries: about half a minute; redis-py reloads scripts if the server lost them)."""
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
-    return redis.Redis.from_url(
+    return client.from_url(
         url,
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],

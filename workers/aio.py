@@ -30,9 +30,12 @@ import asyncio
 import contextvars
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis
 from celery.concurrency import ALIASES
 from celery.concurrency.base import apply_target
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
@@ -120,8 +123,9 @@ event_loop = EventLoop()
 class StepGreenlet(greenlet):  # type: ignore[misc]
     """One step of an async task, run on the loop's thread (see the module's docstring).
 
-    Its parent is the loop's thread: where it awaits, it switches there with the
-    coroutine; :meth:`_resume` switches it back in with the coroutine's outcome.
+    Its parent is the loop's thread. Where it waits, it switches there with what it
+    waits for (a :class:`_Awaiting` coroutine, or a Redis command for the loop's next
+    :class:`RedisBatch`), which switches it back in with the outcome.
     """
 
     def __init__(self, run: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
@@ -130,30 +134,107 @@ class StepGreenlet(greenlet):  # type: ignore[misc]
 
     def await_(self, coro: Coroutine[Any, Any, T]) -> T:
         """Called inside: switch out until the coroutine, a task on the loop, is done."""
-        return self.parent.switch((coro, contextvars.copy_context()))  # type: ignore[no-any-return]
+        return self.parent.switch(_Awaiting(coro, contextvars.copy_context()))  # type: ignore[no-any-return]
 
     def start(self) -> None:
-        self._advance(self.switch)
+        self.resume(self.switch)
 
-    def _advance(self, switch: Callable[..., Any], *outcome: Any) -> None:
-        """Switch in (with the awaited outcome); when it awaits again, schedule that."""
+    def resume(self, switch: Callable[..., Any], *outcome: Any) -> None:
+        """Switch in (with the awaited outcome); when it waits again, schedule that."""
         try:
-            out = switch(*outcome)
+            waits_for = switch(*outcome)
         except BaseException:  # apply_target reports a task's errors itself: not one
             log.exception("asyncio pool: a step's greenlet failed")
             return
         if not self.dead:
-            coro, ctx = out
-            task = self.loop.create_task(coro, context=ctx)
-            task.add_done_callback(self._resume)
+            waits_for.schedule(self)
 
-    def _resume(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            self._advance(self.throw, asyncio.CancelledError())
-        elif (exc := task.exception()) is not None:
-            self._advance(self.throw, exc)
-        else:
-            self._advance(self.switch, task.result())
+
+@dataclass
+class _Awaiting:
+    coro: Coroutine[Any, Any, Any]
+    context: contextvars.Context
+
+    def schedule(self, g: StepGreenlet) -> None:
+        task = g.loop.create_task(self.coro, context=self.context)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled():
+                g.resume(g.throw, asyncio.CancelledError())
+            elif (exc := task.exception()) is not None:
+                g.resume(g.throw, exc)
+            else:
+                g.resume(g.switch, task.result())
+
+        task.add_done_callback(done)
+
+
+@dataclass
+class _Command:
+    client: redis.Redis[bytes]
+    args: tuple[Any, ...]
+    options: dict[str, Any]
+
+    def schedule(self, g: StepGreenlet) -> None:
+        batch = _batches.get(g.loop)
+        if batch is None:
+            batch = _batches[g.loop] = RedisBatch(g.loop)
+        batch.add(g, self)
+
+
+#: Commands that block on the server: never batched (they would hold every other step).
+BLOCKING = frozenset({"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX",
+                      "BLMPOP", "BZMPOP", "XREAD", "XREADGROUP", "WAIT", "SUBSCRIBE"})  # fmt: skip
+
+
+class LoopRedis(redis.Redis):  # type: ignore[type-arg]
+    """The engine's Redis client. From a step's greenlet, a command waits for the loop's
+    next :class:`RedisBatch`: the begin and commit scripts of every step that reached
+    them in one turn of the loop go in one pipelined round trip, and the loop is never
+    blocked by one step's wait on Redis. Elsewhere (threads, prefork) it is redis-py's."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        current = getcurrent()
+        if isinstance(current, StepGreenlet) and str(args[0]).upper() not in BLOCKING:
+            return current.parent.switch(_Command(self, args, options))
+        return super().execute_command(*args, **options)
+
+
+class RedisBatch:
+    """The commands a loop's step greenlets wait on, sent once per turn of the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[StepGreenlet, _Command]] = []
+
+    def add(self, g: StepGreenlet, command: _Command) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append((g, command))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        by_client: dict[int, list[tuple[StepGreenlet, _Command]]] = {}
+        for item in pending:
+            by_client.setdefault(id(item[1].client), []).append(item)
+        for items in by_client.values():
+            pipe = redis.Redis.pipeline(items[0][1].client, transaction=False)
+            for _, cmd in items:
+                pipe.execute_command(*cmd.args, **cmd.options)  # type: ignore[no-untyped-call]
+            try:
+                replies: list[Any] = pipe.execute(raise_on_error=False)
+            except Exception as exc:  # the connection: each step sees it, as from redis-py
+                replies = [exc] * len(items)
+            for (g, _), reply in zip(items, replies, strict=True):
+                if isinstance(reply, Exception):
+                    g.resume(g.throw, reply)
+                else:
+                    g.resume(g.switch, reply)
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisBatch] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class AsyncioPool(ThreadTaskPool):  # type: ignore[misc]

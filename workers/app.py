@@ -27,6 +27,7 @@ from orchestration.plan import PlannedMap
 from orchestration.settings import BatonSettings, get_settings
 from orchestration.store import StateStore
 from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT, WAIT_TASK
+from workers.aio import LoopRedis
 from workers.aio import register as register_asyncio_pool
 from workers.branches import run_branch
 from workers.engine import Engine
@@ -118,7 +119,7 @@ def engine_for(app: Celery, reg: AgentRegistry) -> Engine:
 
 
 def _make_engine(app: Celery, reg: AgentRegistry) -> Engine:
-    client = connect(app.conf.baton_redis_url)
+    client = connect(app.conf.baton_redis_url, client=LoopRedis)  # (batched on the loop)
     store = StateStore(client, prefix=app.conf.baton_prefix, retention=app.conf.baton_retention)
     settings = get_settings()
     engine = _engines[id(app)] = Engine(
