@@ -2,8 +2,8 @@
 release of its slots, run-time overrides and what each budget is using.
 
 A budget is one limit (``orchestration/limits.py``) and one key of it. Its keys live
-under ``<prefix>:limit:<name>:<key>``: its rate state (the GCRA theoretical arrival time
-and the latest admission), the concurrency
+under ``<prefix>:limit:<name>:<key>``: its rate state (the GCRA theoretical arrival time:
+the next free turn), the concurrency
 slots held (owner -> expiry, renewed with the step's lease, so a dead worker's slot comes
 back by itself), the steps waiting for one, oldest first, and the steps holding a turn
 of the rate.
@@ -26,6 +26,30 @@ from orchestration.keys import WorkflowKeys
 from orchestration.limits import Limit, LimitValues, Rate
 from orchestration.names import STREAM_MAXLEN
 
+#: How late after its turn a rate-limited call may start (the jitter of a busy event loop
+#: and of the network). Turns are spaced so that a period holds ``count`` calls plus this
+#: much: a 20/s limit spaces calls 51.25 ms apart, and no second holds 21 calls even when
+#: one starts this late. A step that would start later takes a new turn.
+ALLOWANCE = 0.025
+#: A turn this near is waited out in the worker; a farther one puts the step back.
+NEAR = 1.0
+
+
+class TurnMissed(Exception):
+    """A rate-limited call could not start within ``ALLOWANCE`` of its turn (its worker
+    was busy): it must not start now, and goes back in line for a new turn."""
+
+
+def check_turn(turn_at: float, now: float) -> None:
+    """Raise ``TurnMissed`` if ``now`` is too late for the turn (both monotonic)."""
+    if now - turn_at > ALLOWANCE:
+        raise TurnMissed(f"started {now - turn_at:.3f}s after its turn")
+
+
+def spacing_ms(rate: Rate) -> float:
+    """Milliseconds between two turns of ``rate`` (see ``ALLOWANCE``)."""
+    return (rate.period + ALLOWANCE) / rate.count * 1000
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -40,11 +64,15 @@ class Budget:
 
 
 class Admission(BaseModel):
-    """``admitted``: run now. ``reserved``: run in ``wait`` seconds (its rate slot is held).
-    ``wait``: ask again in ``wait`` seconds (nothing is held)."""
+    """``admitted``: start the call in ``wait`` seconds (its turn; at most ``NEAR``).
+    ``reserved``: come back in ``wait`` seconds (its turn is held). ``wait``: ask again
+    in ``wait`` seconds (nothing is held)."""
 
     state: Literal["admitted", "reserved", "wait"]
     wait: float = 0.0
+    #: Admitted under a rate: its call starts at its turn (epoch seconds, Redis' clock:
+    #: when the reply is read late, the turn stays where it is).
+    turn: float | None = None
     limit: str | None = None
     why: Literal["rate", "concurrency"] | None = None
 
@@ -99,6 +127,8 @@ class Limiter:
             "slot_ttl_ms": int(slot_ttl * 1000),
             "horizon_ms": int(horizon * 1000),
             "retry_ms": int(retry * 1000),
+            "near_ms": int(NEAR * 1000),
+            "allowance_ms": int(ALLOWANCE * 1000),
             "stream_maxlen": STREAM_MAXLEN,
             "limits": [_values(b) for b in budgets],
         }
@@ -107,9 +137,10 @@ class Limiter:
             keys=keys + [k for b in budgets for k in self._keys(b)], args=[json.dumps(spec)]
         )
         state = text(reply[0])
-        if state == "admitted":
-            return Admission(state="admitted")
         wait = int(reply[1]) / 1000
+        if state == "admitted":
+            turn = float(text(reply[2])) / 1000 if text(reply[2]) else None
+            return Admission(state="admitted", wait=wait, turn=turn)
         why = "rate" if state == "reserved" else text(reply[3])
         return Admission(state=state, wait=wait, limit=text(reply[2]), why=why)
 
@@ -147,7 +178,7 @@ class Limiter:
         if concurrency is not None and concurrency < 0:
             raise LimitError(f"--concurrency {concurrency}: give a number of steps, 0 to lift it")
         body = values.model_dump(mode="json") | {
-            "rate_ms": values.rate.interval * 1000 if values.rate else None
+            "rate_ms": spacing_ms(values.rate) if values.rate else None
         }
         self.redis.hset(self.overrides_key, limit.name, json.dumps(body))
         return values
@@ -199,6 +230,6 @@ def _values(b: Budget) -> dict[str, Any]:
     return {
         "name": b.name,
         "key": b.key,
-        "rate_ms": v.rate.interval * 1000 if v.rate else None,
+        "rate_ms": spacing_ms(v.rate) if v.rate else None,
         "concurrency": v.concurrency,
     }

@@ -199,6 +199,7 @@ class LeaseSpec(Spec):
     owner: str
     lease_ms: int
     release: bool = False
+    uncount: bool = False  # (with release) the attempt never started: not counted
 
 
 class SendSpec(Spec):

@@ -223,10 +223,16 @@ class StateStore(StateReader):
         lease_seconds: float,
         *,
         release: bool = False,
+        uncount: bool = False,
     ) -> bool:
-        """Renew (or release) this execution's lease on a step; False if it no longer holds it."""
+        """Renew (or release) this execution's lease on a step; False if it no longer holds it.
+        ``uncount``: (released) its attempt is not counted, the agent never having started."""
         spec = LeaseSpec(
-            step=step_id, owner=owner, lease_ms=int(lease_seconds * 1000), release=release
+            step=step_id,
+            owner=owner,
+            lease_ms=int(lease_seconds * 1000),
+            release=release,
+            uncount=uncount,
         )
         return LeaseReply.decode(self.scripts.call("lease", self.keys(workflow_id), spec)).held
 

@@ -30,7 +30,9 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +46,7 @@ from greenlet import getcurrent, greenlet
 
 from agents.registry import Agent
 from orchestration.errors import BatonError
+from orchestration.limiter import TurnMissed, check_turn
 
 log = logging.getLogger("baton.aio")
 T = TypeVar("T")
@@ -82,8 +85,17 @@ class EventLoop:
                 self._loop = loop
             return self._loop
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    def run(
+        self,
+        coro: Coroutine[Any, Any, T],
+        timeout: float | None = None,
+        start_at: float | None = None,
+        *,
+        on_time: bool = False,
+    ) -> T:
         """Await ``coro`` on the loop from this (worker) thread; ``timeout`` cancels it.
+        ``start_at`` (monotonic): not before then (a rate limit's turn), timed on the loop;
+        ``on_time``: nor too long after (``TurnMissed``, the coroutine never started).
 
         If this thread is interrupted (Celery's soft time limit in prefork, a shutdown),
         the coroutine is cancelled too: it never runs on after its step has given up.
@@ -91,8 +103,10 @@ class EventLoop:
         switches out until the coroutine is done.
         """
         if isinstance(current := getcurrent(), StepGreenlet):
-            return current.await_(_bounded(coro, timeout))
-        future = asyncio.run_coroutine_threadsafe(_bounded(coro, timeout), self.loop())
+            return current.await_(_bounded(coro, timeout, start_at, on_time))
+        future = asyncio.run_coroutine_threadsafe(
+            _bounded(coro, timeout, start_at, on_time), self.loop()
+        )
         try:
             return future.result()
         except BaseException:
@@ -106,7 +120,21 @@ class EventLoop:
             loop.call_soon_threadsafe(loop.stop)
 
 
-async def _bounded(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+async def _bounded(
+    coro: Coroutine[Any, Any, T],
+    timeout: float | None,
+    start_at: float | None = None,
+    on_time: bool = False,
+) -> T:
+    if start_at is not None:
+        if (delay := start_at - time.monotonic()) > 0:
+            await asyncio.sleep(delay)  # (its turn: a deadline, not a poll)
+        if on_time:
+            try:
+                check_turn(start_at, time.monotonic())
+            except TurnMissed:
+                coro.close()  # never started
+                raise
     if timeout is None:
         return await coro
     try:
@@ -227,9 +255,47 @@ class RedisBatch:
                 replies = [exc] * len(items)
             for (g, _), reply in zip(items, replies, strict=True):
                 if isinstance(reply, Exception):
-                    g.resume(g.throw, reply)
+                    turns(self.loop).push(g.resume, g.throw, reply)
                 else:
-                    g.resume(g.switch, reply)
+                    turns(self.loop).push(g.resume, g.switch, reply)
+
+
+class Turns:
+    """Greenlet work of a loop, a slice per turn of the loop: a hundred steps started or
+    resumed at once run ``SLICE`` seconds at a time, so the loop's timers (a rate limit's
+    turn) and coroutines are never held up by more than that."""
+
+    SLICE = 0.01
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.todo: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+
+    def push(self, fn: Callable[..., None], *args: Any) -> None:
+        if not self.todo:
+            self.loop.call_soon(self.run)
+        self.todo.append((fn, args))
+
+    def run(self) -> None:
+        until = time.monotonic() + self.SLICE
+        while self.todo:
+            fn, args = self.todo.popleft()
+            fn(*args)
+            if time.monotonic() >= until:
+                break
+        if self.todo:
+            self.loop.call_soon(self.run)
+
+
+def turns(loop: asyncio.AbstractEventLoop) -> Turns:
+    """The loop's :class:`Turns` (called on the loop's thread)."""
+    t = _turns.get(loop)
+    if t is None:
+        t = _turns[loop] = Turns(loop)
+    return t
+
+
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turns] = weakref.WeakKeyDictionary()
 
 
 _batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisBatch] = (
@@ -275,7 +341,7 @@ class AsyncioPool(ThreadTaskPool):  # type: ignore[misc]
 
         with self._idle:
             self._in_flight += 1
-        loop.call_soon_threadsafe(lambda: StepGreenlet(run, loop).start())
+        loop.call_soon_threadsafe(lambda: turns(loop).push(StepGreenlet(run, loop).start))
         return None
 
     def on_stop(self) -> None:

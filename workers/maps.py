@@ -240,8 +240,9 @@ class MapBatchRun(StepRun):
             try:
                 if tt.is_async:
                     coro = self._run_async(tt, todo)
-                    results = self.engine.loop.run(coro)
+                    results = self.engine.loop.run(coro, start_at=self.turn_at)
                 else:
+                    self.wait_turn()
                     results = {k: self._run_item(tt, k, item) for k, item in todo}
             finally:
                 self.engine.events.flush()  # its emits come before its commit

@@ -34,7 +34,7 @@ from orchestration.errors import (
     StepFailed,
     is_retryable,
 )
-from orchestration.limiter import Budget
+from orchestration.limiter import Budget, TurnMissed, check_turn
 from orchestration.loader import plan_handoff
 from orchestration.models import (
     HistoryEntry,
@@ -105,6 +105,7 @@ class StepRun:
         self.started_at = utcnow()
         self.limit_owner = f"{workflow_id}:{step_id}:{run}"  # one place in line per step
         self.refused: Exception | None = None  # its limit_key failed
+        self.turn_at: float | None = None  # (monotonic) its rate turn: the call starts then
         self.consume = ""  # (a wait committing a kept signal: the signal's name)
 
     def __call__(self) -> str:
@@ -156,6 +157,8 @@ class StepRun:
             retry=min(2.0, 0.25 * 2 ** min(tries, 3)) * random.uniform(0.8, 1.2),
         )
         if admission.state == "admitted":
+            if admission.turn is not None:  # (monotonic from here on)
+                self.turn_at = time.monotonic() + admission.turn - time.time()
             return budgets
         log.info(
             "step %s of %s throttled by %s (%s) for %.2fs",
@@ -228,6 +231,8 @@ class StepRun:
                 self.workflow_id, self.step_id, self.owner, self._renew_slots
             ):
                 return self._call_agent(state), None, time.perf_counter() - t0
+        except TurnMissed as missed:
+            self._back_in_line(missed)
         except SoftTimeLimitExceeded:
             timeout = TimeoutError(f"step exceeded its timeout of {task.timeout}s")
             return None, timeout, time.perf_counter() - t0
@@ -241,6 +246,27 @@ class StepRun:
                 exc_info=not isinstance(exc, BatonError),
             )
             return None, exc, time.perf_counter() - t0
+
+    def wait_turn(self, on_time: bool = False) -> None:
+        """A plain function's call starts at its rate turn (an async one's waits on the
+        loop: ``EventLoop.run``'s ``start_at``); ``on_time``: or ``TurnMissed``."""
+        if self.turn_at is None:
+            return
+        if (delay := self.turn_at - time.monotonic()) > 0:
+            time.sleep(delay)
+        if on_time:
+            check_turn(self.turn_at, time.monotonic())
+
+    def _back_in_line(self, missed: TurnMissed) -> NoReturn:
+        """Its call could not start on its turn: the attempt is taken back, unstarted, and
+        the step goes back in line for a new turn (not one of its attempts)."""
+        log.info("step %s of %s missed its rate turn (%s)", self.step_id, self.workflow_id, missed)
+        self.store.lease(self.workflow_id, self.step_id, self.owner, 0, release=True, uncount=True)
+        raise self.ctask.retry(
+            countdown=0,
+            kwargs={**self.ctask.request.kwargs, "reserved": False},
+            max_retries=None,
+        )
 
     def _renew_slots(self) -> None:
         tt = self.engine.registry.get_task(self.task.agent_id, self.task.task_type)
@@ -268,8 +294,11 @@ class StepRun:
     def _run_and_check(self, tt: TaskType, step_input: StepInput[Any]) -> StepOutput:
         task = self.task
         if tt.is_async:
-            out = self.engine.loop.run(tt.arun(step_input), task.timeout)
+            out = self.engine.loop.run(
+                tt.arun(step_input), task.timeout, start_at=self.turn_at, on_time=True
+            )
         else:
+            self.wait_turn(on_time=True)
             t0 = time.monotonic()
             out = tt.run(step_input)
             on_a_thread = threading.current_thread() is not threading.main_thread()

@@ -5,13 +5,14 @@
 --   3 the workflow's throttled hash (step -> why and until when, while it waits)
 --   4 the workflow's event stream
 --   then five per limit: its budget's rate state (hash: tat, the GCRA theoretical arrival
---   time, and last, the latest admission), slots (zset owner -> expiry ms) and
+--   time: the next free turn), slots (zset owner -> expiry ms) and
 --   waiters (zset owner -> first refusal ms), polled (zset owner -> last ask ms) and
 --   reserved (zset owner -> the time of its rate turn)
--- ARGV[1]: {owner, step, reserved, slot_ttl_ms, horizon_ms, retry_ms, stream_maxlen,
---           limits = [{name, key, rate_ms, concurrency}]}
--- Reply: {'admitted'} | {'reserved', wait_ms, name} (run at now + wait: its rate slot is
--- held) | {'wait', wait_ms, name, why} (try again then; nothing is held).
+-- ARGV[1]: {owner, step, reserved, slot_ttl_ms, horizon_ms, retry_ms, near_ms,
+--           allowance_ms, stream_maxlen, limits = [{name, key, rate_ms, concurrency}]}
+-- Reply: {'admitted', wait_ms, turn} (start the call at turn, ms since the epoch, if rated) | {'reserved',
+-- wait_ms, name} (come back then: its turn is held) | {'wait', wait_ms, name, why} (try
+-- again then; nothing is held).
 local OVERRIDES, KNOWN, THROTTLED, STREAM = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local spec = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
@@ -66,25 +67,33 @@ for _, l in ipairs(limits) do
   end
 end
 
--- 2. Rate: GCRA with no burst (steps evenly spaced), each turn reserved in arrival order;
--- and, whatever the reservations, no two admissions closer than the interval (a reserved
--- step whose message came back late must not bunch up with the next one).
-local spacing_at, spaced_by = now, nil
+-- 2. Rate: GCRA without burst. A step is given the next turn of the limits it is under
+-- (turns rate_ms apart, in arrival order) and its call starts at its turn: a turn within
+-- near_ms is waited out in its worker ('admitted' with the wait), a farther one is kept
+-- while the step's message is put back to come in time for it ('reserved'). A call is
+-- never started before its turn, and at most allowance_ms after it (rate_ms leaves that
+-- much per period): a step that comes back later than that takes the next free turn
+-- instead, as a late call would crowd the turns after it.
+local at, name = nil, nil
+local rated = false  -- under a rate at all: the call's start is then checked against its turn
 for _, l in ipairs(limits) do
-  if l.rate_ms then
-    local last = tonumber(redis.call('HGET', l.tat, 'last') or '0')
-    if last + l.rate_ms > spacing_at then
-      spacing_at, spaced_by = last + l.rate_ms, l.name
-    end
-  end
+  rated = rated or l.rate_ms ~= nil
 end
 if spec.reserved then
-  if spacing_at > now then
-    mark('rate', spaced_by, spacing_at - now)
-    return {'reserved', math.ceil(spacing_at - now), spaced_by}
+  for _, l in ipairs(limits) do
+    if l.rate_ms then
+      local turn = redis.call('ZSCORE', l.reserved, spec.owner)
+      if turn and (not at or tonumber(turn) > at) then
+        at, name = tonumber(turn), l.name
+      end
+    end
   end
-else
-  local at, name = spacing_at, spaced_by
+  if at and now > at + spec.allowance_ms then
+    at = nil  -- its turn has gone by
+  end
+end
+if not at then
+  at = now
   for _, l in ipairs(limits) do
     if l.rate_ms then
       local tat = tonumber(redis.call('HGET', l.tat, 'tat') or '0')
@@ -93,8 +102,7 @@ else
       end
     end
   end
-  local wait = at - now
-  if wait > spec.horizon_ms then
+  if at - now > spec.horizon_ms then
     -- Too far ahead to hold a message for: ask again nearer the time, holding nothing.
     mark('rate', name, spec.horizon_ms)
     return {'wait', spec.horizon_ms, name, 'rate'}
@@ -102,29 +110,27 @@ else
   for _, l in ipairs(limits) do
     if l.rate_ms then
       redis.call('HSET', l.tat, 'tat', at + l.rate_ms)
-      if redis.call('PTTL', l.tat) < wait + l.rate_ms + 60000 then
-        redis.call('PEXPIRE', l.tat, math.floor(wait + l.rate_ms + 60000))
+      if redis.call('PTTL', l.tat) < at - now + l.rate_ms + 60000 then
+        redis.call('PEXPIRE', l.tat, math.floor(at - now + l.rate_ms + 60000))
       end
     end
   end
-  if wait > 0 then
-    for _, l in ipairs(limits) do
-      if l.rate_ms then
-        redis.call('ZREMRANGEBYSCORE', l.reserved, '-inf', now - 60000)
-        redis.call('ZADD', l.reserved, at, spec.owner)
-      end
+end
+local wait = at - now
+if wait > spec.near_ms then
+  for _, l in ipairs(limits) do
+    if l.rate_ms then
+      redis.call('ZREMRANGEBYSCORE', l.reserved, '-inf', now - 60000)
+      redis.call('ZADD', l.reserved, at, spec.owner)
     end
-    mark('rate', name, wait)
-    return {'reserved', math.ceil(wait), name}
   end
+  mark('rate', name, wait)
+  -- (back a little before its turn: the rest is waited out in the worker)
+  return {'reserved', math.ceil(wait - spec.near_ms / 2), name}
 end
 for _, l in ipairs(limits) do
   if l.rate_ms then
     redis.call('ZREM', l.reserved, spec.owner)
-    redis.call('HSET', l.tat, 'last', now)
-    if redis.call('PTTL', l.tat) < l.rate_ms + 60000 then
-      redis.call('PEXPIRE', l.tat, math.floor(l.rate_ms + 60000))
-    end
   end
 end
 
@@ -137,4 +143,4 @@ for _, l in ipairs(limits) do
   end
 end
 redis.call('HDEL', THROTTLED, spec.step)
-return {'admitted'}
+return {'admitted', math.max(0, math.ceil(wait)), rated and tostring(at) or ''}
