@@ -708,8 +708,11 @@ def io_section(io: dict[str, Any]) -> str:
         f" requests per second per key (answering after {sz['limit_delay']:g} s), under a"
         f" limit of 20/s, on {sz['limit_workers']} worker processes. Baton:"
         ' `rate_limit="20/s"` with `limit_key` (the API key) on `bench_io.chat_limited`,'
-        " enforced in Redis for every process (a throttled step waits as an ETA retry that"
-        f" holds no worker slot), asyncio pools of {sz['limit_aio_concurrency']}. Celery:"
+        " enforced in Redis for every process: each step gets a turn, 51.25 ms apart (20 per"
+        " second and 25 ms to spare), and its call starts at its turn, at most 25 ms late or"
+        " it takes a new one; a turn more than 1 s off is waited for as an ETA retry that"
+        " holds no worker slot, a nearer one on the worker's event loop. Asyncio pools of"
+        f" {sz['limit_aio_concurrency']}. Celery:"
         ' `rate_limit="20/s"` on the task, which each worker process enforces for itself'
         f" (threads pools of {sz['limit_threads']}), so the API sees up to"
         f" {sz['limit_workers']} × 20/s. Calls refused with 429 are not retried on either"

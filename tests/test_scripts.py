@@ -430,6 +430,25 @@ def test_lease_renews_then_releases_a_lease_its_owner_holds(wf: Workflow) -> Non
     assert Event.ATTEMPT_LOST not in wf.events()  # released, not lost
 
 
+def test_a_lease_released_uncounted_takes_back_its_attempt(wf: Workflow) -> None:
+    # (A rate-limited call that missed its turn never started: not one of its attempts.)
+    wf.make("running")
+    assert wf.begin("step_1", owner="o1").attempt == 1
+    assert wf.store.lease(ID, "step_1", "o1", 0, release=True, uncount=True) is True
+    assert wf.begin("step_1", owner="o2").attempt == 1
+
+
+def test_leases_renew_many_in_one_round_trip_each_saying_whether_it_is_held(
+    wf: Workflow,
+) -> None:
+    wf.make("running")
+    wf.begin("step_1", owner="o1", lease=0)
+    wf.begin("step_2", owner="o2", lease=0)
+    held = [(ID, "step_1", "o1"), (ID, "step_2", "not-o2"), (ID, "step_3", "o3")]
+    assert wf.store.renew_leases(held, 60) == [True, False, False]
+    assert wf.store.live_leases(ID) == ["step_1"]
+
+
 @pytest.mark.parametrize("lease", ["another owner's", "no", "a released"])
 def test_lease_replies_false_to_an_execution_that_does_not_hold_it(
     wf: Workflow, lease: str
