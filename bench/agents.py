@@ -187,4 +187,3 @@ async def emit_timed(step: StepInput[EmitParams]) -> dict[str, Any]:
         step.emit({"i": i, "t": time.time()})
         await asyncio.sleep(p.gap_ms / 1000)
     return {"emitted": p.count}
-
