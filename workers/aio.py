@@ -204,10 +204,7 @@ class _Command:
     options: dict[str, Any]
 
     def schedule(self, g: StepGreenlet) -> None:
-        batch = _batches.get(g.loop)
-        if batch is None:
-            batch = _batches[g.loop] = RedisBatch(g.loop)
-        batch.add(g, self)
+        turns(g.loop).batch.add(g, self)
 
 
 #: Commands that block on the server: never batched (they would hold every other step).
@@ -246,7 +243,7 @@ class RedisBatch:
         for item in pending:
             by_client.setdefault(id(item[1].client), []).append(item)
         for items in by_client.values():
-            pipe = redis.Redis.pipeline(items[0][1].client, transaction=False)
+            pipe = items[0][1].client.pipeline(transaction=False)
             for _, cmd in items:
                 pipe.execute_command(*cmd.args, **cmd.options)  # type: ignore[no-untyped-call]
             try:
@@ -270,6 +267,7 @@ class Turns:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.todo: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self.batch = RedisBatch(loop)  # the Redis commands its greenlets wait on
 
     def push(self, fn: Callable[..., None], *args: Any) -> None:
         if not self.todo:
@@ -288,7 +286,7 @@ class Turns:
 
 
 def turns(loop: asyncio.AbstractEventLoop) -> Turns:
-    """The loop's :class:`Turns` (called on the loop's thread)."""
+    """The loop's :class:`Turns` and :class:`RedisBatch` (called on the loop's thread)."""
     t = _turns.get(loop)
     if t is None:
         t = _turns[loop] = Turns(loop)
@@ -296,11 +294,6 @@ def turns(loop: asyncio.AbstractEventLoop) -> Turns:
 
 
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turns] = weakref.WeakKeyDictionary()
-
-
-_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisBatch] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class AsyncioPool(ThreadTaskPool):  # type: ignore[misc]
