@@ -164,9 +164,14 @@ class StepRun:
             "step %s of %s throttled by %s (%s) for %.2fs",
             self.step_id, self.workflow_id, admission.limit, admission.why, admission.wait,
         )  # fmt: skip
+        self._put_back(admission.wait, reserved=admission.state == "reserved")
+
+    def _put_back(self, countdown: float, *, reserved: bool) -> NoReturn:
+        """Back in line under its limits (a Celery retry that is not one of its attempts);
+        ``reserved``: it holds its rate turn."""
         raise self.ctask.retry(
-            countdown=admission.wait,
-            kwargs={**self.ctask.request.kwargs, "reserved": admission.state == "reserved"},
+            countdown=countdown,
+            kwargs={**self.ctask.request.kwargs, "reserved": reserved},
             max_retries=None,
         )
 
@@ -262,11 +267,7 @@ class StepRun:
         the step goes back in line for a new turn (not one of its attempts)."""
         log.info("step %s of %s missed its rate turn (%s)", self.step_id, self.workflow_id, missed)
         self.store.lease(self.workflow_id, self.step_id, self.owner, 0, release=True, uncount=True)
-        raise self.ctask.retry(
-            countdown=0,
-            kwargs={**self.ctask.request.kwargs, "reserved": False},
-            max_retries=None,
-        )
+        self._put_back(0, reserved=False)
 
     def _renew_slots(self) -> None:
         tt = self.engine.registry.get_task(self.task.agent_id, self.task.task_type)

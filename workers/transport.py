@@ -100,7 +100,7 @@ class Channel(kombu_redis.Channel):
     _sync_client: Any = None
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
-        self._no_ack = getattr(self, "_no_ack", set()) - {queue} | ({queue} if no_ack else set())
+        self._no_ack = (self._no_ack - {queue}) | ({queue} if no_ack else set())
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     _no_ack: set[str] = set()  # queues consumed without acks: nothing of theirs is unacked
