@@ -12,11 +12,12 @@ goes on.
 
 Stock kombu also takes one message per ``BRPOP``, then records it as unacked in a
 pipeline of its own: two round trips and a turn of the consumer's loop per message,
-which caps a worker at a few hundred steps a second however wide its pool. Here, when a
-``BRPOP`` returns, the same queue is popped again for as many more as the worker's
-prefetch window still allows (``RPOP key count``, at most ``FETCH_BATCH``), and they
-are all recorded as unacked in one pipeline before any is handed to Celery: the same
-window, the same redelivery, two round trips per batch.
+which caps a worker at a few hundred steps a second however wide its pool. Here, on
+Redis 7 or newer, the blocking pop is ``BLMPOP ... COUNT n``: one round trip takes as
+many messages as the worker's prefetch window still allows (at most ``FETCH_BATCH``),
+and a batch of more than one is recorded as unacked in one pipeline before any is
+handed to Celery: the same window, the same redelivery, no extra round trip when a
+queue holds one message. Older servers get kombu's ``BRPOP``, one message at a time.
 """
 
 from __future__ import annotations
@@ -105,20 +106,53 @@ class Channel(kombu_redis.Channel):
 
     _no_ack: set[str] = set()  # queues consumed without acks: nothing of theirs is unacked
 
+    def _brpop_start(self, timeout: Any = None) -> None:
+        if not self._blmpop():
+            super()._brpop_start(timeout)
+            return None
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return None
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        keys = [f"{self.global_keyprefix or ''}{key}" for key in keys]
+        window = self.qos.can_consume_max_estimate()
+        count = max(1, min(FETCH_BATCH if window is None else window, FETCH_BATCH))
+        wait = self.brpop_timeout if timeout is None else timeout
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        self.client.connection.send_command(
+            "BLMPOP", wait or 0, len(keys), *keys, "RIGHT", "COUNT", count
+        )
+        return None
+
+    def _blmpop(self) -> bool:
+        """Whether the server has ``BLMPOP`` (Redis 7.0), asked once per channel."""
+        if self._has_blmpop is None:
+            version = str(self._create_client().info("server").get("redis_version", "0"))
+            self._has_blmpop = int(version.split(".")[0]) >= 7
+        return self._has_blmpop
+
+    _has_blmpop: bool | None = None
+
     def _brpop_read(self, **options: Any) -> bool:
-        # kombu's own, up to the first message; then the batch (see the module's docstring).
+        # kombu's own, for a reply of one message (BRPOP) or a batch (BLMPOP).
+        batch = self._blmpop()
         try:
             try:
-                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                reply = self.client.parse_response(
+                    self.client.connection, "BLMPOP" if batch else "BRPOP", **options
+                )
             except self.connection_errors:
                 self.client.connection.disconnect()  # the next turn reconnects
                 raise
             if not reply:
                 raise Empty()
             key = bytes_to_str(reply[0])
+            if batch:  # (the prefixed client strips its prefix from BRPOP's replies only)
+                key = key.removeprefix(self.global_keyprefix or "")
             queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            items = [reply[1], *self._more(key)]
+            items = list(reply[1]) if batch else [reply[1]]
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
@@ -138,16 +172,6 @@ class Channel(kombu_redis.Channel):
         if not envelopes:
             raise Empty()
         return True
-
-    def _more(self, key: str) -> list[bytes]:
-        """More messages from the queue key a BRPOP just took one from, as many as the
-        prefetch window allows (none if it allows no more)."""
-        window = self.qos.can_consume_max_estimate()
-        n = min(FETCH_BATCH if window is None else window, FETCH_BATCH) - 1
-        if n <= 0:
-            return []
-        with self.conn_or_acquire() as client:
-            return client.rpop(key, n) or []
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:
