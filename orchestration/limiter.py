@@ -26,11 +26,14 @@ from orchestration.keys import WorkflowKeys
 from orchestration.limits import Limit, LimitValues, Rate
 from orchestration.names import STREAM_MAXLEN
 
-#: How late after its turn a rate-limited call may start (the jitter of a busy event loop
-#: and of the network). Turns are spaced so that a period holds ``count`` calls plus this
-#: much: a 20/s limit spaces calls 51.25 ms apart, and no second holds 21 calls even when
-#: one starts this late. A step that would start later takes a new turn.
+#: How late after its turn a rate-limited call may start (the jitter of a busy event loop).
+#: A step that would start later takes a new turn.
 ALLOWANCE = 0.025
+#: Room for the time from that check to the request reaching the API (the agent's own code,
+#: its HTTP client, the network), which no check in the worker can see.
+SEND_MARGIN = 0.015
+#: Turns are spaced so that a period holds ``count`` calls plus both: a 20/s limit spaces
+#: calls 52 ms apart, and no second at the API holds 21 calls even when one starts late.
 #: A turn this near is waited out in the worker; a farther one puts the step back.
 NEAR = 1.0
 
@@ -47,8 +50,8 @@ def check_turn(turn_at: float, now: float) -> None:
 
 
 def spacing_ms(rate: Rate) -> float:
-    """Milliseconds between two turns of ``rate`` (see ``ALLOWANCE``)."""
-    return (rate.period + ALLOWANCE) / rate.count * 1000
+    """Milliseconds between two turns of ``rate`` (see ``ALLOWANCE``, ``SEND_MARGIN``)."""
+    return (rate.period + ALLOWANCE + SEND_MARGIN) / rate.count * 1000
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,7 @@ class Turns:
     resumed at once run ``SLICE`` seconds at a time, so the loop's timers (a rate limit's
     turn) and coroutines are never held up by more than that."""
 
-    SLICE = 0.01
+    SLICE = 0.005
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
