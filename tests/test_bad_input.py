@@ -192,7 +192,10 @@ DEFINITION = st.fixed_dictionaries(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    database=None,  # (no .hypothesis/ in the checkout: tests write only to temp dirs)
 )
 @given(definition=DEFINITION)
 def test_fuzzed_definitions_are_either_run_or_refused_never_half_written(

@@ -12,12 +12,15 @@ goes on.
 
 Stock kombu also takes one message per ``BRPOP``, then records it as unacked in a
 pipeline of its own: two round trips and a turn of the consumer's loop per message,
-which caps a worker at a few hundred steps a second however wide its pool. Here, on
-Redis 7 or newer, the blocking pop is ``BLMPOP ... COUNT n``: one round trip takes as
-many messages as the worker's prefetch window still allows (at most ``FETCH_BATCH``),
-and a batch of more than one is recorded as unacked in one pipeline before any is
-handed to Celery: the same window, the same redelivery, no extra round trip when a
-queue holds one message. Older servers get kombu's ``BRPOP``, one message at a time.
+which caps a worker at a few hundred steps a second however wide its pool. Here, while a
+queue has a backlog, a ``BRPOP``'s message comes with as many more from the same queue
+as the worker's prefetch window still allows (``RPOP key count``, at most
+``FETCH_BATCH``), all recorded as unacked in one pipeline before any is handed to
+Celery: the same window, the same redelivery, two round trips per batch. A queue has a
+backlog when its ``BRPOP`` was answered at once, or the last batch found more; a queue
+that is mostly empty (a chain's one message at a time) costs no extra round trip.
+(``BLMPOP ... COUNT`` would take a batch in one, but needs Redis 7, and the embedded
+server is 6.2.)
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from kombu.utils.json import dumps, loads
 log = logging.getLogger("baton.transport")
 #: The most messages taken from a queue in one round trip (the prefetch window bounds it).
 FETCH_BATCH = 100
+#: A BRPOP answered sooner than this (s) found its queue not empty: a backlog.
+AT_ONCE = 0.002
 
 
 class Message(virtual.Message):
@@ -88,6 +93,10 @@ class Channel(kombu_redis.Channel):
     Message = Message
     QoS = QoS
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._backlog: dict[str, bool] = {}  # queue key -> its last batch found more
+        super().__init__(*args, **kwargs)
+
     def _create_client(self, asynchronous: bool = False) -> Any:
         # Stock kombu builds a new client for each publish to a fanout exchange (every
         # batch of task events) and each QoS call; one client (thread-safe: it takes a
@@ -106,53 +115,21 @@ class Channel(kombu_redis.Channel):
 
     _no_ack: set[str] = set()  # queues consumed without acks: nothing of theirs is unacked
 
-    def _brpop_start(self, timeout: Any = None) -> None:
-        if not self._blmpop():
-            super()._brpop_start(timeout)
-            return None
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        if not queues:
-            return None
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        keys = [f"{self.global_keyprefix or ''}{key}" for key in keys]
-        window = self.qos.can_consume_max_estimate()
-        count = max(1, min(FETCH_BATCH if window is None else window, FETCH_BATCH))
-        wait = self.brpop_timeout if timeout is None else timeout
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
-        self.client.connection.send_command(
-            "BLMPOP", wait or 0, len(keys), *keys, "RIGHT", "COUNT", count
-        )
-        return None
-
-    def _blmpop(self) -> bool:
-        """Whether the server has ``BLMPOP`` (Redis 7.0), asked once per channel."""
-        if self._has_blmpop is None:
-            version = str(self._create_client().info("server").get("redis_version", "0"))
-            self._has_blmpop = int(version.split(".")[0]) >= 7
-        return self._has_blmpop
-
-    _has_blmpop: bool | None = None
-
     def _brpop_read(self, **options: Any) -> bool:
-        # kombu's own, for a reply of one message (BRPOP) or a batch (BLMPOP).
-        batch = self._blmpop()
+        # kombu's own, up to the first message; then the batch (see the module's docstring).
         try:
             try:
-                reply = self.client.parse_response(
-                    self.client.connection, "BLMPOP" if batch else "BRPOP", **options
-                )
+                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()  # the next turn reconnects
                 raise
             if not reply:
                 raise Empty()
             key = bytes_to_str(reply[0])
-            if batch:  # (the prefixed client strips its prefix from BRPOP's replies only)
-                key = key.removeprefix(self.global_keyprefix or "")
             queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            items = list(reply[1]) if batch else [reply[1]]
+            at_once = time.monotonic() - (self._brpop_sent_at or 0.0) < AT_ONCE
+            items = [reply[1], *self._more(key, at_once)]
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
@@ -172,6 +149,20 @@ class Channel(kombu_redis.Channel):
         if not envelopes:
             raise Empty()
         return True
+
+    def _more(self, key: str, at_once: bool) -> list[bytes]:
+        """More messages from the queue key a BRPOP just took one from, while it has a
+        backlog, as many as the prefetch window allows (none if it allows no more)."""
+        if not (at_once or self._backlog.get(key)):
+            return []
+        window = self.qos.can_consume_max_estimate()
+        n = min(FETCH_BATCH if window is None else window, FETCH_BATCH) - 1
+        if n <= 0:
+            return []
+        with self.conn_or_acquire() as client:
+            more: list[bytes] = client.rpop(key, n) or []
+        self._backlog[key] = bool(more)
+        return more
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:
