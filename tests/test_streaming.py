@@ -86,7 +86,11 @@ def test_baton_watch_prints_the_events_live_and_exits_with_the_outcome(
     assert first.split(" ", 1)[1] == "workflow running\n"
     wait_gate_started(raw_redis, g)
     open_gate(raw_redis, g)
-    out, err = watch.communicate(timeout=30)
+    # (read on from the same buffered file: communicate() would read the descriptor and
+    # miss a line already buffered with the first one)
+    out = watch.stdout.read()
+    watch.wait(timeout=30)
+    err = watch.stderr.read() if watch.stderr else ""
     lines = [line.split(" ", 1)[1] for line in out.splitlines()]
     assert lines == [
         "step_1 step started",
