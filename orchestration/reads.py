@@ -99,6 +99,11 @@ class StateReader:
             raw = self.redis.get(self.keys(workflow_id).plan)
             if raw is None:
                 raise WorkflowNotFound(workflow_id)
+            # (Another step may have parsed it meanwhile: a thousand steps of one workflow
+            # starting at once in the asyncio pool all wait on that GET together, and a big
+            # plan's parse costs milliseconds each.)
+            if (plan := self._plans.get(workflow_id)) is not None:
+                return plan
             plan = Plan.model_validate_json(raw)
             if len(self._plans) > 1024:
                 self._plans.clear()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
 import threading
 import time
@@ -260,28 +261,44 @@ class RedisBatch:
 class Turns:
     """Greenlet work of a loop, a slice per turn of the loop: a hundred steps started or
     resumed at once run ``SLICE`` seconds at a time, so the loop's timers (a rate limit's
-    turn) and coroutines are never held up by more than that."""
+    turn) and coroutines are never held up by more than that.
+
+    Steps under way are resumed before new ones start: a thousand steps arriving at once
+    would otherwise queue every step's next move behind all the starts, and no call would
+    go out until the last step had begun.
+    """
 
     SLICE = 0.005
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.todo: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self.resumes: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self.starts: deque[Callable[[], None]] = deque()
         self.batch = RedisBatch(loop)  # the Redis commands its greenlets wait on
 
     def push(self, fn: Callable[..., None], *args: Any) -> None:
-        if not self.todo:
+        self._wake()
+        self.resumes.append((fn, args))
+
+    def start(self, fn: Callable[[], None]) -> None:
+        self._wake()
+        self.starts.append(fn)
+
+    def _wake(self) -> None:
+        if not self.resumes and not self.starts:
             self.loop.call_soon(self.run)
-        self.todo.append((fn, args))
 
     def run(self) -> None:
         until = time.monotonic() + self.SLICE
-        while self.todo:
-            fn, args = self.todo.popleft()
-            fn(*args)
+        while self.resumes or self.starts:
+            if self.resumes:
+                fn, args = self.resumes.popleft()
+                fn(*args)
+            else:
+                self.starts.popleft()()
             if time.monotonic() >= until:
                 break
-        if self.todo:
+        if self.resumes or self.starts:
             self.loop.call_soon(self.run)
 
 
@@ -306,6 +323,11 @@ class AsyncioPool(ThreadTaskPool):  # type: ignore[misc]
         self._idle = threading.Condition()
 
     def on_start(self) -> None:
+        # What the worker has built by now (modules, the app, its agents) lives as long as
+        # the process: out of the collector's sight, a full collection with a thousand
+        # steps in flight walks only theirs (it took 100-160 ms a pass, every thread held).
+        gc.collect()
+        gc.freeze()
         event_loop.loop()
         log.info("asyncio pool: up to %d steps at once on one event loop", self.limit)
         super().on_start()
@@ -334,7 +356,7 @@ class AsyncioPool(ThreadTaskPool):  # type: ignore[misc]
 
         with self._idle:
             self._in_flight += 1
-        loop.call_soon_threadsafe(lambda: turns(loop).push(StepGreenlet(run, loop).start))
+        loop.call_soon_threadsafe(lambda: turns(loop).start(StepGreenlet(run, loop).start))
         return None
 
     def on_stop(self) -> None:
