@@ -234,20 +234,17 @@ def bare_concurrency(side: BareIO, api: LLMServer, n: int, warmup: int) -> dict[
 def floor(api: LLMServer, sz: IOSizes) -> dict[str, Any]:
     """The same calls with the same client code, all at once, in this process: no engine."""
 
-    async def run() -> tuple[float, float, float]:
-        try:
-            calls = (bench_agents.chat_call(api.url, KEY, PROMPT) for _ in range(sz.warmup))
-            await asyncio.gather(*calls)
-            api.reset()
-            cpu0, api0 = time.process_time(), _cpu([_api_pid(api)])
-            t0 = time.perf_counter()
-            await asyncio.gather(
-                *(bench_agents.chat_call(api.url, KEY, PROMPT) for _ in range(sz.calls))
-            )
-            wall = time.perf_counter() - t0
-            return wall, time.process_time() - cpu0, _cpu([_api_pid(api)]) - api0
-        finally:
-            await bench_agents.close_clients()
+    async def run() -> tuple[float, float, float]:  # (asyncio.run closes the session)
+        calls = (bench_agents.chat_call(api.url, KEY, PROMPT) for _ in range(sz.warmup))
+        await asyncio.gather(*calls)
+        api.reset()
+        cpu0, api0 = time.process_time(), _cpu([_api_pid(api)])
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(bench_agents.chat_call(api.url, KEY, PROMPT) for _ in range(sz.calls))
+        )
+        wall = time.perf_counter() - t0
+        return wall, time.process_time() - cpu0, _cpu([_api_pid(api)]) - api0
 
     wall, cpu, api_cpu = asyncio.run(run())
     st = _served(api, sz.calls, "no engine")

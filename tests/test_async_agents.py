@@ -16,10 +16,12 @@ import uuid
 
 import redis
 
+from agents import llm
 from orchestration import WorkflowOrchestrator, WorkflowStatus
 from orchestration.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 from tests.helpers import eventually, open_gate, wait_gate_started
+from workers.aio import EventLoop
 
 N = 60
 
@@ -139,3 +141,14 @@ def test_async_steps_send_celery_task_events_for_flower(
     kinds = {e["type"] for e in mine}
     assert {"task-received", "task-started", "task-succeeded"} <= kinds
     assert any("aio" in str(e.get("hostname")) for e in mine if e["type"] == "task-started")
+
+
+def test_a_worker_loop_that_stops_closes_what_closes_with_it() -> None:
+    """A worker's event loop ends as ``asyncio.run``'s does (at warm shutdown): async
+    generators are finalised, so ``llm.session()``'s HTTP session is closed, not left
+    to the garbage collector ("Unclosed client session" in the log)."""
+    loop = EventLoop()
+    session = loop.run(llm.session())
+    assert not session.closed
+    loop.stop()
+    assert session.closed

@@ -79,6 +79,12 @@ class EventLoop:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
                     loop.run_forever()
+                    # (stopped: async generators are finalised, as at asyncio.run's end,
+                    # so what closes with the loop does: llm.session()'s HTTP session)
+                    try:
+                        loop.run_until_complete(loop.shutdown_asyncgens())
+                    finally:
+                        loop.close()
 
                 self._thread = threading.Thread(target=serve, name="baton-loop", daemon=True)
                 self._thread.start()
@@ -114,11 +120,14 @@ class EventLoop:
             future.cancel()
             raise
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         with self._lock:
             loop, self._loop = self._loop, None
+            thread, self._thread = self._thread, None
         if loop is not None and loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
 
 
 async def _bounded(
