@@ -709,8 +709,8 @@ def io_section(io: dict[str, Any]) -> str:
         f" limit of 20/s, on {sz['limit_workers']} worker processes. Baton:"
         ' `rate_limit="20/s"` with `limit_key` (the API key) on `bench_io.chat_limited`,'
         " enforced in Redis for every process: each step gets a turn, 52 ms apart (20 per"
-        " second, 25 ms for a late start and 15 ms for the way to the API), and its call"
-        " starts at its turn, at most 25 ms late or"
+        " second, 10 ms for a late start and 30 ms for the way to the API), and its call"
+        " starts at its turn, at most 10 ms late or"
         " it takes a new one; a turn more than 1 s off is waited for as an ETA retry that"
         " holds no worker slot, a nearer one on the worker's event loop. Asyncio pools of"
         f" {sz['limit_aio_concurrency']}. Celery:"
