@@ -51,7 +51,7 @@ def spacing_ms(rate: Rate) -> float:
     """Milliseconds between two turns of ``rate``: a period holds ``count`` calls plus
     ``ALLOWANCE`` and ``SEND_MARGIN``, so a 20/s limit spaces calls 52 ms apart, and no
     second at the API holds 21 calls even when one starts late and another arrives early
-    (at 10 ms and 30 ms, a bench of 400 calls on 3 workers: 10-15 turns missed in the
+    (at 10 ms and 30 ms, a bench of 400 calls on 3 workers: 10-20 turns missed in the
     first second's rush, and 1,035 ms or more at the API for any 21 calls)."""
     return (rate.period + ALLOWANCE + SEND_MARGIN) / rate.count * 1000
 

@@ -262,9 +262,9 @@ class RedisBatch:
                 replies = [exc] * len(items)
             for (g, _), reply in zip(items, replies, strict=True):
                 if isinstance(reply, Exception):
-                    turns(self.loop).push(g.resume, g.throw, reply)
+                    turns(self.loop).resume(g.resume, g.throw, reply)
                 else:
-                    turns(self.loop).push(g.resume, g.switch, reply)
+                    turns(self.loop).resume(g.resume, g.switch, reply)
 
 
 class Turns:
@@ -285,7 +285,7 @@ class Turns:
         self.starts: deque[Callable[[], None]] = deque()
         self.batch = RedisBatch(loop)  # the Redis commands its greenlets wait on
 
-    def push(self, fn: Callable[..., None], *args: Any) -> None:
+    def resume(self, fn: Callable[..., None], *args: Any) -> None:
         self._wake()
         self.resumes.append((fn, args))
 
