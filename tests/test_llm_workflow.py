@@ -85,4 +85,3 @@ def test_the_llm_agents_rate_limit_keeps_a_burst_under_the_providers_quota(
     stats = llm_worker.stats()["keys"][KEY]
     assert (stats["accepted"], stats["rejected_429"]) == (10, 0)
     assert stats["max_per_second"] <= 5
-
