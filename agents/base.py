@@ -18,10 +18,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from orchestration.broker import agent_queue
 from orchestration.errors import AgentOutputError, EmitTooLarge
-from orchestration.limits import Limit
-from orchestration.models import TaskResult, dumps
+from orchestration.model import TaskResult, dumps
+from orchestration.model.limits import Limit
+from orchestration.model.names import agent_queue
 
 P = TypeVar("P", bound=BaseModel)
 

@@ -12,7 +12,7 @@ from pydantic import model_validator
 
 from agents.base import StepInput
 from agents.registry import Agent
-from orchestration.waits import (
+from orchestration.model.waits import (
     SUBFLOW_TASK,
     WAIT_AGENT,
     WAIT_TASK,

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from agents.base import NoParams, Reads, TaskFn, TaskType
-from orchestration.broker import agent_queue
 from orchestration.errors import AgentModuleError, DuplicateAgent, UnknownAgent, UnknownTaskType
-from orchestration.limits import KeyFn, Limit, declare
+from orchestration.model.limits import KeyFn, Limit, declare
+from orchestration.model.names import agent_queue
 
 BUILTIN_MODULES = (
     "agents.data_processor",
@@ -87,7 +87,7 @@ class Agent:
         def score_records(step: StepInput[ScoreParams]) -> dict: ...
 
     ``rate_limit`` ("60/m") and ``concurrency_limit`` (10) hold for all the agent's steps
-    together, across every worker process and machine (``orchestration/limits.py``).
+    together, across every worker process and machine (``orchestration/model/limits.py``).
     """
 
     agent_id: str

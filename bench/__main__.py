@@ -33,7 +33,7 @@ from bench import profiling, report, scenarios
 from bench import waits as waitsbench
 from bench.scenarios import Sizes
 from bench.sides import BareSide, BatonSide, Side, Workdir, ts
-from orchestration.embedded import RedisServer
+from orchestration.client.embedded import RedisServer
 
 
 def log(msg: str) -> None:
@@ -112,8 +112,8 @@ def _pyspy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
 HOT = (
     ("pool child: executing tasks (Celery tracer)", "trace_task", "celery/app/trace.py"),
     ("· StepRun (a step's five phases)", "__call__", "workers/steps.py"),
-    ("· · StateStore.begin_step", "begin_step", "orchestration/store.py"),
-    ("· · StateStore.commit", "commit", "orchestration/store.py"),
+    ("· · StateStore.begin_step", "begin_step", "orchestration/state/store.py"),
+    ("· · StateStore.commit", "commit", "orchestration/state/store.py"),
     ("· · pydantic validation / serialization", "model_", "pydantic/main.py"),
     ("· Signature.apply_async (publishing)", "apply_async", "celery/canvas.py"),
     ("kombu Producer.publish (any process: tasks and events)", "publish", "kombu/messaging.py"),

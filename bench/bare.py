@@ -22,7 +22,7 @@ from typing import Any
 from celery import Celery
 
 import bench.msglog  # noqa: F401  (message-size log, same in every process)
-from orchestration.broker import celery_config
+from orchestration.flow.broker import celery_config
 from orchestration.settings import BatonSettings
 from workers.transport import install as install_transport
 

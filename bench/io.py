@@ -45,7 +45,7 @@ from bench import agents as bench_agents
 from bench.scenarios import _children, _cpu_seconds, pct
 from bench.sides import BareSide, BatonSide, Workdir
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers
+from orchestration.client.embedded import LocalWorkers
 from tests.llm_server import LLMServer
 
 KEY = "sk-bench"

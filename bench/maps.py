@@ -46,10 +46,10 @@ from bench import msglog
 from bench.bare import QUEUE
 from bench.sides import BareSide, Workdir
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, RedisServer
-from orchestration.keys import WorkflowKeys
-from orchestration.models import WorkflowStatus
+from orchestration.client.embedded import LocalWorkers, RedisServer
+from orchestration.model import WorkflowStatus
 from orchestration.settings import BatonSettings
+from orchestration.state.keys import WorkflowKeys
 
 PREFIX = "bench"
 LIST_TASK = "bench.items"  # the list step's message: not the map's

@@ -28,24 +28,24 @@ _originals: list[tuple[Any, str, Any]] = []
 
 # (module, class, method, phase name) wrapped when present.
 WORKER_PHASES = (
-    ("orchestration.reads", "StateReader", "plan", "plan_load"),
-    ("orchestration.reads", "StateReader", "task", "plan_load"),
-    ("orchestration.store", "StateStore", "begin_step", "begin_step"),
-    ("orchestration.store", "StateStore", "commit", "commit"),
-    ("orchestration.store", "StateStore", "append_history", "note"),
+    ("orchestration.state.reads", "StateReader", "plan", "plan_load"),
+    ("orchestration.state.reads", "StateReader", "task", "plan_load"),
+    ("orchestration.state.store", "StateStore", "begin_step", "begin_step"),
+    ("orchestration.state.store", "StateStore", "commit", "commit"),
+    ("orchestration.state.store", "StateStore", "append_history", "note"),
     ("agents.base", "TaskType", "validate_params", "validate_params"),
     ("agents.base", "TaskType", "run", "agent"),
-    ("orchestration.outbox", "Outbox", "outgoing", "outbox"),
+    ("orchestration.flow.outbox", "Outbox", "outgoing", "outbox"),
     ("workers.steps", "StepRun", "__call__", "engine_other"),
     ("celery.canvas", "Signature", "apply_async", "publish"),
 )
 CLIENT_PHASES = (
-    ("orchestration.client", None, "load_plan", "client_validate"),
-    ("orchestration.store", "StateStore", "create", "client_create"),
-    ("orchestration.outbox", "Outbox", "outgoing", "client_outbox"),
-    ("orchestration.reads", "StateReader", "status_of", "client_status"),
-    ("orchestration.reads", "StateReader", "plan", "client_plan"),
-    ("orchestration.store", "StateStore", "transition", "client_transition"),
+    ("orchestration.client.orchestrator", None, "load_plan", "client_validate"),
+    ("orchestration.state.store", "StateStore", "create", "client_create"),
+    ("orchestration.flow.outbox", "Outbox", "outgoing", "client_outbox"),
+    ("orchestration.state.reads", "StateReader", "status_of", "client_status"),
+    ("orchestration.state.reads", "StateReader", "plan", "client_plan"),
+    ("orchestration.state.store", "StateStore", "transition", "client_transition"),
     ("celery.canvas", "Signature", "apply_async", "client_publish"),
 )
 

@@ -880,7 +880,7 @@ what Celery does twice:
 
 - **The commit sends the next message.** The committing step encodes the next task's
   message itself, exactly as Celery and kombu's Redis transport would
-  (`orchestration/wire.py`, used by `orchestration/outbox.py`: about 45 µs, against
+  (`orchestration/flow/wire.py`, used by `orchestration/flow/outbox.py`: about 45 µs, against
   about 600 µs for `apply_async`, which looks up the routing table, takes a producer
   and publishes a `task-sent` event in round trips of its own), and the commit script
   pushes it with the `task-sent` event in the same atomic step. Celery's

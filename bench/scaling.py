@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, RedisServer
+from orchestration.client.embedded import LocalWorkers, RedisServer
 from orchestration.settings import BatonSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from celery.result import AsyncResult
 from celery.states import READY_STATES as READY
 
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers
+from orchestration.client.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 
 ROOT = Path(__file__).resolve().parents[1]

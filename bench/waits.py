@@ -27,12 +27,12 @@ import redis
 from celery import Celery
 
 from bench.sides import Workdir
-from orchestration.broker import celery_config
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, RedisServer
-from orchestration.keys import WorkflowKeys
-from orchestration.models import WorkflowStatus
+from orchestration.client.embedded import LocalWorkers, RedisServer
+from orchestration.flow.broker import celery_config
+from orchestration.model import WorkflowStatus
 from orchestration.settings import BatonSettings
+from orchestration.state.keys import WorkflowKeys
 
 
 def log(msg: str) -> None:
@@ -109,7 +109,7 @@ def celery_countdowns(url: str, work: Path, n: int, secs: float) -> dict[str, An
     env_py = f"""
 import time
 from celery import Celery
-from orchestration.broker import celery_config
+from orchestration.flow.broker import celery_config
 from orchestration.settings import BatonSettings
 app = Celery("bare_waits")
 app.conf.update(celery_config(BatonSettings(), {url!r}))

@@ -3,10 +3,11 @@ messages) and, on top of it, the client API."""
 
 from __future__ import annotations
 
-from orchestration.client import WorkflowOrchestrator
+from orchestration.client.orchestrator import WorkflowOrchestrator
 from orchestration.errors import (
     BatonError,
     DefinitionError,
+    SignalError,
     StateStoreError,
     StepError,
     StepFailed,
@@ -16,7 +17,7 @@ from orchestration.errors import (
     WorkflowStateError,
     WorkflowTimeout,
 )
-from orchestration.models import (
+from orchestration.model import (
     ParallelStep,
     StreamEvent,
     TaskResult,
@@ -27,7 +28,6 @@ from orchestration.models import (
     WorkflowStatus,
     WorkflowStatusReport,
 )
-from orchestration.waits import SignalError
 
 __all__ = [
     "SignalError",

@@ -115,3 +115,19 @@ def is_retryable(exc: BaseException) -> bool:
 
 class StateStoreError(BatonError):
     """The state store could not be reached or answered unexpectedly."""
+
+
+class SignalError(BatonError, ValueError):
+    """A signal was refused: an unknown name, a payload that does not fit, a workflow that
+    is not waiting for it. Nothing changed."""
+
+
+class MapInputError(StepError):
+    """``over`` did not lead to a list when the map started."""
+
+    retryable = False
+
+
+class TurnMissed(Exception):
+    """A rate-limited call could not start within ``ALLOWANCE`` of its turn (its worker
+    was busy): it must not start now, and goes back in line for a new turn."""

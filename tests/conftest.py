@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, RedisServer
+from orchestration.client.embedded import LocalWorkers, RedisServer
 from orchestration.settings import BatonSettings
 from tests.browser import chromium  # noqa: F401  (a fixture, shared by browser tests)
 

@@ -18,7 +18,7 @@ import redis
 
 from agents import llm
 from orchestration import WorkflowOrchestrator, WorkflowStatus
-from orchestration.embedded import LocalWorkers
+from orchestration.client.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 from tests.helpers import eventually, open_gate, wait_gate_started
 from workers.aio import EventLoop

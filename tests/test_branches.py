@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from orchestration import DefinitionError, TaskStatus, WorkflowStatus
-from orchestration.catalog import load_catalog
 from orchestration.client import WorkflowOrchestrator
-from orchestration.loader import compile_plan, read_definition
+from orchestration.client.agents import load_catalog
+from orchestration.definition.loader import compile_plan, read_definition
 from tests.helpers import step
 
 pytestmark = pytest.mark.workflow_suite

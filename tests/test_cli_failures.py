@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import RedisServer, free_port
+from orchestration.client.embedded import RedisServer, free_port
 from tests.helpers import step
 from tests.test_client import baton
 

@@ -28,7 +28,7 @@ import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import free_port
+from orchestration.client.embedded import free_port
 from tests.browser import DevTools, docs_shot, http, shoot
 from tests.helpers import EXTRACT_AND_CLEAN, eventually, open_gate, step, wait_gate_started
 

@@ -25,8 +25,8 @@ import redis
 
 from orchestration import StateStoreError, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, RedisServer
-from orchestration.models import WorkflowContext
+from orchestration.client.embedded import LocalWorkers, RedisServer
+from orchestration.model import WorkflowContext
 from orchestration.settings import BatonSettings
 from tests.conftest import PARALLEL_AGENTS, ROOT
 from tests.helpers import eventually, gated, open_gate, step, wait_gate_started

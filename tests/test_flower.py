@@ -15,7 +15,7 @@ import pytest
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, free_port
+from orchestration.client.embedded import LocalWorkers, free_port
 from tests.helpers import eventually, step
 
 ROOT = Path(__file__).resolve().parents[1]

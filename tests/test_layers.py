@@ -1,5 +1,6 @@
-"""The layers hold: imports point toward the core, no two modules import each other, and
-the public surface stays what the README documents.
+"""The layers hold: imports point toward the core, the core's rooms import only the rooms
+below them (docs/architecture.md), no two modules import each other, and the public
+surface stays what the README documents.
 
 Read from the source (every import, lazy ones included), so a shortcut taken inside a
 function shows here as well as one at the top of a module.
@@ -18,8 +19,13 @@ PACKAGES = ("orchestration", "agents", "workers")
 # What each package may import from the others (a layer sees only the ones below it).
 ALLOWED = {"orchestration": set(), "agents": {"orchestration"}, "workers": set(PACKAGES)}
 # The top layer living in orchestration/ (users import the client from there): it may
-# reach the agents layer, through catalog.load_catalog only.
-SEAM = {"orchestration.catalog": {"agents"}}
+# reach the agents layer, through client.agents.load_catalog only.
+SEAM = {"orchestration.client.agents": {"agents"}}
+# The core's rooms, bottom first: a module imports only from its own room and those below
+# (errors and settings are the floor; the package's __init__, the public API, the roof).
+RANK = {"errors": 0, "settings": 0, "model": 1, "definition": 2, "state": 3, "flow": 4, "client": 5}
+# What the agents layer may see of the core.
+AGENTS_SEE = {"orchestration.errors", "orchestration.settings", "orchestration.model"}
 
 
 def _module(path: Path) -> str:
@@ -61,6 +67,60 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
         if (top := target.split(".")[0]) != module.split(".")[0]
         and top not in ALLOWED[module.split(".")[0]] | SEAM.get(module, set())
     ]
+    assert wrong == []
+
+
+def _room(module: str) -> str:
+    """The room of a core module (``orchestration.state.store`` -> ``state``); the package
+    itself (the public API) sits above every room."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "api"
+
+
+def test_the_core_rooms_import_only_the_rooms_below_them() -> None:
+    rank = {**RANK, "api": len(RANK)}
+    modules = [m for m in _imports() if m.startswith("orchestration")]
+    assert {_room(m) for m in modules} == set(rank), "a module outside the rooms"
+    wrong = [
+        f"{module} ({_room(module)}) imports {target} ({_room(target)})"
+        for module in modules
+        for target in _imports()[module]
+        if target.startswith("orchestration") and rank[_room(target)] > rank[_room(module)]
+    ]
+    assert wrong == []
+
+
+def test_agents_see_only_the_pure_data_room_errors_and_settings() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in _imports().items()
+        if module.startswith("agents")
+        for target in targets
+        if target.startswith("orchestration")
+        and not any(target == s or target.startswith(s + ".") for s in AGENTS_SEE)
+    ]
+    assert wrong == []
+
+
+def test_the_pure_data_and_definition_rooms_reach_neither_redis_nor_celery() -> None:
+    wrong = []
+    for path in [
+        *(ROOT / "orchestration" / "model").rglob("*.py"),
+        *(ROOT / "orchestration" / "definition").rglob("*.py"),
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            wrong += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] in {"redis", "celery", "kombu"}
+            ]
     assert wrong == []
 
 

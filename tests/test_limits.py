@@ -15,7 +15,7 @@ import redis
 
 from agents import Agent, LimitError
 from orchestration import WorkflowOrchestrator, WorkflowStatus
-from orchestration.embedded import LocalWorkers
+from orchestration.client.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 from tests.conftest import NO_CONTROL
 from tests.helpers import eventually, open_gate, wait_gate_started

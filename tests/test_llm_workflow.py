@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestration import WorkflowOrchestrator, WorkflowStatus
-from orchestration.embedded import LocalWorkers
+from orchestration.client.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 from tests.conftest import NO_CONTROL
 from tests.llm_server import LLMServer, reply_for

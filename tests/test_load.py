@@ -22,7 +22,7 @@ import redis
 
 from orchestration import WorkflowContext, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, RedisServer
+from orchestration.client.embedded import LocalWorkers, RedisServer
 from orchestration.settings import BatonSettings
 from tests.conftest import ROOT
 from tests.helpers import eventually

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.embedded import free_port
+from orchestration.client.embedded import free_port
 from tests.helpers import eventually
 from tests.test_client import baton
 

@@ -8,7 +8,7 @@ import pytest
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers
+from orchestration.client.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 
 

@@ -1,5 +1,5 @@
-"""The contract of each Lua script (``orchestration/lua``): every reply it can give, refusals
-included, as ``orchestration/scripts.py`` decodes it, and the state each reply leaves.
+"""The contract of each Lua script (``orchestration/state/lua``): every reply it can give, refusals
+included, as ``orchestration/state/scripts.py`` decodes it, and the state each reply leaves.
 
 The scripts run on the session's private redis-server, through :class:`StateStore`'s typed
 wrappers (or ``Scripts.call`` where a wrapper turns a reply into an exception); no Celery:
@@ -17,15 +17,15 @@ from uuid import uuid4
 import pytest
 import redis
 
-from orchestration.connection import text
-from orchestration.embedded import RedisServer
+from orchestration.client.embedded import RedisServer
+from orchestration.definition.plan import Plan, PlannedGroup, PlannedTask
 from orchestration.errors import StateStoreError, WorkflowNotFound, WorkflowStateError
-from orchestration.models import RunningStep, TaskResult, TaskStatus, utcnow
-from orchestration.models import WorkflowStatus as S
-from orchestration.names import Event
-from orchestration.plan import Plan, PlannedGroup, PlannedTask
-from orchestration.reads import StepState
-from orchestration.scripts import (
+from orchestration.model import RunningStep, TaskResult, TaskStatus, utcnow
+from orchestration.model import WorkflowStatus as S
+from orchestration.model.names import Event
+from orchestration.state.connection import text
+from orchestration.state.reads import StepState
+from orchestration.state.scripts import (
     BeginReply,
     CommitReply,
     CreateReply,
@@ -34,6 +34,7 @@ from orchestration.scripts import (
     LeaseReply,
     Outcome,
     Outgoing,
+    Push,
     RestoreReply,
     RestoreSpec,
     SendReply,
@@ -41,8 +42,7 @@ from orchestration.scripts import (
     TransitionReply,
     TransitionSpec,
 )
-from orchestration.store import StateStore
-from orchestration.wire import Push
+from orchestration.state.store import StateStore
 
 ID = "wf-1"
 

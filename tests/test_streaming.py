@@ -12,9 +12,9 @@ from typing import Any
 import redis
 
 from orchestration import StreamEvent, WorkflowOrchestrator, WorkflowStatus
-from orchestration.embedded import LocalWorkers
-from orchestration.keys import WorkflowKeys
-from orchestration.names import STREAM_MAXLEN
+from orchestration.client.embedded import LocalWorkers
+from orchestration.model.names import STREAM_MAXLEN
+from orchestration.state.keys import WorkflowKeys
 from tests.helpers import open_gate, wait_gate_started
 from workers.dashboard.views import DashboardReader
 

@@ -11,7 +11,7 @@ import redis
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import LocalWorkers, free_port
+from orchestration.client.embedded import LocalWorkers, free_port
 from orchestration.settings import BatonSettings
 from tests.conftest import ROOT
 from tests.helpers import eventually, step

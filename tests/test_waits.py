@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from orchestration import DefinitionError, WorkflowOrchestrator, WorkflowStatus
-from orchestration.waits import SignalError
+from orchestration.errors import SignalError
 from tests.helpers import eventually, gated, open_gate, wait_gate_started
 
 APPROVAL = {

@@ -1,7 +1,7 @@
 """The wire-format contract: Baton's hand-built task messages against stock Celery's.
 
 Baton's commit scripts push a step's successor onto its queue themselves, with a message
-built by ``orchestration/wire.py`` (the kombu envelope LPUSHed onto the queue's list, and
+built by ``orchestration/flow/wire.py`` (the kombu envelope LPUSHed onto the queue's list, and
 the ``task-sent`` event PUBLISHed on kombu's event fanout channel). Nothing in Celery or
 kombu checks that this copy of their format stays right: a Celery or kombu upgrade that
 changes it (a new header, another envelope field, a renamed list key or channel) would
@@ -29,12 +29,14 @@ import redis
 from celery import Celery
 from celery.canvas import Signature
 
-from orchestration.broker import agent_queue, producer_app
-from orchestration.compiler import step_signature
-from orchestration.embedded import RedisServer
-from orchestration.plan import PlannedTask
+from orchestration.client.embedded import RedisServer
+from orchestration.definition.plan import PlannedTask
+from orchestration.flow.broker import producer_app
+from orchestration.flow.compiler import step_signature
+from orchestration.flow.wire import Encoder, Sent, decode
+from orchestration.model.names import agent_queue
 from orchestration.settings import BatonSettings
-from orchestration.wire import Encoder, Push, Sent, decode
+from orchestration.state.scripts import Push
 
 MISSING = object()
 

@@ -46,8 +46,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from greenlet import getcurrent, greenlet
 
 from agents.registry import Agent
-from orchestration.errors import BatonError
-from orchestration.limiter import TurnMissed, check_turn
+from orchestration.errors import BatonError, TurnMissed
+from orchestration.state.limiter import check_turn
 
 log = logging.getLogger("baton.aio")
 T = TypeVar("T")

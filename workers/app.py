@@ -14,19 +14,14 @@ from celery import Celery, Task
 from celery.signals import worker_ready
 
 from agents.registry import AgentRegistry, load_agents
-from orchestration.broker import (
-    AGGREGATE_TASK,
-    BRANCH_TASK,
-    FINISH_FAILURE_TASK,
-    MAP_TASK,
-    producer_app,
-)
-from orchestration.connection import connect
-from orchestration.embedded import resolve_redis_url
-from orchestration.plan import PlannedMap
+from orchestration.client.embedded import resolve_redis_url
+from orchestration.definition.plan import PlannedMap
+from orchestration.flow.broker import producer_app
+from orchestration.model.names import AGGREGATE_TASK, BRANCH_TASK, FINISH_FAILURE_TASK, MAP_TASK
+from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT, WAIT_TASK
 from orchestration.settings import BatonSettings, get_settings
-from orchestration.store import StateStore
-from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT, WAIT_TASK
+from orchestration.state.connection import connect
+from orchestration.state.store import StateStore
 from workers.aio import LoopRedis
 from workers.aio import register as register_asyncio_pool
 from workers.branches import run_branch

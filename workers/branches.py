@@ -13,11 +13,11 @@ from typing import Any
 
 from celery import Task
 
-from orchestration.broker import AGGREGATOR_AGENT
-from orchestration.compiler import Next, next_messages, step_signature
-from orchestration.models import TaskResult, TaskStatus, WorkflowStatus, utcnow
-from orchestration.plan import PlannedBranch
-from orchestration.scripts import Outcome
+from orchestration.definition.plan import PlannedBranch
+from orchestration.flow.compiler import Next, next_messages, step_signature
+from orchestration.model import TaskResult, TaskStatus, WorkflowStatus, utcnow
+from orchestration.model.names import AGGREGATOR_AGENT
+from orchestration.state.scripts import Outcome
 from workers.engine import Engine
 from workers.steps import outcome_word
 

@@ -20,7 +20,7 @@ import click
 from rich.table import Table
 
 from orchestration.errors import BatonError, WorkflowTimeout
-from orchestration.models import WorkflowStatus
+from orchestration.model import WorkflowStatus
 from orchestration.settings import get_settings, redact
 from workers.failures import FAILED, failure_of
 from workers.render import (
@@ -230,7 +230,7 @@ def watch(workflow_id: str, since: str | None, as_json: bool, timeout: float | N
 @click.option("--by", default=None, help="Who sends it (recorded in the history).")
 def signal(workflow_id: str, name: str, data: str, signal_id: str | None, by: str | None) -> None:
     """Send signal NAME (an approval, a correction) to a workflow's wait step."""
-    from orchestration.waits import SignalError
+    from orchestration.errors import SignalError
 
     try:
         text = Path(data[1:]).read_text() if data.startswith("@") else data
@@ -450,7 +450,7 @@ def flower(port: int, address: str, insecure: bool, flower_args: tuple[str, ...]
     settings = get_settings()
     _guard_address("Flower", address, settings.flower_basic_auth, "BATON_FLOWER_BASIC_AUTH",
                    insecure)  # fmt: skip
-    from orchestration.embedded import resolve_redis_url
+    from orchestration.client.embedded import resolve_redis_url
 
     settings.home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BATON_REDIS_URL": resolve_redis_url(settings)}

@@ -8,7 +8,7 @@ from typing import Any
 
 from agents.registry import load_agents
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import EmbeddedRedis, LocalWorkers
+from orchestration.client.embedded import EmbeddedRedis, LocalWorkers
 from orchestration.settings import BatonSettings, redact
 from workers.routing import queues_for
 

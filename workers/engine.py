@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from agents.registry import AgentRegistry
-from orchestration.dispatch import Dispatcher
-from orchestration.limiter import Limiter
-from orchestration.store import StateStore
+from orchestration.flow.dispatch import Dispatcher
+from orchestration.state.limiter import Limiter
+from orchestration.state.store import StateStore
 from workers.aio import EventLoop, event_loop
 from workers.events import EventWriter
 from workers.leases import LeaseKeeper

@@ -14,7 +14,7 @@ import queue
 import threading
 
 from agents.base import EventSink
-from orchestration.store import StateStore
+from orchestration.state.store import StateStore
 
 log = logging.getLogger("baton.events")
 Item = tuple[str, str, str, str]  # workflow_id, step_id, event, data JSON

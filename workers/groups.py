@@ -11,13 +11,13 @@ from datetime import datetime
 
 from celery import Task
 
-from orchestration.aggregate import aggregators
-from orchestration.broker import AGGREGATOR_AGENT
-from orchestration.compiler import Next, next_messages
-from orchestration.models import RunningStep, TaskResult, TaskStatus, WorkflowStatus, dumps, utcnow
-from orchestration.plan import PlannedGroup, PlannedMap
-from orchestration.reads import StepState
-from orchestration.scripts import Outcome
+from orchestration.definition.plan import PlannedGroup, PlannedMap
+from orchestration.flow.compiler import Next, next_messages
+from orchestration.model import RunningStep, TaskResult, TaskStatus, WorkflowStatus, dumps, utcnow
+from orchestration.model.aggregate import aggregators
+from orchestration.model.names import AGGREGATOR_AGENT
+from orchestration.state.reads import StepState
+from orchestration.state.scripts import Outcome
 from workers.engine import Engine
 from workers.steps import outcome_word
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from orchestration.store import StateStore
+from orchestration.state.store import StateStore
 
 log = logging.getLogger("baton.leases")
 #: Leases renewed in one round trip.

@@ -6,7 +6,7 @@ The start reads the list once, writes its items to the state store and sends as 
 batch messages as the map's window allows; each batch takes the next batch in line,
 runs its items (an async task's all at once on the event loop, a plain one's in turn),
 commits each item's result and sends one more message while batches remain. The last
-batch of the run sends the aggregate. State and scripts: ``orchestration/maps.py``.
+batch of the run sends the aggregate. State and scripts: ``orchestration/state/maps.py``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from celery.canvas import Signature
 from celery.exceptions import SoftTimeLimitExceeded
 
 from agents.base import StepInput, StepOutput, TaskType
-from orchestration.aggregate import aggregators
-from orchestration.broker import AGGREGATOR_AGENT
-from orchestration.compiler import aggregate_signature, batch_signature
-from orchestration.errors import OutputTooLarge, StepError, is_retryable
-from orchestration.maps import ItemResult, MapInputError, MapStore
-from orchestration.models import (
+from orchestration.definition.plan import PlannedMap
+from orchestration.errors import MapInputError, OutputTooLarge, StepError, is_retryable
+from orchestration.flow.compiler import aggregate_signature, batch_signature
+from orchestration.model import (
     RunningStep,
     TaskResult,
     TaskStatus,
@@ -36,9 +34,11 @@ from orchestration.models import (
     dumps,
     utcnow,
 )
-from orchestration.plan import PlannedMap
-from orchestration.reads import decode_results
-from orchestration.scripts import Outgoing
+from orchestration.model.aggregate import aggregators
+from orchestration.model.names import AGGREGATOR_AGENT
+from orchestration.state.maps import ItemResult, MapStore
+from orchestration.state.reads import decode_results
+from orchestration.state.scripts import Outgoing
 from workers.engine import Engine
 from workers.groups import begin_aggregate, commit_node, verdict
 from workers.saga import describe

@@ -17,8 +17,8 @@ import threading
 import time
 import uuid
 
-from orchestration.models import HistoryEntry, WorkflowStatus
-from orchestration.names import Event
+from orchestration.model import HistoryEntry, WorkflowStatus
+from orchestration.model.names import Event
 from orchestration.settings import BatonSettings
 from workers.engine import Engine
 

@@ -14,9 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.broker import serve_hint
-from orchestration.limiter import BudgetUse
-from orchestration.models import (
+from orchestration.flow.broker import serve_hint
+from orchestration.model import (
     StreamEvent,
     WaitingStep,
     WorkflowContext,
@@ -24,6 +23,7 @@ from orchestration.models import (
     WorkflowStatusReport,
     dumps,
 )
+from orchestration.state.limiter import BudgetUse
 
 # No markup: what is printed is data (errors, names), shown verbatim, brackets included.
 console = Console(soft_wrap=True, markup=False, highlight=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agents.registry import AgentRegistry
-from orchestration.broker import CONTROL_QUEUE
+from orchestration.model.names import CONTROL_QUEUE
 
 
 def queues_for(

@@ -13,11 +13,10 @@ import logging
 from celery import Celery, Task
 
 from agents.registry import AgentRegistry
-from orchestration.broker import AGGREGATOR_AGENT
-from orchestration.compiler import compensation_signature
-from orchestration.models import CompensationOutcome, HistoryEntry, TaskStatus, WorkflowStatus
-from orchestration.names import Event
-from orchestration.store import StateStore
+from orchestration.flow.compiler import compensation_signature
+from orchestration.model import CompensationOutcome, HistoryEntry, TaskStatus, WorkflowStatus
+from orchestration.model.names import AGGREGATOR_AGENT, Event
+from orchestration.state.store import StateStore
 
 log = logging.getLogger("baton.saga")
 S = WorkflowStatus

@@ -5,7 +5,7 @@ A message holds ``(workflow_id, step_id, run)``. **Begin** takes the step's leas
 what it may see (one script); **run** calls the agent function; **decide** turns its
 outcome into a retry (a transient error with attempts left) or a ``TaskResult``;
 **commit** writes it with one compare-and-set script, which also sends what comes next
-(``orchestration/outbox.py``); **send on** publishes what the script could not, or starts
+(``orchestration/flow/outbox.py``); **send on** publishes what the script could not, or starts
 the saga when the step failed its workflow. An agent's failure never escapes as the
 worker's: it becomes its step's result.
 """
@@ -25,18 +25,19 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from agents.base import StepInput, StepOutput, TaskType
-from orchestration.compiler import Next, next_messages, step_signature
+from orchestration.definition.loader import plan_handoff
+from orchestration.definition.plan import PlannedTask
 from orchestration.errors import (
     BatonError,
     LimitError,
     OutputTooLarge,
     StepError,
     StepFailed,
+    TurnMissed,
     is_retryable,
 )
-from orchestration.limiter import Budget, TurnMissed, check_turn
-from orchestration.loader import plan_handoff
-from orchestration.models import (
+from orchestration.flow.compiler import Next, next_messages, step_signature
+from orchestration.model import (
     HistoryEntry,
     RunningStep,
     TaskResult,
@@ -44,10 +45,10 @@ from orchestration.models import (
     WorkflowStatus,
     utcnow,
 )
-from orchestration.names import Event
-from orchestration.plan import PlannedTask
-from orchestration.reads import StepState
-from orchestration.scripts import CommitReply, Join, Outcome
+from orchestration.model.names import Event
+from orchestration.state.limiter import Budget, check_turn
+from orchestration.state.reads import StepState
+from orchestration.state.scripts import CommitReply, Join, Outcome
 from workers.engine import Engine
 from workers.saga import describe
 

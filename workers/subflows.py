@@ -16,13 +16,13 @@ import logging
 import time
 from typing import Any
 
+from orchestration.definition.loader import compile_plan, read_definition
 from orchestration.errors import WorkflowNotFound
-from orchestration.keys import due_member
-from orchestration.loader import compile_plan, read_definition
-from orchestration.resume import commit_wait
-from orchestration.scripts import SignalSpec
-from orchestration.timers import DueTimers
-from orchestration.waits import SubflowParams, child_id
+from orchestration.flow.resume import commit_wait
+from orchestration.model.waits import SubflowParams, child_id
+from orchestration.state.keys import due_member
+from orchestration.state.scripts import SignalSpec
+from orchestration.state.timers import DueTimers
 from workers.branches import value_at
 from workers.engine import Engine
 from workers.steps import StepRun, outcome_word

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agents.base import StepOutput
-from orchestration.models import dumps
-from orchestration.reads import StepState
-from orchestration.resume import commit_wait
-from orchestration.scripts import SignalSpec
-from orchestration.timers import DueTimers
-from orchestration.waits import SUBFLOW_TASK, OnTimeoutDefault, WaitParams
+from orchestration.flow.resume import commit_wait
+from orchestration.model import dumps
+from orchestration.model.waits import SUBFLOW_TASK, OnTimeoutDefault, WaitParams
+from orchestration.state.reads import StepState
+from orchestration.state.scripts import SignalSpec
+from orchestration.state.timers import DueTimers
 from workers.engine import Engine
 from workers.steps import StepRun, outcome_word
 from workers.subflows import settle_subflow

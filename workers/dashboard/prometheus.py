@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orchestration.names import STEP_BUCKETS, Metric
+from orchestration.model.names import STEP_BUCKETS, Metric
 
 _HELP = {
     "baton_workflows_total": ("counter", "Workflows by lifecycle event (started) or end status."),

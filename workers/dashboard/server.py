@@ -38,13 +38,12 @@ import tornado.iostream
 import tornado.web
 
 from orchestration.client import WorkflowOrchestrator
-from orchestration.embedded import resolve_redis_url
-from orchestration.errors import WorkflowNotFound
-from orchestration.models import WORKFLOW_ID, WorkflowStatus
-from orchestration.names import Event
-from orchestration.reads import StateReader
+from orchestration.client.embedded import resolve_redis_url
+from orchestration.errors import SignalError, WorkflowNotFound
+from orchestration.model import WORKFLOW_ID, WorkflowStatus
+from orchestration.model.names import Event
 from orchestration.settings import BatonSettings, get_settings, redact
-from orchestration.waits import SignalError
+from orchestration.state.reads import StateReader
 from workers.dashboard.prometheus import render_metrics
 from workers.dashboard.views import DEFAULT_FLOWER_URL, DashboardReader
 

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from orchestration.definition.plan import PlannedBranch, PlannedGroup, PlannedMap, PlannedTask
 from orchestration.errors import WorkflowNotFound
-from orchestration.models import RunningStep, TaskResult, WorkflowStatus, WorkflowStatusReport
-from orchestration.names import RUN_STARTS, Event
-from orchestration.plan import PlannedBranch, PlannedGroup, PlannedMap, PlannedTask
-from orchestration.reads import StateReader, step_sort_key
+from orchestration.model import RunningStep, TaskResult, WorkflowStatus, WorkflowStatusReport
+from orchestration.model.names import RUN_STARTS, Event
+from orchestration.state.reads import StateReader, step_sort_key
 
 DEFAULT_FLOWER_URL = "http://localhost:5555"
 

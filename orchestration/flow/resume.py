@@ -9,11 +9,11 @@ from typing import Any
 
 from celery import Celery
 
-from orchestration.compiler import Next, next_messages
-from orchestration.dispatch import Dispatcher
-from orchestration.models import TaskResult, TaskStatus, dumps, utcnow
-from orchestration.scripts import CommitReply, Join, Outcome, SignalSpec
-from orchestration.store import StateStore
+from orchestration.flow.compiler import Next, next_messages
+from orchestration.flow.dispatch import Dispatcher
+from orchestration.model import TaskResult, TaskStatus, dumps, utcnow
+from orchestration.state.scripts import CommitReply, Join, Outcome, SignalSpec
+from orchestration.state.store import StateStore
 
 
 def commit_wait(

@@ -19,10 +19,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestration.errors import StepError
-from orchestration.models import RunningStep, dumps
-from orchestration.plan import PlannedMap
-from orchestration.scripts import (
+from orchestration.definition.plan import PlannedMap
+from orchestration.errors import MapInputError
+from orchestration.model import RunningStep, dumps
+from orchestration.state.scripts import (
     MapBeginReply,
     MapBeginSpec,
     MapCommitReply,
@@ -31,15 +31,9 @@ from orchestration.scripts import (
     MapStartSpec,
     Outgoing,
 )
-from orchestration.store import StateStore
+from orchestration.state.store import StateStore
 
 CHUNK = 1000  # items written, or results read, per round trip
-
-
-class MapInputError(StepError):
-    """``over`` did not lead to a list when the map started."""
-
-    retryable = False
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Reads are plain commands, pipelined into one round trip where a view needs several keys;
 they never write (``list_ids`` aside, which drops expired ids from the index). Writes are
-``orchestration/store.py``'s, through the Lua scripts.
+``orchestration/state/store.py``'s, through the Lua scripts.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Any
 
 import redis
 
-from orchestration.connection import text
+from orchestration.definition.plan import Plan, PlannedTask
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
-from orchestration.index import WorkflowIndex
-from orchestration.keys import WorkflowKeys, metrics_key
-from orchestration.models import (
+from orchestration.model import (
     Checkpoint,
     CompensationOutcome,
     HistoryEntry,
@@ -33,10 +31,12 @@ from orchestration.models import (
     WorkflowStatus,
     WorkflowStatusReport,
 )
-from orchestration.names import Event
-from orchestration.plan import Plan, PlannedTask
-from orchestration.pubsub import Subscriptions
-from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT, child_id
+from orchestration.model.names import Event
+from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT, child_id
+from orchestration.state.connection import text
+from orchestration.state.index import WorkflowIndex
+from orchestration.state.keys import WorkflowKeys, metrics_key
+from orchestration.state.pubsub import Subscriptions
 
 
 @dataclass(frozen=True)
@@ -312,7 +312,7 @@ class StateReader:
         return [cid for cid, there in zip(ids, pipe.execute(), strict=True) if there]
 
     def map_base(self, workflow_id: str, map_id: str) -> str:
-        """A map's prefix in the maps hash, for its current epoch (``orchestration/maps.py``)."""
+        """A map's prefix in the maps hash, for its current epoch (``orchestration/state/maps.py``)."""
         epoch = self.redis.hget(self.keys(workflow_id).maps, f"epoch:{map_id}")
         return f"{map_id}@{int(epoch or 0)}:"
 

@@ -15,10 +15,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestration.aggregate import aggregators
-from orchestration.catalog import Catalog
+from orchestration.definition.catalog import Catalog
+from orchestration.definition.plan import (
+    Node,
+    Plan,
+    PlannedBranch,
+    PlannedCase,
+    PlannedGroup,
+    PlannedMap,
+    PlannedTask,
+    handoff_id,
+)
 from orchestration.errors import BatonError, DefinitionError, HandoffRefused
-from orchestration.models import (
+from orchestration.model import (
     STEP_BRANCH,
     STEP_GROUP,
     STEP_MAP,
@@ -31,17 +40,8 @@ from orchestration.models import (
     WhenStep,
     WorkflowDefinition,
 )
-from orchestration.plan import (
-    Node,
-    Plan,
-    PlannedBranch,
-    PlannedCase,
-    PlannedGroup,
-    PlannedMap,
-    PlannedTask,
-    handoff_id,
-)
-from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT
+from orchestration.model.aggregate import aggregators
+from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT
 
 DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
 Problems = list[tuple[str, str]]

@@ -4,7 +4,7 @@ A state change names what goes next (the next step, a group's members, the group
 aggregate) as a :class:`~orchestration.compiler.Next`. Here it becomes an
 :class:`~orchestration.scripts.Outgoing`: the task ids, which the script tracks, and,
 when the broker is the state store's own Redis, the messages themselves, encoded as
-stock Celery would (``orchestration/wire.py``), which the script pushes onto their queues
+stock Celery would (``orchestration/flow/wire.py``), which the script pushes onto their queues
 in the same atomic step (``lua/_outbox.lua``): a handoff is never committed without its
 next message, nor sent without its commit. It also spares each step Celery's publish
 path (routing lookup, producer, sent event), which cost more than the rest of a no-op
@@ -26,9 +26,9 @@ from celery import Celery
 from celery.canvas import Signature
 from celery.signals import after_task_publish
 
-from orchestration.compiler import Next
-from orchestration.scripts import Outgoing
-from orchestration.wire import Encoder, Sent, decode
+from orchestration.flow.compiler import Next
+from orchestration.flow.wire import Encoder, Sent, decode
+from orchestration.state.scripts import Outgoing
 
 BATCH = 100  # a big group's members are sent this many per script
 

@@ -9,8 +9,8 @@ import time
 
 import redis
 
-from orchestration.connection import text
-from orchestration.keys import due_key
+from orchestration.state.connection import text
+from orchestration.state.keys import due_key
 
 RECLAIM_MS = 30_000
 _CLAIM = """

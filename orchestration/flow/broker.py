@@ -11,28 +11,13 @@ from typing import Any
 
 from celery import Celery
 
+from orchestration.model.names import (
+    CONTROL_QUEUE,
+    ENGINE,
+    agent_queue,
+    agents_of,
+)
 from orchestration.settings import BatonSettings
-
-#: The engine's own name: its tasks are ``baton.<name>`` on the control queue, and a
-#: group's aggregate result is recorded under it as the agent id.
-ENGINE = "baton"
-AGGREGATOR_AGENT = ENGINE
-CONTROL_QUEUE = f"{ENGINE}.control"
-AGGREGATE_TASK = f"{ENGINE}.aggregate"
-FINISH_FAILURE_TASK = f"{ENGINE}.finish_failure"
-MAP_TASK = f"{ENGINE}.map"  # starts a map: reads its list, sends its first batches
-BRANCH_TASK = f"{ENGINE}.branch"  # a branch: reads its value, takes one way
-
-
-def agent_queue(agent_id: str) -> str:
-    """The queue an agent's tasks go to: one per agent, so workers scale per agent (the
-    engine's own steps, waits, go to the control queue)."""
-    return CONTROL_QUEUE if agent_id == ENGINE else f"agent.{agent_id}"
-
-
-def agents_of(queues: list[str]) -> list[str]:
-    """The agents whose queues these are (``agent.<id>``; the control queue is none)."""
-    return [q.removeprefix("agent.") for q in queues if q.startswith("agent.")]
 
 
 def serve_hint(queues: list[str]) -> str:

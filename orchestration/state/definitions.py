@@ -13,12 +13,12 @@ from typing import Any
 
 import redis
 
-from orchestration.connection import text
+from orchestration.definition.loader import DefinitionSource, read_definition
 from orchestration.errors import DefinitionError
-from orchestration.keys import definitions_key
-from orchestration.loader import DefinitionSource, read_definition
-from orchestration.models import BranchStep, ParallelStep, TaskStep, WhenStep, WorkflowDefinition
-from orchestration.waits import SUBFLOW_TASK, WAIT_AGENT
+from orchestration.model import BranchStep, ParallelStep, TaskStep, WhenStep, WorkflowDefinition
+from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT
+from orchestration.state.connection import text
+from orchestration.state.keys import definitions_key
 
 
 class Definitions:

@@ -1,4 +1,4 @@
-"""The typed contract between Python and the Lua scripts in ``orchestration/lua``.
+"""The typed contract between Python and the Lua scripts in ``orchestration/state/lua``.
 
 Each script has one spec model (what goes in, as ``ARGV[1]``) and one reply record with
 a ``decode`` (what comes back); nothing else reads a script's reply by position. Every
@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, NamedTuple, Self
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestration.connection import text
 from orchestration.errors import StateStoreError
-from orchestration.keys import WorkflowKeys, active_key, due_key, index_key, metrics_key
-from orchestration.models import utcnow
-from orchestration.names import lua_prelude
-from orchestration.wire import Push
+from orchestration.model import utcnow
+from orchestration.model.names import lua_prelude
+from orchestration.state.connection import text
+from orchestration.state.keys import WorkflowKeys, active_key, due_key, index_key, metrics_key
 
 Outcome = Literal["continue", "complete", "fail"]
 SCRIPTS = (
@@ -34,7 +33,7 @@ Raw = list[Any]
 
 
 def _source(name: str) -> str:
-    lua = resources.files("orchestration").joinpath("lua")
+    lua = resources.files("orchestration.state").joinpath("lua")
     parts = [lua_prelude(), *(lua.joinpath(f"{n}.lua").read_text() for n in ("_lib", "_outbox"))]
     return "\n".join([*parts, lua.joinpath(f"{name}.lua").read_text()])
 
@@ -42,9 +41,18 @@ def _source(name: str) -> str:
 # --------------------------------------------------------------------------- what a call sends
 
 
+class Push(NamedTuple):
+    """One thing a script sends: LPUSH ``payload`` onto list ``key`` ("l"), or PUBLISH it
+    on channel ``key`` ("p")."""
+
+    op: Literal["l", "p"]
+    key: str
+    payload: str
+
+
 @dataclass(frozen=True)
 class Outgoing:
-    """Task messages a state change sends, built by ``orchestration/outbox.py``.
+    """Task messages a state change sends, built by ``orchestration/flow/outbox.py``.
 
     ``ids`` are tracked as outstanding in the same script. When the broker is this Redis,
     the script sends ``pushes`` too; else it is empty and the caller publishes them.

@@ -10,8 +10,8 @@ import time
 
 import redis
 
-from orchestration.connection import text
-from orchestration.keys import WorkflowKeys, active_key, index_key
+from orchestration.state.connection import text
+from orchestration.state.keys import WorkflowKeys, active_key, index_key
 
 
 class WorkflowIndex:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestration.models import TaskResult, TaskStatus
+from orchestration.model.records import TaskResult, TaskStatus
 
 Aggregator = Callable[[list[TaskResult], float], Any]
 aggregators: dict[str, Aggregator] = {}

@@ -12,24 +12,24 @@ from typing import Any
 
 import redis
 
-from orchestration.broker import producer_app, serve_hint
-from orchestration.catalog import Catalog, load_catalog
-from orchestration.connection import connect
-from orchestration.definitions import Definitions
-from orchestration.dispatch import Dispatcher
-from orchestration.embedded import EmbeddedRedis, LocalWorkers
+from orchestration.client.agents import load_catalog
+from orchestration.client.embedded import EmbeddedRedis, LocalWorkers
+from orchestration.definition.catalog import Catalog
+from orchestration.definition.loader import DefinitionSource, compile_plan, read_definition
+from orchestration.definition.plan import Plan, PlannedTask
 from orchestration.errors import (
     AmbiguousWorkflowId,
     DefinitionError,
     LimitError,
+    SignalError,
     StateStoreError,
     WorkflowNotFound,
     WorkflowTimeout,
 )
-from orchestration.limiter import BudgetUse, Limiter
-from orchestration.limits import Limit, LimitValues
-from orchestration.loader import DefinitionSource, compile_plan, read_definition
-from orchestration.models import (
+from orchestration.flow.broker import producer_app, serve_hint
+from orchestration.flow.dispatch import Dispatcher
+from orchestration.flow.resume import commit_wait
+from orchestration.model import (
     WORKFLOW_ID,
     Checkpoint,
     StreamEvent,
@@ -38,20 +38,15 @@ from orchestration.models import (
     WorkflowStatus,
     WorkflowStatusReport,
 )
-from orchestration.names import Event
-from orchestration.plan import Plan, PlannedTask
-from orchestration.resume import commit_wait
-from orchestration.scripts import SignalSpec
+from orchestration.model.limits import Limit, LimitValues
+from orchestration.model.names import Event
+from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT, WaitParams, check_payload, child_id
 from orchestration.settings import BatonSettings, get_settings, redact
-from orchestration.store import StateStore
-from orchestration.waits import (
-    SUBFLOW_TASK,
-    WAIT_AGENT,
-    SignalError,
-    WaitParams,
-    check_payload,
-    child_id,
-)
+from orchestration.state.connection import connect
+from orchestration.state.definitions import Definitions
+from orchestration.state.limiter import BudgetUse, Limiter
+from orchestration.state.scripts import SignalSpec
+from orchestration.state.store import StateStore
 
 log = logging.getLogger("baton.client")
 S = WorkflowStatus

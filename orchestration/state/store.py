@@ -1,7 +1,7 @@
 """The state store: a workflow's handoff state in Redis, changed only by atomic scripts.
 
 Every write that touches more than one key is one of the Lua scripts (their typed
-contract is ``orchestration/scripts.py``), so a crash can never leave half a handoff,
+contract is ``orchestration/state/scripts.py``), so a crash can never leave half a handoff,
 and every commit is a compare-and-set on the workflow's status, run and the step's
 absence. The reads are :class:`StateReader`'s, which this extends.
 """
@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import redis
 
+from orchestration.definition.plan import Plan, PlannedTask
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
-from orchestration.keys import WorkflowKeys, due_member
-from orchestration.models import (
+from orchestration.model import (
     CompensationOutcome,
     HistoryEntry,
     RunningStep,
@@ -25,10 +25,10 @@ from orchestration.models import (
     WorkflowStatus,
     dumps,
 )
-from orchestration.names import STREAM_MAXLEN, Event
-from orchestration.plan import Plan, PlannedTask
-from orchestration.reads import StateReader, StepState, decode_results
-from orchestration.scripts import (
+from orchestration.model.names import STREAM_MAXLEN, Event
+from orchestration.state.keys import WorkflowKeys, due_member
+from orchestration.state.reads import StateReader, StepState, decode_results
+from orchestration.state.scripts import (
     NOTHING,
     BeginReply,
     BeginSpec,

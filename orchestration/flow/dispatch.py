@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from celery import Celery
 
-from orchestration.broker import CONTROL_QUEUE, agent_queue
-from orchestration.compiler import Next, start_messages
-from orchestration.models import TaskResult, TaskStatus, WorkflowStatus
-from orchestration.names import Event
-from orchestration.outbox import Outbox
-from orchestration.plan import Plan, PlannedBranch, PlannedGroup, PlannedMap, frontier
-from orchestration.scripts import Outgoing
-from orchestration.store import StateStore
+from orchestration.definition.plan import Plan, PlannedBranch, PlannedGroup, PlannedMap, frontier
+from orchestration.flow.compiler import Next, start_messages
+from orchestration.flow.outbox import Outbox
+from orchestration.model import TaskResult, TaskStatus, WorkflowStatus
+from orchestration.model.names import CONTROL_QUEUE, Event, agent_queue
+from orchestration.state.scripts import Outgoing
+from orchestration.state.store import StateStore
 
 
 class Dispatcher:

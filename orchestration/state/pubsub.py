@@ -9,8 +9,8 @@ from typing import Any
 
 import redis
 
-from orchestration.connection import text
-from orchestration.keys import WorkflowKeys
+from orchestration.state.connection import text
+from orchestration.state.keys import WorkflowKeys
 
 
 class Subscriptions:

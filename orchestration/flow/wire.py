@@ -1,7 +1,7 @@
 """The wire format: Celery task messages as kombu's Redis transport stores them.
 
 Baton's commit scripts push a step's successor onto its queue themselves (see
-``orchestration/outbox.py``), so they need the message exactly as stock Celery would
+``orchestration/flow/outbox.py``), so they need the message exactly as stock Celery would
 write it: the kombu envelope (JSON, base64 body) on the queue's list, and the
 ``task-sent`` event Flower listens for on the event fanout channel. Everything that
 knows that format is in this module; ``tests/test_wire.py`` builds a message both ways
@@ -15,7 +15,7 @@ import base64
 import json
 import os
 import uuid
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from celery import Celery
 from celery.canvas import Signature
@@ -26,14 +26,7 @@ from celery.utils.time import utcoffset
 from kombu.utils.json import dumps as _kombu_dumps
 from redis.connection import parse_url
 
-
-class Push(NamedTuple):
-    """One thing a script sends: LPUSH ``payload`` onto list ``key`` ("l"), or PUBLISH it
-    on channel ``key`` ("p")."""
-
-    op: Literal["l", "p"]
-    key: str
-    payload: str
+from orchestration.state.scripts import Push
 
 
 class Sent(NamedTuple):

@@ -96,10 +96,34 @@ def lua_prelude() -> str:
     buckets = ", ".join(repr(b) for b in STEP_BUCKETS)
     return "\n".join(
         [
-            "-- Generated from orchestration/names.py: the names Python and Lua share.",
+            "-- Generated from orchestration/model/names.py: the names Python and Lua share.",
             _lua_table("EVENT", {e.value: e.value for e in Event}),
             _lua_table("METRIC", {m.value: m.value for m in Metric}),
             f"local BUCKETS = {{{buckets}}}",
             f"local STREAM_MAXLEN = {STREAM_MAXLEN}",
         ]
     )
+
+
+# --------------------------------------------------------------------------- queues and task names
+
+#: The engine's own name: its tasks are ``baton.<name>`` on the control queue, and a
+#: group's aggregate result is recorded under it as the agent id.
+ENGINE = "baton"
+AGGREGATOR_AGENT = ENGINE
+CONTROL_QUEUE = f"{ENGINE}.control"
+AGGREGATE_TASK = f"{ENGINE}.aggregate"
+FINISH_FAILURE_TASK = f"{ENGINE}.finish_failure"
+MAP_TASK = f"{ENGINE}.map"  # starts a map: reads its list, sends its first batches
+BRANCH_TASK = f"{ENGINE}.branch"  # a branch: reads its value, takes one way
+
+
+def agent_queue(agent_id: str) -> str:
+    """The queue an agent's tasks go to: one per agent, so workers scale per agent (the
+    engine's own steps, waits, go to the control queue)."""
+    return CONTROL_QUEUE if agent_id == ENGINE else f"agent.{agent_id}"
+
+
+def agents_of(queues: list[str]) -> list[str]:
+    """The agents whose queues these are (``agent.<id>``; the control queue is none)."""
+    return [q.removeprefix("agent.") for q in queues if q.startswith("agent.")]

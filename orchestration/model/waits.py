@@ -17,7 +17,7 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict
 
-from orchestration.errors import BatonError
+from orchestration.errors import SignalError
 
 WAIT_AGENT, WAIT_TASK = "baton", "wait"
 SUBFLOW_TASK = "workflow"  # a sub-workflow step: it waits for its child to end
@@ -38,11 +38,6 @@ def child_id(workflow_id: str, step_id: str) -> str:
     """A sub-workflow's id: its parent's and the step's, so that it is found again (a
     retried parent goes on with the child it has)."""
     return f"{workflow_id}.{step_id}"
-
-
-class SignalError(BatonError, ValueError):
-    """A signal was refused: an unknown name, a payload that does not fit, a workflow that
-    is not waiting for it. Nothing changed."""
 
 
 class OnTimeoutDefault(BaseModel):

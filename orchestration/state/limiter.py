@@ -1,7 +1,7 @@
 """Rate and concurrency limits in Redis: admission of a step (``lua/limit.lua``), the
 release of its slots, run-time overrides and what each budget is using.
 
-A budget is one limit (``orchestration/limits.py``) and one key of it. Its keys live
+A budget is one limit (``orchestration/model/limits.py``) and one key of it. Its keys live
 under ``<prefix>:limit:<name>:<key>``: its rate state (the GCRA theoretical arrival time:
 the next free turn), the concurrency
 slots held (owner -> expiry, renewed with the step's lease, so a dead worker's slot comes
@@ -20,11 +20,11 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel
 
-from orchestration.connection import text
-from orchestration.errors import LimitError
-from orchestration.keys import WorkflowKeys
-from orchestration.limits import Limit, LimitValues, Rate
-from orchestration.names import STREAM_MAXLEN
+from orchestration.errors import LimitError, TurnMissed
+from orchestration.model.limits import Limit, LimitValues, Rate
+from orchestration.model.names import STREAM_MAXLEN
+from orchestration.state.connection import text
+from orchestration.state.keys import WorkflowKeys
 
 #: How late after its turn a rate-limited call may start (the jitter of a busy event loop).
 #: A step that would start later takes a new turn.
@@ -34,11 +34,6 @@ ALLOWANCE = 0.010
 SEND_MARGIN = 0.030
 #: A turn this near is waited out in the worker; a farther one puts the step back.
 NEAR = 1.0
-
-
-class TurnMissed(Exception):
-    """A rate-limited call could not start within ``ALLOWANCE`` of its turn (its worker
-    was busy): it must not start now, and goes back in line for a new turn."""
 
 
 def check_turn(turn_at: float, now: float) -> None:
@@ -99,7 +94,7 @@ class BudgetUse(BaseModel):
 class Limiter:
     def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
         self.redis, self.prefix = client, prefix
-        source = resources.files("orchestration").joinpath("lua", "limit.lua").read_text()
+        source = resources.files("orchestration.state").joinpath("lua", "limit.lua").read_text()
         self._admit = client.register_script(source)
         self.overrides_key = f"{prefix}:limits"
         self.known_key = f"{prefix}:limit-budgets"

@@ -7,7 +7,7 @@ A sequential run is a chain of step tasks; a group is a chord: its members' task
 branch sequence being a chain inside it), then ``baton.aggregate`` once every branch has
 ended. The links are made by the commits rather than by Celery's chain callback and
 chord counter: each step's commit sends its successor in the same atomic script
-(``orchestration/outbox.py``), and counts its group's ended branches in the state store, where
+(``orchestration/flow/outbox.py``), and counts its group's ended branches in the state store, where
 the results already are, so the last one sends the aggregate. Celery's own chord would
 write every member's result a second time and count them in a key of its own.
 """
@@ -21,7 +21,15 @@ from typing import Any
 from celery import Celery, chain
 from celery.canvas import Signature
 
-from orchestration.broker import (
+from orchestration.definition.plan import (
+    Node,
+    Plan,
+    PlannedBranch,
+    PlannedGroup,
+    PlannedMap,
+    PlannedTask,
+)
+from orchestration.model.names import (
     AGGREGATE_TASK,
     BRANCH_TASK,
     CONTROL_QUEUE,
@@ -29,7 +37,6 @@ from orchestration.broker import (
     MAP_TASK,
     agent_queue,
 )
-from orchestration.plan import Node, Plan, PlannedBranch, PlannedGroup, PlannedMap, PlannedTask
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,17 @@
 """What the core knows of agents: a catalog of task types that definitions are checked
 against. The agent registry (``agents.AgentRegistry``) is one; the core never imports it.
 
-:func:`load_catalog` is the one seam through which the client reaches the agents layer.
+``orchestration.client.agents.load_catalog`` is the one seam through which the client
+reaches the agents layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from orchestration.limits import Limit
+from orchestration.model.limits import Limit
 
 
 class TaskSpec(Protocol):
@@ -35,11 +35,3 @@ class Catalog(Protocol):
     def declared_limits(self) -> dict[str, Limit]:
         """Every rate/concurrency limit its agents and task types declare, by name."""
         ...
-
-
-def load_catalog(modules: Iterable[str] = ()) -> Catalog:
-    """The process's agent registry, with the built-in agents and ``modules`` imported."""
-    # Imported here, not at the top: the agents package imports this one's models.
-    from agents.registry import load_agents
-
-    return load_agents(modules)
