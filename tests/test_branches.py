@@ -9,7 +9,7 @@ import pytest
 from orchestration import DefinitionError, TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from orchestration.client.agents import load_catalog
-from orchestration.definition.loader import compile_plan, read_definition
+from orchestration.definition import compile_plan, read_definition
 from tests.helpers import step
 
 pytestmark = pytest.mark.workflow_suite

@@ -20,7 +20,7 @@ import yaml
 
 from agents import llm
 from agents.registry import load_agents
-from orchestration.definition.loader import load_plan
+from orchestration.definition import load_plan
 from orchestration.errors import StepError
 from orchestration.settings import get_settings
 from tests.llm_server import LLMServer, reply_for, tokens_of

@@ -98,7 +98,7 @@ def test_max_concurrency_caps_the_items_in_flight(
 
 def test_a_definition_must_map_over_an_earlier_output() -> None:
     from orchestration.client.agents import load_catalog
-    from orchestration.definition.loader import compile_plan, read_definition
+    from orchestration.definition import compile_plan, read_definition
 
     bad = {
         "steps": [

@@ -25,7 +25,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from agents.base import StepInput, StepOutput, TaskType
-from orchestration.definition.loader import plan_handoff
+from orchestration.definition import plan_handoff
 from orchestration.definition.plan import PlannedTask
 from orchestration.errors import (
     BatonError,

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from orchestration.definition.loader import compile_plan, read_definition
+from orchestration.definition import compile_plan, read_definition
 from orchestration.errors import WorkflowNotFound
 from orchestration.flow.resume import commit_wait
 from orchestration.model.waits import SubflowParams, child_id

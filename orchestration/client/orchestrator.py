@@ -14,8 +14,8 @@ import redis
 
 from orchestration.client.agents import load_catalog
 from orchestration.client.embedded import EmbeddedRedis, LocalWorkers
+from orchestration.definition import DefinitionSource, compile_plan, read_definition
 from orchestration.definition.catalog import Catalog
-from orchestration.definition.loader import DefinitionSource, compile_plan, read_definition
 from orchestration.definition.plan import Plan, PlannedTask
 from orchestration.errors import (
     AmbiguousWorkflowId,

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from orchestration.definition.loader import DefinitionSource, read_definition
+from orchestration.definition import DefinitionSource, read_definition
 from orchestration.errors import DefinitionError
 from orchestration.model import BranchStep, ParallelStep, TaskStep, WhenStep, WorkflowDefinition
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT

@@ -312,7 +312,7 @@ class StateReader:
         return [cid for cid, there in zip(ids, pipe.execute(), strict=True) if there]
 
     def map_base(self, workflow_id: str, map_id: str) -> str:
-        """A map's prefix in the maps hash, for its current epoch (``orchestration/state/maps.py``)."""
+        """A map's prefix in the maps hash, for its current epoch (``state/maps.py``)."""
         epoch = self.redis.hget(self.keys(workflow_id).maps, f"epoch:{map_id}")
         return f"{map_id}@{int(epoch or 0)}:"
 

@@ -1,18 +1,14 @@
-"""Definitions in (dict, YAML/JSON file, model), a checked :class:`Plan` out.
-
-Everything is checked here, against the agent registry, before a single Redis write:
-agents and task types exist, parameters fit their models, every key a step reads is
-produced by an earlier step. A definition that fails raises :class:`DefinitionError`
-naming each offending field.
+"""Checking a definition into a :class:`Plan`, against the agents' catalog, before a single
+Redis write: agents and task types exist, parameters fit their models, every key a step
+reads is produced by an earlier step, every way of a branch and every sub-workflow is a
+workflow of its own. A definition that fails raises :class:`DefinitionError` naming each
+offending field; a run-time handoff is checked the same way (:func:`plan_handoff`).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestration.definition.catalog import Catalog
@@ -26,13 +22,9 @@ from orchestration.definition.plan import (
     PlannedTask,
     handoff_id,
 )
+from orchestration.definition.read import DefinitionSource, Problems, problems_of, read_definition
 from orchestration.errors import BatonError, DefinitionError, HandoffRefused
 from orchestration.model import (
-    STEP_BRANCH,
-    STEP_GROUP,
-    STEP_MAP,
-    STEP_TASK,
-    STEP_WHEN,
     BranchStep,
     MapStep,
     ParallelStep,
@@ -42,71 +34,6 @@ from orchestration.model import (
 )
 from orchestration.model.aggregate import aggregators
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT
-
-DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
-Problems = list[tuple[str, str]]
-
-
-def _loc(parts: tuple[int | str, ...]) -> str:
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p in (
-            STEP_TASK,
-            STEP_GROUP,
-            STEP_MAP,
-            STEP_BRANCH,
-            STEP_WHEN,
-            "TaskStep",
-        ) or p.startswith("list["):
-            continue  # union member names say nothing to a user
-        else:
-            out += f".{p}" if out else p
-    return out
-
-
-def _problems(exc: ValidationError, prefix: str = "") -> Problems:
-    out = []
-    for err in exc.errors():
-        where = _loc(err["loc"])
-        out.append((f"{prefix}.{where}" if prefix and where else prefix or where, err["msg"]))
-    return out
-
-
-def read_definition(source: DefinitionSource) -> WorkflowDefinition:
-    """Parse a definition from a model, a dict, or a ``.yaml``/``.yml``/``.json`` file."""
-    if isinstance(source, WorkflowDefinition):
-        return source
-    if isinstance(source, str | Path):
-        path = Path(source)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise DefinitionError([(str(path), f"cannot read: {exc.strerror}")]) from None
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except json.JSONDecodeError as exc:
-            where = f"{path}:{exc.lineno}:{exc.colno}"
-            raise DefinitionError([(where, f"not valid JSON: {exc.msg}")]) from None
-        except yaml.YAMLError as exc:
-            raise DefinitionError([_yaml_problem(path, exc)]) from None
-        source = raw
-    if not isinstance(source, dict):
-        raise DefinitionError([("", f"a definition is a mapping, got {type(source).__name__}")])
-    try:
-        return WorkflowDefinition.model_validate(source)
-    except ValidationError as exc:
-        raise DefinitionError(_problems(exc)) from None
-
-
-def _yaml_problem(path: Path, exc: yaml.YAMLError) -> tuple[str, str]:
-    """``file:line:column`` and what is wrong there (PyYAML names ``<unicode string>``)."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    return where, f"not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def plan_task(
@@ -141,7 +68,7 @@ def plan_task(
         try:
             model: BaseModel = task_type.validate_params(step.parameters)
         except ValidationError as exc:
-            problems.extend(_problems(exc, f"{where}.parameters"))
+            problems.extend(problems_of(exc, f"{where}.parameters"))
         else:
             params = model.model_dump(mode="json")
             reads = task_type.reads_for(model)
@@ -477,7 +404,7 @@ def plan_handoff(
     try:
         new = TaskStep.model_validate(handoff)
     except ValidationError as exc:
-        raise HandoffRefused(where, _problems(exc)) from None
+        raise HandoffRefused(where, problems_of(exc)) from None
     problems: Problems = []
     if step.group is not None or step.branch is not None:
         problems.append(("", "handoffs are allowed from top-level steps only"))
