@@ -209,7 +209,7 @@ Case = Annotated[list[Member], Field(min_length=1)]
 class BranchOn(_Strict):
     on: Annotated[str, Field(min_length=1)]
     cases: Annotated[dict[str, Case], Field(min_length=1)]
-    default: Case | None = None
+    default: list[Member] | None = None  # [] as none: a value no case names runs nothing
 
     @model_validator(mode="before")
     @classmethod
