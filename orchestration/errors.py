@@ -18,6 +18,11 @@ class DefinitionError(BatonError, ValueError):
         super().__init__("invalid workflow definition:\n  " + "\n  ".join(lines))
 
 
+class InputTooLarge(DefinitionError):
+    """A workflow's parameters are over ``BATON_MAX_INPUT_BYTES`` as JSON; nothing was
+    written."""
+
+
 class UnknownAgent(BatonError, LookupError):
     """No agent with this id is registered."""
 
@@ -120,6 +125,10 @@ class StateStoreError(BatonError):
 class SignalError(BatonError, ValueError):
     """A signal was refused: an unknown name, a payload that does not fit, a workflow that
     is not waiting for it. Nothing changed."""
+
+
+class SignalTooLarge(SignalError):
+    """A signal's payload is over ``BATON_MAX_INPUT_BYTES`` as JSON; nothing changed."""
 
 
 class MapInputError(StepError):

@@ -42,6 +42,10 @@ class BatonSettings(BaseSettings):
     max_output_bytes: int = Field(
         default=64 * 2**20, description="Largest step output (JSON bytes) committed to state."
     )
+    max_input_bytes: int = Field(
+        default=64 * 2**20,
+        description="Largest workflow parameters, or signal payload, (JSON bytes) taken in.",
+    )
     stall_seconds: float = Field(
         default=120.0, description="No progress and no live lease this long: the reaper acts."
     )

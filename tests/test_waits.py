@@ -3,6 +3,7 @@ timers, on real workers. A waiting workflow holds no worker, no message and no l
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -169,7 +170,7 @@ def test_a_wait_is_checked_at_creation(orch: WorkflowOrchestrator) -> None:
     with pytest.raises(DefinitionError, match="wait_for 'a' twice"):
         orch.create_workflow({"steps": [{"wait_for": "a"}, {"wait_for": "a"}]})
     with pytest.raises(DefinitionError, match="give one of sleep"):
-        orch.create_workflow({"steps": [{"sleep": 1, "sleep_until": "2030-01-01T00:00:00Z"}]})
+        orch.create_workflow({"steps": [{"sleep": 1, "sleep_until": "2027-01-01T00:00:00Z"}]})
     with pytest.raises(DefinitionError, match="bogus: Extra inputs"):
         orch.create_workflow({"steps": [{"wait_for": "a", "bogus": 1}]})
 
@@ -234,3 +235,30 @@ def test_the_approval_example_runs_with_a_reviewer_and_an_analyst(
     assert ctx.status == WorkflowStatus.COMPLETED
     report = Path(ctx.shared_data["final_report"]["report_path"]).read_text()
     assert "approval" in report and "ana" in report and "tier_review" in report
+
+
+def test_a_stored_time_beyond_the_calendar_lists_as_the_far_future(
+    orch: WorkflowOrchestrator, raw_redis: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    # An older version stored what ``sleep: 1e12`` gave: a due time no datetime holds.
+    from workers.dashboard.views import DashboardReader
+
+    wid = orch.run_workflow({"steps": [{"sleep": 3600}]})
+    orch.wait(wid, timeout=30, until=("waiting",))
+    waits_key = orch.store.keys(wid).waits
+    parked = json.loads(raw_redis.hget(waits_key, "step_1"))
+    env = worker_env | {"PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    for stored in ("1.0000017649e+15", "1e400", "-1e400", '"soon"'):
+        raw = json.dumps({**parked, "due_ms": 0}).replace('"due_ms": 0', f'"due_ms": {stored}')
+        raw_redis.hset(waits_key, "step_1", raw)
+
+        [w] = [w for w in orch.waiting() if w.workflow_id == wid]
+        far = stored in ("1.0000017649e+15", "1e400")
+        assert w.until == ("9999-12-31T23:59:59+00:00" if far else None), stored
+        listed = subprocess.run([sys.executable, "-m", "workers.cli", "waiting"], env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert wid in listed.stdout and ("9999-12-31" in listed.stdout) == far
+        [node] = DashboardReader(orch.store).workflow(wid)["nodes"]
+        assert node["step"]["wait"]["until"] == (253402300799 if far else None)
+    orch.cancel_workflow(wid)

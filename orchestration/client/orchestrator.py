@@ -6,7 +6,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -20,8 +19,10 @@ from orchestration.definition.plan import Plan, PlannedTask
 from orchestration.errors import (
     AmbiguousWorkflowId,
     DefinitionError,
+    InputTooLarge,
     LimitError,
     SignalError,
+    SignalTooLarge,
     StateStoreError,
     WorkflowNotFound,
     WorkflowTimeout,
@@ -38,6 +39,7 @@ from orchestration.model import (
     WorkflowStatus,
     WorkflowStatusReport,
 )
+from orchestration.model.bounds import iso_at, over_input_cap
 from orchestration.model.limits import Limit, LimitValues
 from orchestration.model.names import Event
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT, WaitParams, check_payload, child_id
@@ -110,8 +112,13 @@ class WorkflowOrchestrator:
         return self._create(self._plan(definition), workflow_id)[0]
 
     def _plan(self, definition: DefinitionSource) -> Plan:
-        """The checked plan, registered sub-workflows named in it copied in."""
-        return compile_plan(self.definitions.resolve(read_definition(definition)), self.registry)
+        """The checked plan, registered sub-workflows named in it copied in; its parameters
+        within ``BATON_MAX_INPUT_BYTES`` (else ``InputTooLarge``)."""
+        plan = compile_plan(self.definitions.resolve(read_definition(definition)), self.registry)
+        tasks = [*plan.tasks.values(), *(m.member for m in plan.maps)]
+        if why := over_input_cap([t.parameters for t in tasks], self.settings.max_input_bytes):
+            raise InputTooLarge([("parameters", why)])
+        return plan
 
     def register_workflow(self, definition: DefinitionSource) -> str:
         """Register a definition under its name, for ``{"workflow": "<name>"}`` steps of
@@ -251,6 +258,8 @@ class WorkflowOrchestrator:
         ``"kept"``. The same ``signal_id`` again changes nothing: ``"duplicate"``. A name
         the workflow never waits for is refused.
         """
+        if why := over_input_cap(payload, self.settings.max_input_bytes):
+            raise SignalTooLarge(f"signal {name!r} refused: its payload is {why}")
         plan = self.store.plan(workflow_id)
 
         def waits_in(tasks: Iterable[PlannedTask]) -> dict[str, PlannedTask]:
@@ -303,9 +312,7 @@ class WorkflowOrchestrator:
                         step_id=step_id,
                         name=w.get("name") or None,
                         since=w.get("since", ""),
-                        until=datetime.fromtimestamp(w["due_ms"] / 1000, UTC).isoformat()
-                        if w.get("due_ms") and not child
-                        else None,
+                        until=iso_at(w["due_ms"] / 1000) if w.get("due_ms") and not child else None,
                         child=child_id(wid, step_id) if child else None,
                     )
                 )

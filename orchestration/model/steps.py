@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestration.model.bounds import Duration, within_max_ahead
 from orchestration.model.records import IDENT
 
 # --------------------------------------------------------------------------- definitions
@@ -39,9 +40,9 @@ class TaskStep(_Strict):
         default=None, description="shared_data keys handed to the agent (default: all)"
     )
     retries: Annotated[int, Field(ge=0, le=100)] = 0
-    retry_backoff: Annotated[float, Field(gt=0)] = 1.0
-    retry_backoff_max: Annotated[float, Field(gt=0)] = 300.0
-    timeout: Annotated[float, Field(gt=0)] | None = Field(
+    retry_backoff: Annotated[Duration, Field(gt=0)] = 1.0
+    retry_backoff_max: Annotated[Duration, Field(gt=0)] = 300.0
+    timeout: Annotated[Duration, Field(gt=0)] | None = Field(
         default=None, description="soft time limit in seconds; the agent may catch it"
     )
 
@@ -55,7 +56,7 @@ class WaitStep(_Strict):
     wait_for: Annotated[str, Field(pattern=IDENT)]
     output_key: Annotated[str, Field(min_length=1)] | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    timeout: Annotated[float, Field(gt=0)] | None = None
+    timeout: Annotated[Duration, Field(gt=0)] | None = None
     on_timeout: Literal["fail", "continue"] | dict[str, Any] = "fail"
     description: str = ""
 
@@ -71,7 +72,7 @@ class SleepStep(_Strict):
     """``{"sleep": 30}`` or ``{"sleep_until": "2026-12-24T09:00:00Z"}``: a durable timer (no
     process sleeps; it survives restarts of everything)."""
 
-    sleep: Annotated[float, Field(ge=0)] | None = None
+    sleep: Annotated[Duration, Field(ge=0)] | None = None
     sleep_until: datetime | None = None
     output_key: Annotated[str, Field(min_length=1)] | None = None
     description: str = ""
@@ -81,7 +82,7 @@ class SleepStep(_Strict):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("give a time zone (e.g. 2026-12-24T09:00:00Z)")
-        return v
+        return v if v is None else within_max_ahead(v)
 
 
 class SubflowStep(_Strict):
@@ -175,9 +176,9 @@ class MapMember(_Strict):
         default=None, description="shared_data keys handed to each item (default: all but over's)"
     )
     retries: Annotated[int, Field(ge=0, le=100)] = 0
-    retry_backoff: Annotated[float, Field(gt=0)] = 1.0
-    retry_backoff_max: Annotated[float, Field(gt=0)] = 300.0
-    timeout: Annotated[float, Field(gt=0)] | None = None
+    retry_backoff: Annotated[Duration, Field(gt=0)] = 1.0
+    retry_backoff_max: Annotated[Duration, Field(gt=0)] = 300.0
+    timeout: Annotated[Duration, Field(gt=0)] | None = None
 
     def as_task(self) -> TaskStep:
         return TaskStep.model_validate(self.model_dump(exclude={"over"}))

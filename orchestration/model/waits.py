@@ -18,6 +18,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict
 
 from orchestration.errors import SignalError
+from orchestration.model.bounds import FAR_FUTURE
 
 WAIT_AGENT, WAIT_TASK = "baton", "wait"
 SUBFLOW_TASK = "workflow"  # a sub-workflow step: it waits for its child to end
@@ -61,12 +62,17 @@ class WaitParams(BaseModel):
     sleep_until: datetime | None = None
 
     def due(self, reached: float) -> float | None:
-        """When its timer fires (epoch seconds), given when the wait was reached."""
+        """When its timer fires (epoch seconds), given when the wait was reached; at the
+        latest ``FAR_FUTURE`` (a plan stored by an older version may give any duration)."""
         if self.sleep is not None:
-            return reached + self.sleep
-        if self.sleep_until is not None:
-            return self.sleep_until.astimezone(UTC).timestamp()
-        return None if self.timeout is None else reached + self.timeout
+            due = reached + self.sleep
+        elif self.sleep_until is not None:
+            due = self.sleep_until.astimezone(UTC).timestamp()
+        elif self.timeout is not None:
+            due = reached + self.timeout
+        else:
+            return None
+        return min(due, FAR_FUTURE.timestamp())
 
 
 def check_schema(schema: dict[str, Any]) -> str | None:

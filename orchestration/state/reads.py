@@ -31,6 +31,7 @@ from orchestration.model import (
     WorkflowStatus,
     WorkflowStatusReport,
 )
+from orchestration.model.bounds import stored_ms
 from orchestration.model.names import Event
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT, child_id
 from orchestration.state.connection import text
@@ -170,9 +171,11 @@ class StateReader:
         return out
 
     def parked(self, workflow_id: str) -> dict[str, dict[str, Any]]:
-        """The waits parked now: step_id -> {name, run, since, due_ms}."""
+        """The waits parked now: step_id -> {name, run, since, due_ms}; a ``due_ms`` past
+        the calendar's end (an older version took any duration) reads as the far future."""
         raw = self.redis.hgetall(self.keys(workflow_id).waits)
-        return {text(k): json.loads(v) for k, v in raw.items()}
+        parked = {text(k): json.loads(v) for k, v in raw.items()}
+        return {k: {**w, "due_ms": stored_ms(w.get("due_ms"))} for k, w in parked.items()}
 
     def kept_signal(self, workflow_id: str, name: str) -> tuple[str, dict[str, Any]] | None:
         """A signal kept for a wait not reached yet: its payload (JSON) and who sent it."""
