@@ -1,5 +1,6 @@
 """What the ``baton`` command shows: progress bars while workflows run, what a finished
-workflow made, and tables that keep ids whole. (With ``cli.py``, the only code that prints.)
+workflow made, and tables that keep ids whole. (With the ``cli*.py`` modules, the only code
+that prints.)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from orchestration.flow.broker import serve_hint
 from orchestration.model import (
+    Checkpoint,
     StreamEvent,
     WaitingStep,
     WorkflowContext,
@@ -179,5 +181,72 @@ def waiting_table(waits: list[WaitingStep]) -> Table:
             f"signal {w.name}" if w.name else f"workflow {w.child}" if w.child else "a time",
             w.since[:19],
             (w.until or "–")[:19],
+        )
+    return table
+
+
+def status_table(r: WorkflowStatusReport) -> Table:
+    """``baton status``: one row per known field, then links, maps and throttled steps."""
+    table = Table(show_header=False, box=None)
+    for key in (
+        "workflow_id",
+        "name",
+        "status",
+        "progress",
+        "completion_percentage",
+        "task_results",
+        "shared_data_keys",
+        "current_agent",
+        "error",
+        "failed_step",
+        "created_at",
+        "finished_at",
+    ):
+        value = getattr(r, key)
+        if value not in (None, []):
+            table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    for t in r.throttled_steps:
+        table.add_row("throttled", f"{t.step} waits for {t.limit} ({t.why} limit)")
+    if r.parent:
+        table.add_row("parent", f"{r.parent} (its step {r.parent_step})")
+    if r.children:
+        table.add_row("sub-workflows", ", ".join(r.children))
+    for m in r.maps:
+        total = "?" if m.total is None else f"{m.total:,}"
+        table.add_row("map", f"{m.step}: {m.done:,} done, {m.failed:,} failed of {total} items")
+    return table
+
+
+def workflows_table(reports: list[WorkflowStatusReport]) -> Table:
+    """``baton list``: one row per workflow, ids whole."""
+    table = Table("workflow_id", "name", "status", "progress", "created_at")
+    keep_whole(table, 0)
+    table.columns[1].max_width = 24
+    for r in reports:
+        name = f"{r.name} (in {r.parent[:8]})" if r.parent else r.name
+        table.add_row(r.workflow_id, name, r.status.value, r.progress, r.created_at[:19])
+    return table
+
+
+def checkpoints_table(points: list[Checkpoint]) -> Table:
+    """``baton checkpoints``: one row per committed version."""
+    table = Table("version", "event", "step", "agent", "changed", "at")
+    for column in table.columns[1:4]:
+        column.no_wrap, column.overflow = True, "fold"
+    for p in points:
+        agent = f"{p.agent_id}.{p.task_type}" if p.agent_id else ""
+        event = p.event if p.restored_to is None else f"{p.event} (to version {p.restored_to})"
+        table.add_row(str(p.version), event, p.step or "", agent, ", ".join(p.changed), p.timestamp)
+    return table
+
+
+def agents_table(rows: list[dict[str, Any]]) -> Table:
+    """``baton agents``: one row per agent, its queue and task types."""
+    table = Table("agent", "queue", "task types", "description")
+    for column in table.columns[:2]:
+        column.no_wrap, column.overflow = True, "fold"
+    for row in rows:
+        table.add_row(
+            row["agent_id"], row["queue"], ", ".join(row["task_types"]), row["description"]
         )
     return table
