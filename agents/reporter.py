@@ -188,7 +188,7 @@ def _headline(
     amounts = [v for r in records or [] if (v := num(r, "revenue")) is not None]
     if revenue:
         h["total_revenue"] = revenue["sum"]
-        h["average_order_value"] = revenue["mean"]
+        h["average_order_value"] = round(revenue["mean"], 2)  # money: to the cent, as below
     elif amounts:
         h["total_revenue"] = round(sum(amounts), 2)
         h["average_order_value"] = round(sum(amounts) / len(amounts), 2)

@@ -662,3 +662,18 @@ def test_a_report_table_that_is_cut_says_how_much_it_leaves_out() -> None:
         ["series", "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 ... (2 more)"],
         ["nested", "a list of 1"],
     ]
+
+
+def test_both_demo_reports_give_the_average_order_value_to_the_cent(
+    shared: dict[str, Any], truth: dict[str, Any], tmp_path: Path
+) -> None:
+    # Given: the two demos' reports on the same records: the pipeline's, from the statistical
+    # analysis, and Customer Intelligence's, from the records alone (it has no analysis)...
+    with_stats = run("reporter", "generate_report", {"output_dir": str(tmp_path)}, dict(shared))
+    only_records = {k: shared[k] for k in ("cleaned_records", "trend_results")}
+    without = run("reporter", "generate_report", {"output_dir": str(tmp_path)}, only_records)
+    # Then: one figure, given one way: to the cent, in the headline and in the report.
+    expected = round(statistics.mean(_col(truth["clean"], "revenue")), 2)
+    for out in (with_stats, without):
+        assert out["headline"]["average_order_value"] == expected
+        assert f"| average order value | {expected:,.2f} |" in out["content"]
