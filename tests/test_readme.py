@@ -230,7 +230,8 @@ def _commands(block: str) -> list[list[str]]:
             words = list(lex)
         except ValueError:  # an open quote: the command goes on on the next line
             continue
-        pending, command = "", []
+        pending = ""
+        command: list[str] = []
         for word in [*words, ";"]:
             if word in {";", "&", "&&", "|", "||"}:
                 while command and re.fullmatch(r"[A-Z_]+=\S*", command[0]):
