@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -132,3 +133,82 @@ def test_a_sub_workflow_is_checked_with_its_parent(orch: WorkflowOrchestrator) -
         orch.create_workflow(parent(child(step("echo", "b")), outputs={"out": "gone"}))
     with pytest.raises(DefinitionError, match="no workflow is registered as 'nowhere'"):
         orch.create_workflow(parent("nowhere"))
+
+
+def test_a_sub_workflow_in_a_group_gives_its_outputs_to_the_steps_after_it(
+    orch: WorkflowOrchestrator,
+) -> None:
+    sub = {
+        "workflow": child(step("echo", "b", value="made in the group")),
+        "inputs": {"seed": "a.value"},
+        "outputs": {"from_child": "b"},
+    }
+    wid = orch.run_workflow({
+        "name": "parent",
+        "steps": [step("echo", "a", value="seed value"),
+                  {"parallel": [sub, step("echo", "beside")]},
+                  step("read", "after", key="from_child")],
+    })  # fmt: skip
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    made = {"value": "made in the group", "saw_keys": ["seed"], "previous": []}
+    assert ctx.shared_data["from_child"] == made
+    assert ctx.shared_data["after"]["bytes"] == len(json.dumps(made))  # read from the parent
+    assert "from_child" in ctx.shared_data["after"]["saw_keys"]
+    assert orch.get_workflow_status(wid).children == [f"{wid}.step_2.1"]
+
+
+def test_a_sub_workflow_on_a_branch_way_gives_its_outputs_to_the_steps_after_it(
+    orch: WorkflowOrchestrator,
+) -> None:
+    sub = {
+        "workflow": child(step("echo", "b", value="made on the way")),
+        "outputs": {"from_child": "b"},
+    }
+    wid = orch.run_workflow({
+        "name": "parent",
+        "steps": [step("echo", "a", value="go"),
+                  {"branch": {"on": "a.value",
+                              "cases": {"go": [sub, step("read", "on_way", key="from_child")]},
+                              "default": [step("echo", "from_child", value="default")]}},
+                  step("read", "after", key="from_child")],
+    })  # fmt: skip
+    ctx = orch.wait(wid, timeout=60)
+
+    assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
+    assert ctx.shared_data["from_child"]["value"] == "made on the way"
+    size = len(json.dumps(ctx.shared_data["from_child"]))
+    assert ctx.shared_data["on_way"]["bytes"] == ctx.shared_data["after"]["bytes"] == size
+    assert orch.get_workflow_status(wid).children == [f"{wid}.step_2.1.1"]
+
+
+def test_nested_sub_workflow_outputs_are_checked_as_keys_of_their_own(
+    orch: WorkflowOrchestrator,
+) -> None:
+    sub = {"workflow": child(step("echo", "b")), "outputs": {"out": "b"}}
+    # On one way only: a step after the branch may not read it.
+    with pytest.raises(DefinitionError, match="reads 'out', which no earlier step produces"):
+        orch.create_workflow({"steps": [
+            step("echo", "a"),
+            {"when": {"path": "a.value", "equals": 1}, "then": [sub]},
+            step("read", key="out")]})  # fmt: skip
+    # Members of a group do not see each other's keys; the steps after it do.
+    with pytest.raises(DefinitionError, match="reads 'out', which no earlier step produces"):
+        orch.create_workflow({"steps": [{"parallel": [sub, step("read", key="out")]}]})
+    orch.create_workflow({"steps": [{"parallel": [[sub, step("read", key="out")]]},
+                                    step("read", key="out")]})  # fmt: skip
+    # A key a sub-workflow makes is one key: no other step may make it too.
+    with pytest.raises(
+        DefinitionError, match=r"parallel\[1\].outputs.out: 'out' is already in use"
+    ):
+        orch.create_workflow({"steps": [{"parallel": [step("echo", "out"), sub]}]})
+    with pytest.raises(DefinitionError, match="duplicate output_key 'out' .*parallel.0..outputs"):
+        orch.create_workflow({"steps": [{"parallel": [sub, step("echo", "out")]}]})
+    with pytest.raises(DefinitionError, match="duplicate output_key 'out' .*steps.1..outputs"):
+        orch.create_workflow({"steps": [step("echo", "a"), sub, step("echo", "out")]})
+    # Two ways of one branch may each make it: only one of them runs.
+    orch.create_workflow({"steps": [
+        step("echo", "a"),
+        {"when": {"path": "a.value", "equals": 1}, "then": [sub], "else": [step("echo", "out")]},
+        step("read", key="out")]})  # fmt: skip

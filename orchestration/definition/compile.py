@@ -51,9 +51,6 @@ def plan_task(
     dynamic: bool = False,
 ) -> PlannedTask:
     """Check one task step against the registry and the keys available to it."""
-    nested = group is not None or branch is not None
-    if nested and (step.agent_id, step.task_type) == (WAIT_AGENT, SUBFLOW_TASK):
-        plan_subflow(step.parameters, where, reg, problems, available)  # (its outputs: its own)
     params: dict[str, Any] = dict(step.parameters)
     compensation = None
     # What the step loads: its context_keys, else the keys its task type reads, else all.
@@ -93,6 +90,56 @@ def plan_task(
         compensation=compensation,
         dynamic=dynamic,
     )
+
+
+class Keys:
+    """Every key a step makes, where it is made and on which way of a branch (``i:way``):
+    one key, one step, except on two ways of one branch (only one of them runs)."""
+
+    def __init__(self, problems: Problems) -> None:
+        self.problems = problems
+        self.first: dict[str, tuple[str, str | None]] = {}
+
+    def add(self, where: str, key: str, way: str | None = None, *, output_key: bool = True) -> bool:
+        """Record ``key`` made at ``where``; False (a problem named) if another step makes it."""
+        if key in self.first:
+            first, first_way = self.first[key]
+            alternatives = (
+                way and first_way and way != first_way
+                and way.split(":")[0] == first_way.split(":")[0]
+            )  # fmt: skip
+            if not alternatives:
+                self.problems.append(
+                    (where, f"duplicate output_key {key!r} (first used at {first})")
+                    if output_key
+                    else (where, f"{key!r} is already in use (first used at {first})")
+                )
+                return False
+        self.first.setdefault(key, (where, way))
+        return True
+
+
+def plan_step(
+    step: TaskStep, where: str, step_id: str, index: int, reg: Catalog, problems: Problems,
+    available: set[str], keys: Keys, *, way: str | None = None, group: str | None = None,
+    after: str | None = None, branch: str | None = None,
+) -> tuple[PlannedTask, set[str]]:  # fmt: skip
+    """Check a task step where it stands (top level, in a group, on a branch's ``way``), a
+    sub-workflow step as a workflow of its own. Returns it and the keys it makes: its
+    output_key, a sub-workflow's outputs."""
+    made: set[str] = set()
+    if (step.agent_id, step.task_type) == (WAIT_AGENT, SUBFLOW_TASK):
+        made = plan_subflow(step.parameters, where, reg, problems, available, keys, way)
+        if isinstance(step.parameters.get("workflow"), str):  # (named: not registered)
+            step = step.model_copy(update={"parameters": {**step.parameters, "workflow": {}}})
+    planned = plan_task(
+        step, where, step_id, index, reg, problems, available,
+        group=group, after=after, branch=branch,
+    )  # fmt: skip
+    if step.output_key:
+        keys.add(f"{where}.output_key", step.output_key, way)
+        made.add(step.output_key)
+    return planned, made
 
 
 def _check_reads(
@@ -190,6 +237,7 @@ def plan_branch(
     problems: Problems,
     available: set[str],
     tasks: dict[str, PlannedTask],
+    keys: Keys,
 ) -> tuple[PlannedBranch, set[str]]:
     """Check a branch: its path, and every way through it as a sequence of steps. Returns
     it and the keys every way makes (what later steps may read, whichever runs)."""
@@ -212,13 +260,12 @@ def plan_branch(
         seen = set(available)
         for k, member in enumerate(steps):
             mid = f"{step_id}.{n}.{k + 1}"
-            tasks[mid] = plan_task(
-                member, f"{where}.{way}[{k}]", mid, index, reg, problems, seen,
-                after=ids[-1] if ids else None, branch=step_id,
+            tasks[mid], makes = plan_step(
+                member, f"{where}.{way}[{k}]", mid, index, reg, problems, seen, keys,
+                way=f"{index}:{way}", after=ids[-1] if ids else None, branch=step_id,
             )  # fmt: skip
             ids.append(mid)
-            if member.output_key:
-                seen.add(member.output_key)
+            seen |= makes
         made.append(seen - available)
         name, equals, loose = (
             tests[n - 1] if n <= len(tests) else (way.rpartition(".")[2], None, False)
@@ -234,7 +281,13 @@ def plan_branch(
 
 
 def plan_subflow(
-    params: dict[str, Any], where: str, reg: Catalog, problems: Problems, available: set[str]
+    params: dict[str, Any],
+    where: str,
+    reg: Catalog,
+    problems: Problems,
+    available: set[str],
+    keys: Keys,
+    way: str | None = None,
 ) -> set[str]:
     """Check a sub-workflow step: the child as a workflow of its own (its inputs are its
     first keys), its inputs' paths, its outputs. Returns the parent keys it makes."""
@@ -255,23 +308,24 @@ def plan_subflow(
                 (f"{where}.inputs.{key}", f"{path!r}: {parent_key!r} is not produced by any "
                  f"earlier step (available: {have})")
             )  # fmt: skip
+    for parent_key in outputs:
+        here = f"{where}.outputs.{parent_key}"
+        if keys.add(here, parent_key, way, output_key=False) and parent_key in available:
+            problems.append((here, f"{parent_key!r} is already in use"))  # (an input)
     try:
-        definition = read_definition(child or {})
-        compile_plan(definition, reg, initial=set(inputs))
+        _, made = _compile(read_definition(child or {}), reg, initial=set(inputs))
     except DefinitionError as exc:
         problems.extend(
             (f"{where}.workflow.{w}" if w else f"{where}.workflow", m) for w, m in exc.problems
         )
         return set(outputs)
-    made = {k for _, k, _ in definition.output_keys()} | set(inputs)
+    made |= set(inputs)
     for parent_key, child_key in outputs.items():
         if child_key not in made:
             problems.append(
                 (f"{where}.outputs.{parent_key}", f"the sub-workflow makes no {child_key!r} "
                  f"(it makes: {', '.join(sorted(made)) or 'nothing'})")
             )  # fmt: skip
-        if parent_key in available:
-            problems.append((f"{where}.outputs.{parent_key}", f"{parent_key!r} is already in use"))
     return set(outputs)
 
 
@@ -280,7 +334,15 @@ def compile_plan(
 ) -> Plan:
     """Check a parsed definition against the registry and the data flow; assign step ids.
     ``initial``: the keys its shared_data holds from the start (a sub-workflow's inputs)."""
+    return _compile(definition, reg, initial=initial)[0]
+
+
+def _compile(
+    definition: WorkflowDefinition, reg: Catalog, *, initial: set[str] | None = None
+) -> tuple[Plan, set[str]]:
+    """:func:`compile_plan`, and every key the workflow's steps make (on any way)."""
     problems: Problems = []
+    keys = Keys(problems)
     nodes: list[Node] = []
     tasks: dict[str, PlannedTask] = {}
     available: set[str] = set(initial or ())
@@ -288,28 +350,21 @@ def compile_plan(
         sid = f"step_{i + 1}"
         where = f"steps[{i}]"
         if isinstance(step, TaskStep):
-            made: set[str] = set()
-            if (step.agent_id, step.task_type) == (WAIT_AGENT, SUBFLOW_TASK):
-                made = plan_subflow(step.parameters, where, reg, problems, available)
-                step = (
-                    step.model_copy(update={"parameters": {**step.parameters, "workflow": {}}})
-                    if isinstance(step.parameters.get("workflow"), str)
-                    else step
-                )
-            node = plan_task(step, where, sid, i, reg, problems, available)
+            node, made = plan_step(step, where, sid, i, reg, problems, available, keys)
             tasks[sid] = node
             nodes.append(node)
-            available |= made | ({step.output_key} if step.output_key else set())
+            available |= made
             continue
         if isinstance(step, MapStep):
             mapped = plan_map(step, where, sid, i, reg, problems, available)
             nodes.append(mapped)
             if step.output_key:
+                keys.add(f"{where}.output_key", step.output_key)
                 available.add(step.output_key)
             continue
         if isinstance(step, BranchStep | WhenStep):
             branched, produced_on_every_way = plan_branch(
-                step, where, sid, i, reg, problems, available, tasks
+                step, where, sid, i, reg, problems, available, tasks, keys
             )
             nodes.append(branched)
             available |= produced_on_every_way
@@ -326,23 +381,18 @@ def compile_plan(
                 suffix = f".{k + 1}" if isinstance(branch, list) else ""
                 mwhere = f"{where}.parallel[{b}]" + (f"[{k}]" if isinstance(branch, list) else "")
                 mid = f"{sid}.{b + 1}{suffix}"
-                tasks[mid] = plan_task(
-                    member,
-                    mwhere,
-                    mid,
-                    i,
-                    reg,
-                    problems,
-                    seen,
-                    group=sid,
-                    after=ids[-1] if ids else None,
-                )
+                tasks[mid], made = plan_step(
+                    member, mwhere, mid, i, reg, problems, seen, keys,
+                    group=sid, after=ids[-1] if ids else None,
+                )  # fmt: skip
                 ids.append(mid)
-                if member.output_key:
-                    seen.add(member.output_key)
-                    produced.add(member.output_key)
+                seen |= made
+                produced |= made
             branches.append(ids)
-        available |= produced | ({step.output_key} if step.output_key else set())
+        if step.output_key:
+            keys.add(f"{where}.output_key", step.output_key)
+            produced.add(step.output_key)
+        available |= produced
         nodes.append(
             PlannedGroup(
                 step_id=sid,
@@ -354,18 +404,6 @@ def compile_plan(
                 min_success_rate=step.min_success_rate,
             )
         )
-    seen_keys: dict[str, tuple[str, str | None]] = {}
-    for where, key, way in definition.output_keys():
-        if key in seen_keys:
-            first, first_way = seen_keys[key]
-            # Two ways of one branch may make the same key: only one of them runs.
-            alternatives = (
-                way and first_way and way != first_way
-                and way.split(":")[0] == first_way.split(":")[0]
-            )  # fmt: skip
-            if not alternatives:
-                problems.append((where, f"duplicate output_key {key!r} (first used at {first})"))
-        seen_keys.setdefault(key, (where, way))
     seen_waits: dict[str, str] = {}
     for t in tasks.values():  # a signal names one wait
         name = t.parameters.get("name") if t.agent_id == WAIT_AGENT else None
@@ -377,7 +415,7 @@ def compile_plan(
             seen_waits.setdefault(name, t.step_id)
     if problems:
         raise DefinitionError(problems)
-    return Plan(
+    plan = Plan(
         name=definition.name,
         description=definition.description,
         nodes=nodes,
@@ -385,6 +423,7 @@ def compile_plan(
         max_handoffs=definition.max_handoffs,
         deadline_seconds=definition.deadline_seconds,
     )
+    return plan, set(keys.first)
 
 
 def load_plan(source: DefinitionSource, reg: Catalog) -> Plan:
