@@ -30,12 +30,13 @@ def echo_json(values: list[Any]) -> None:
     click.echo(json.dumps(dumped, indent=2, ensure_ascii=False))
 
 
-def show(values: list[Any], as_json: bool, table: Callable[[Any], RenderableType]) -> None:
-    """``values`` as JSON (``--json``), or as the table made of them."""
+def show(values: list[Any], as_json: bool, table: Callable[[Any, int], RenderableType]) -> None:
+    """``values`` as JSON (``--json``), or as the table made of them, as wide as the
+    terminal (``COLUMNS``; 80 when it is no terminal)."""
     if as_json:
         echo_json(values)
     else:
-        console.print(table(values))
+        console.print(table(values, console.width))
 
 
 def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

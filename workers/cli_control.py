@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from workers.cli_common import orchestrator, show
-from workers.render import checkpoints_table
+from workers.render_tables import checkpoints_table
 
 
 def _control(action: str, workflow_id: str) -> None:

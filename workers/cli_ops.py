@@ -10,12 +10,14 @@ import sys
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from orchestration.errors import BatonError
 from orchestration.model import WorkflowStatus
 from orchestration.settings import get_settings, redact
 from workers.cli_common import show
-from workers.render import agents_table, console, outcome_lines, render_progress
+from workers.render import console, outcome_lines, render_progress
+from workers.render_tables import agents_table
 
 
 @click.command()
@@ -113,9 +115,14 @@ def agents(as_json: bool) -> None:
 
 
 def _guard_address(
-    what: str, address: str, credentials: object, setting: str, insecure: bool
+    what: str, address: str, setting: str, credentials: SecretStr | None, insecure: bool
 ) -> None:
-    """Refuse to serve ``what`` beyond this machine without credentials, unless told to."""
+    """Refuse credentials not of the form user:password, and to serve ``what`` beyond this
+    machine without credentials, unless told to."""
+    from workers.dashboard.server import check_basic_auth
+
+    check_basic_auth(setting, credentials.get_secret_value() if credentials else None,
+                     several=what == "Flower")  # fmt: skip
     if credentials or _loopback(address):
         return
     if not insecure:
@@ -150,7 +157,7 @@ def flower(port: int, address: str, insecure: bool, flower_args: tuple[str, ...]
     Beyond 127.0.0.1 it needs those credentials (or --insecure).
     """
     settings = get_settings()
-    _guard_address("Flower", address, settings.flower_basic_auth, "BATON_FLOWER_BASIC_AUTH",
+    _guard_address("Flower", address, "BATON_FLOWER_BASIC_AUTH", settings.flower_basic_auth,
                    insecure)  # fmt: skip
     from orchestration.client.embedded import resolve_redis_url
 
@@ -202,8 +209,8 @@ def dashboard(host: str, port: int, flower_url: str, insecure: bool) -> None:
 
     With BATON_DASHBOARD_BASIC_AUTH=user:password every page, API and /metrics ask for
     it; beyond 127.0.0.1 the dashboard needs it (or --insecure)."""
-    _guard_address("the dashboard", host, get_settings().dashboard_basic_auth,
-                   "BATON_DASHBOARD_BASIC_AUTH", insecure)  # fmt: skip
+    _guard_address("the dashboard", host, "BATON_DASHBOARD_BASIC_AUTH",
+                   get_settings().dashboard_basic_auth, insecure)  # fmt: skip
     from workers.dashboard import serve
 
     click.echo(f"baton dashboard: http://{host}:{port}/ (metrics: /metrics)", err=True)

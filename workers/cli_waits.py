@@ -9,15 +9,17 @@ from pathlib import Path
 
 import click
 
-from workers.cli_common import orchestrator, show
-from workers.render import limits_table, waiting_table
+from workers.cli_common import not_empty, orchestrator, show
+from workers.render_tables import limits_table, waiting_table
 
 
 @click.command()
 @click.argument("workflow_id")
 @click.argument("name")
 @click.option("--data", default="null", help="The payload: JSON, or @file.json.")
-@click.option("--id", "signal_id", default=None, help="Idempotency key: applied once.")
+@click.option(
+    "--id", "signal_id", default=None, callback=not_empty, help="Idempotency key: applied once."
+)
 @click.option("--by", default=None, help="Who sends it (recorded in the history).")
 def signal(workflow_id: str, name: str, data: str, signal_id: str | None, by: str | None) -> None:
     """Send signal NAME (an approval, a correction) to a workflow's wait step."""

@@ -1,7 +1,8 @@
 """Expected failures of the ``baton`` command as one plain line, a hint and an exit code.
 
-Exit codes: 0 ok; 1 the workflow failed; 2 the request was refused (bad input, unknown
-or ambiguous id, an operation the workflow's status does not allow); 3 Baton could not
+Exit codes: 0 ok; 1 the workflow failed; 2 the request was refused (bad input or
+arguments, unknown or ambiguous id, an operation the workflow's status does not allow, an
+agent module that cannot be imported, a malformed basic-auth setting); 3 Baton could not
 reach its Redis or broker (unreachable, refused credentials, a malformed URL); 4 timed
 out waiting. Anything not listed here is a bug and keeps its traceback.
 """
@@ -9,22 +10,25 @@ out waiting. Anything not listed here is a bug and keeps its traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from orchestration.errors import (
+    AgentModuleError,
     BatonError,
     DefinitionError,
     StateStoreError,
     WorkflowNotFound,
     WorkflowTimeout,
 )
-from orchestration.settings import get_settings, redact
+from orchestration.settings import BatonSettings, get_settings, redact
 
 OK, FAILED, REFUSED, UNREACHABLE, TIMED_OUT = 0, 1, 2, 3, 4
 URL_FIELDS = {"redis_url": "BATON_REDIS_URL", "broker_url": "BATON_BROKER_URL"}
+URL_HINT = "use redis://[:password@]host:port/db"
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,30 @@ class Failure:
         return f"baton: {text}" + (f" (hint: {self.hint})" if self.hint else "")
 
 
+class Refused(BatonError):
+    """A failure the command names itself: its message, hint and exit code."""
+
+    def __init__(self, message: str, hint: str = "", code: int = REFUSED) -> None:
+        super().__init__(message)
+        self.hint, self.code = hint, code
+
+
+def check_urls(settings: BatonSettings) -> None:
+    """Refuse a Redis or broker URL that cannot even be parsed (a port out of range, a
+    broken IPv6 address), naming the setting and never the URL (it may hold a password)."""
+    for field, name in URL_FIELDS.items():
+        url = getattr(settings, field)
+        try:
+            parts = urlsplit(url or "")
+            parts.port  # noqa: B018  (parsing the port is the check)
+        except ValueError as exc:
+            raise Refused(f"{name} is not a valid URL: {exc}", URL_HINT, UNREACHABLE) from None
+
+
 def failure_of(exc: BaseException) -> Failure | None:
     """The expected failure ``exc`` is, or None for an unexpected one."""
+    if isinstance(exc, Refused):
+        return Failure(exc.code, str(exc), exc.hint)
     if isinstance(exc, WorkflowTimeout):
         hint = "wait longer with --timeout, or see `baton status`"
         if "no live worker consumes" in str(exc):
@@ -48,6 +74,8 @@ def failure_of(exc: BaseException) -> Failure | None:
     if isinstance(exc, DefinitionError):
         problems = "; ".join(f"{where}: {what}" if where else what for where, what in exc.problems)
         return Failure(REFUSED, f"invalid workflow definition: {problems}")
+    if isinstance(exc, AgentModuleError):
+        return Failure(REFUSED, str(exc), "fix it, or leave it out of BATON_AGENT_MODULES")
     if isinstance(exc, WorkflowNotFound):
         return Failure(REFUSED, str(exc), "`baton list` shows the recent workflows")
     if isinstance(exc, redis.AuthenticationError) or (
@@ -67,7 +95,7 @@ def failure_of(exc: BaseException) -> Failure | None:
     if isinstance(exc, ValidationError) and exc.title == "BatonSettings":
         return _settings(exc)
     if isinstance(exc, ValueError) and "Redis URL must specify" in str(exc):
-        return Failure(UNREACHABLE, f"not a Redis URL: {exc}", "use redis://host:port/db")
+        return Failure(UNREACHABLE, f"not a Redis URL: {exc}", URL_HINT)
     if isinstance(exc, BatonError):
         return Failure(REFUSED, str(exc))
     return None

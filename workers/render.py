@@ -1,31 +1,29 @@
 """What the ``baton`` command shows: progress bars while workflows run, what a finished
-workflow made, and tables that keep ids whole. (With the ``cli*.py`` modules, the only code
-that prints.)
+workflow made, a workflow's events one a line (``render_tables.py`` has the tables). (With
+the ``cli*.py`` modules, the only code that prints.)
 """
 
 from __future__ import annotations
 
+import json
 import time
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from orchestration.flow.broker import serve_hint
 from orchestration.model import (
-    Checkpoint,
     StreamEvent,
-    WaitingStep,
     WorkflowContext,
     WorkflowStatus,
     WorkflowStatusReport,
-    dumps,
 )
-from orchestration.state.limiter import BudgetUse
+from orchestration.model.names import Event
 
 # No markup: what is printed is data (errors, names), shown verbatim, brackets included.
 console = Console(soft_wrap=True, markup=False, highlight=False)
@@ -116,137 +114,48 @@ def outcome_lines(ctx: WorkflowContext) -> list[str]:
     return lines
 
 
-def keep_whole(table: Table, column: int) -> None:
-    """Keep a column's values whole (ids): the other columns shrink or wrap instead."""
-    table.columns[column].no_wrap = True
-    table.columns[column].overflow = "fold"
-    table.columns[column].min_width = 36
+def text_of(value: Any) -> str:
+    """A value as it reads: a string as it is, anything else as compact JSON, its text as
+    text (no ``\\u00fc`` escapes)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def event_line(e: StreamEvent) -> str:
-    """One stream event as one line: time, step, what happened."""
+def event_line(e: StreamEvent, children: Mapping[str, str] | None = None) -> str:
+    """One stream event as one line: time, step, what happened. A map's items are named
+    ``step[index]``, its batches ``step batch N``; ``children``: the sub-workflow of each
+    step that runs one (parked as a wait, but not one)."""
+    children = children or {}
     at = e.at.strftime("%H:%M:%S.%f")[:-3]
-    step = f" {e.step}" if e.step else ""
-    if e.event == "emitted":
-        what = e.data if isinstance(e.data, str) else dumps(e.data)
-    elif e.event == "progress" and isinstance(e.data, dict):
+    step, _, batch = (e.step or "").partition("#")
+    step = f" {step} batch {batch}" if batch else f" {step}" if step else ""
+    if e.event == Event.EMITTED:
+        what = text_of(e.data)
+    elif e.event == Event.STEP_STARTED:
+        what = "started" if batch else "step started"
+    elif e.event == Event.PROGRESS and isinstance(e.data, dict):
         total = e.data.get("total")
         what = f"progress {e.data.get('done')}" + (f"/{total}" if total is not None else "")
-        what += f" {e.data['message']}" if e.data.get("message") else ""
-    elif e.event == "map_progress" and isinstance(e.data, dict):
+        what += f" {text_of(e.data['message'])}" if e.data.get("message") else ""
+    elif e.event == Event.MAP_PROGRESS and isinstance(e.data, dict):
         d = e.data
         what = f"map {d.get('done', 0):,} done, {d.get('failed', 0):,} failed of {d.get('total'):,}"
-    elif e.event == "committed":
+    elif e.event == Event.COMMITTED:
         what = f"{e.result or 'committed'} (version {e.version})"
         what += f": {e.error}" if e.error else ""
         what += f"; workflow {e.status}" if e.status and e.status != "running" else ""
-    elif e.event == "status":
+    elif e.event == Event.STATUS:
         what = f"workflow {e.status}"
+        if e.status == WorkflowStatus.WAITING and children:
+            what += f" (on sub-workflow {', '.join(children.values())})"
+    elif e.event == Event.WAIT_PARKED and e.step in children:
+        what = f"started sub-workflow {children[e.step]}"
+    elif e.event == Event.WAIT_PARKED and isinstance(e.data, dict):
+        name, due = e.data.get("name"), e.data.get("due_ms")
+        until = datetime.fromtimestamp(due / 1000, UTC).strftime("%H:%M:%S") if due else ""
+        what = f"waits for signal {name}" if name else "waits"
+        what += f" until {until}" if until else ""
     else:
         what = e.event.replace("_", " ") + (f": {e.error}" if e.error else "")
     return f"{at}{step} {what}"
-
-
-def limits_table(uses: list[BudgetUse]) -> Table:
-    """``baton limits``: one row per limit and key, and who waits below it."""
-    table = Table("limit", "key", "rate", "concurrency", "running", "waiting", "next in")
-    table.columns[0].no_wrap = table.columns[1].no_wrap = True
-    waiting: list[str] = []
-    for u in uses:
-        table.add_row(
-            u.name + (" *" if u.overridden else ""),
-            u.key or "–",
-            u.rate or "–",
-            str(u.concurrency or "–"),
-            str(u.running),
-            str(u.waiting),
-            f"{u.next_free_in:.2f}s" if u.next_free_in else "now",
-        )
-        if u.waiters:
-            more = f" (+{u.waiting - len(u.waiters)} more)" if u.waiting > len(u.waiters) else ""
-            waiting.append(f"{u.name} {u.key or '–'} first waiting: {', '.join(u.waiters)}{more}")
-    caption = ["* set at run time (baton limits set); baton limits reset NAME undoes it"]
-    table.caption = "\n".join([*waiting, *caption])
-    return table
-
-
-def waiting_table(waits: list[WaitingStep]) -> Table:
-    """``baton waiting``: one row per parked wait, ids whole."""
-    table = Table("workflow", "step", "waits for", "since", "until")
-    table.columns[0].no_wrap = True
-    for w in waits:
-        table.add_row(
-            w.workflow_id,
-            w.step_id,
-            f"signal {w.name}" if w.name else f"workflow {w.child}" if w.child else "a time",
-            w.since[:19],
-            (w.until or "–")[:19],
-        )
-    return table
-
-
-def status_table(r: WorkflowStatusReport) -> Table:
-    """``baton status``: one row per known field, then links, maps and throttled steps."""
-    table = Table(show_header=False, box=None)
-    for key in (
-        "workflow_id",
-        "name",
-        "status",
-        "progress",
-        "completion_percentage",
-        "task_results",
-        "shared_data_keys",
-        "current_agent",
-        "error",
-        "failed_step",
-        "created_at",
-        "finished_at",
-    ):
-        value = getattr(r, key)
-        if value not in (None, []):
-            table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    for t in r.throttled_steps:
-        table.add_row("throttled", f"{t.step} waits for {t.limit} ({t.why} limit)")
-    if r.parent:
-        table.add_row("parent", f"{r.parent} (its step {r.parent_step})")
-    if r.children:
-        table.add_row("sub-workflows", ", ".join(r.children))
-    for m in r.maps:
-        total = "?" if m.total is None else f"{m.total:,}"
-        table.add_row("map", f"{m.step}: {m.done:,} done, {m.failed:,} failed of {total} items")
-    return table
-
-
-def workflows_table(reports: list[WorkflowStatusReport]) -> Table:
-    """``baton list``: one row per workflow, ids whole."""
-    table = Table("workflow_id", "name", "status", "progress", "created_at")
-    keep_whole(table, 0)
-    table.columns[1].max_width = 24
-    for r in reports:
-        name = f"{r.name} (in {r.parent[:8]})" if r.parent else r.name
-        table.add_row(r.workflow_id, name, r.status.value, r.progress, r.created_at[:19])
-    return table
-
-
-def checkpoints_table(points: list[Checkpoint]) -> Table:
-    """``baton checkpoints``: one row per committed version."""
-    table = Table("version", "event", "step", "agent", "changed", "at")
-    for column in table.columns[1:4]:
-        column.no_wrap, column.overflow = True, "fold"
-    for p in points:
-        agent = f"{p.agent_id}.{p.task_type}" if p.agent_id else ""
-        event = p.event if p.restored_to is None else f"{p.event} (to version {p.restored_to})"
-        table.add_row(str(p.version), event, p.step or "", agent, ", ".join(p.changed), p.timestamp)
-    return table
-
-
-def agents_table(rows: list[dict[str, Any]]) -> Table:
-    """``baton agents``: one row per agent, its queue and task types."""
-    table = Table("agent", "queue", "task types", "description")
-    for column in table.columns[:2]:
-        column.no_wrap, column.overflow = True, "fold"
-    for row in rows:
-        table.add_row(
-            row["agent_id"], row["queue"], ", ".join(row["task_types"]), row["description"]
-        )
-    return table

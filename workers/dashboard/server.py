@@ -39,7 +39,7 @@ import tornado.web
 
 from orchestration.client import WorkflowOrchestrator
 from orchestration.client.embedded import resolve_redis_url
-from orchestration.errors import SignalError, WorkflowNotFound
+from orchestration.errors import BatonError, SignalError, WorkflowNotFound
 from orchestration.model import WORKFLOW_ID, WorkflowStatus
 from orchestration.model.names import Event
 from orchestration.settings import BatonSettings, get_settings, redact
@@ -307,6 +307,16 @@ def make_app(
     )
 
 
+def check_basic_auth(setting: str, credentials: str | None, several: bool = False) -> None:
+    """Refuse credentials not of the form ``user:password`` (with ``several``, pairs
+    separated by commas, as Flower takes them), saying so and showing none of them."""
+    form = "user:password" + ("[,user2:password2]" if several else "")
+    pairs = (credentials or "").split(",") if several else [credentials or ""]
+    # (empty is unset, as make_app takes it)
+    if credentials and not all(p.partition(":")[0] and ":" in p for p in pairs):
+        raise BatonError(f"{setting} must have the form {form}: a user, a colon, a password")
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
@@ -315,13 +325,15 @@ def serve(
 ) -> None:
     """Serve the dashboard until interrupted, on the Redis the settings name."""
     settings = settings or get_settings()
+    auth = settings.dashboard_basic_auth
+    credentials = auth.get_secret_value() if auth else None
+    check_basic_auth("BATON_DASHBOARD_BASIC_AUTH", credentials)
     url = resolve_redis_url(settings)
     client = redis.Redis.from_url(url, health_check_interval=30)
     store = StateReader(client, prefix=settings.key_prefix)
-    auth = settings.dashboard_basic_auth
     orch = WorkflowOrchestrator(url, settings=settings, local_workers=False)
     app = make_app(
-        store, flower_url, credentials=auth.get_secret_value() if auth else None,
+        store, flower_url, credentials=credentials,
         signal=lambda wid, name, payload, sid, by: orch.signal(wid, name, payload, sid, by=by),
     )  # fmt: skip
 
