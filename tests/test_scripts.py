@@ -23,9 +23,11 @@ from orchestration.errors import StateStoreError, WorkflowNotFound, WorkflowStat
 from orchestration.model import RunningStep, TaskResult, TaskStatus, utcnow
 from orchestration.model import WorkflowStatus as S
 from orchestration.model.names import Event
+from orchestration.state.commit import CommitRequest
 from orchestration.state.connection import text
 from orchestration.state.reads import StepState
 from orchestration.state.scripts import (
+    NOTHING,
     BeginReply,
     CommitReply,
     CreateReply,
@@ -127,8 +129,11 @@ class Workflow:
             error=None if ok else "boom", output_key=f"out_{step}",
         )  # fmt: skip
         kw.setdefault("advance", "." not in step)
-        return self.store.commit(ID, result, node=step, output_json=json.dumps(value),
-                                 outcome=outcome, run=run, owner=owner, **kw)  # fmt: skip
+        send = kw.pop("send", NOTHING)
+        request = CommitRequest(workflow_id=ID, result=result, node=step, run=run,
+                                outcome=outcome, output_json=json.dumps(value), owner=owner,
+                                **kw)  # fmt: skip
+        return self.store.commit(request, send)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from orchestration.definition.plan import PlannedBranch
 from orchestration.flow.compiler import Next, next_messages, step_signature
 from orchestration.model import TaskResult, TaskStatus, WorkflowStatus, utcnow
 from orchestration.model.names import AGGREGATOR_AGENT
+from orchestration.state.commit import CommitRequest
 from orchestration.state.scripts import Outcome
 from workers.engine import Engine
 from workers.steps import outcome_word
@@ -72,14 +73,11 @@ def run_branch(engine: Engine, ctask: Task, workflow_id: str, branch_id: str, ru
     else:
         nxt = next_messages(engine.app, plan, workflow_id, node, run)
     outcome: Outcome = "complete" if not taken and plan.is_last(node.index) else "continue"
-    reply = store.commit(
-        workflow_id, result, node=branch_id, output_json="null", advance=False,
-        outcome=outcome, run=run, task_id=ctask.request.id,
-        send=engine.dispatch.outgoing(nxt, ctask.request.id),
-        add_steps=len(taken) - 1, skipped=skipped,
+    request = CommitRequest(
+        workflow_id=workflow_id, result=result, node=branch_id, run=run, outcome=outcome,
+        task_id=ctask.request.id, add_steps=len(taken) - 1, skipped=tuple(skipped),
     )  # fmt: skip
+    reply = engine.dispatch.commit(request, nxt)
     if not reply.committed:
         return outcome_word(reply.state)
-    if reply.status == S.RUNNING:
-        engine.dispatch.send_rest(nxt)
     return outcome_word(f"took {way.name if way else 'no way'}")

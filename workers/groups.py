@@ -16,6 +16,7 @@ from orchestration.flow.compiler import Next, next_messages
 from orchestration.model import RunningStep, TaskResult, TaskStatus, WorkflowStatus, dumps, utcnow
 from orchestration.model.aggregate import aggregators
 from orchestration.model.names import AGGREGATOR_AGENT
+from orchestration.state.commit import CommitRequest
 from orchestration.state.reads import StepState
 from orchestration.state.scripts import Outcome
 from workers.engine import Engine
@@ -89,21 +90,13 @@ def commit_node(
     ok = result.status == TaskStatus.COMPLETED
     nxt = next_messages(engine.app, plan, workflow_id, node, run) if ok else Next()
     outcome: Outcome = "fail" if not ok else "complete" if plan.is_last(node.index) else "continue"
-    reply = engine.store.commit(
-        workflow_id,
-        result,
-        node=node.step_id,
-        output_json=output_json,
-        advance=True,
-        outcome=outcome,
-        run=run,
-        task_id=ctask.request.id,
-        send=engine.dispatch.outgoing(nxt, ctask.request.id),
-    )
+    request = CommitRequest(
+        workflow_id=workflow_id, result=result, node=node.step_id, run=run, outcome=outcome,
+        advance=True, output_json=output_json, task_id=ctask.request.id,
+    )  # fmt: skip
+    reply = engine.dispatch.commit(request, nxt)
     if reply.committed and reply.status == S.COMPENSATING:
         engine.saga.fail_workflow(workflow_id, run)
-    elif reply.committed and reply.status == S.RUNNING:
-        engine.dispatch.send_rest(nxt)
 
 
 def run_aggregate(engine: Engine, ctask: Task, workflow_id: str, group_id: str, run: int) -> str:

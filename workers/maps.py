@@ -19,13 +19,12 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.canvas import Signature
 from celery.exceptions import SoftTimeLimitExceeded
 
 from agents.base import StepInput, StepOutput, TaskType
 from orchestration.definition.plan import PlannedMap
 from orchestration.errors import MapInputError, OutputTooLarge, StepError, is_retryable
-from orchestration.flow.compiler import aggregate_signature, batch_signature
+from orchestration.flow.compiler import Next, aggregate_signature, batch_signature
 from orchestration.model import (
     RunningStep,
     TaskResult,
@@ -81,15 +80,16 @@ def run_map_start(
         batch_signature(engine.app, workflow_id, node, run) for _ in range(min(window, len(todo)))
     ]
     aggregate = aggregate_signature(engine.app, workflow_id, map_id, run)
-    outbox = engine.dispatch.outbox
-    out = outbox.batch(sigs, ctask.request.id)
-    out = Outgoing(out.ids, out.pushes, map_id, outbox.batch([aggregate], ctask.request.id))
-    reply = maps.start(
-        workflow_id, node, base, run, n, todo, window, out, task_id=ctask.request.id, reset=reset
+    sending = engine.dispatch.prepare(
+        Next(sigs, group=map_id, aggregate=aggregate), ctask.request.id, whole=True
     )
+    reply = maps.start(
+        workflow_id, node, base, run, n, todo, window, sending.outgoing,
+        task_id=ctask.request.id, reset=reset,
+    )  # fmt: skip
     if reply.state != "ok":
         return outcome_word(reply.state)
-    _published(engine, sigs[: reply.sent], aggregate, reply.aggregate_id, reply.aggregate_message)
+    engine.dispatch.follow(reply, sending)
     log.info("map %s of %s: %d items, %d batches sent", map_id, workflow_id, n, reply.sent)
     return outcome_word(f"started: {n} items")
 
@@ -180,18 +180,6 @@ def fail_map(
     return outcome_word("failed", error)
 
 
-def _published(
-    engine: Engine, sigs: list[Signature], aggregate: Signature, agg_id: str, agg_message: str
-) -> None:
-    """After a script sent messages: on another broker, publish them; inline, announce."""
-    outbox = engine.dispatch.outbox
-    if agg_id and not outbox.inline:
-        sigs = [*sigs, aggregate.set(task_id=agg_id)]
-    outbox.published(sigs)
-    if agg_message:
-        outbox.announce(agg_message)
-
-
 class MapBatchRun(StepRun):
     """One message of a map: the batch it takes, its items run, their results committed."""
 
@@ -247,19 +235,19 @@ class MapBatchRun(StepRun):
             finally:
                 self.engine.events.flush()  # its emits come before its commit
         sig = batch_signature(self.engine.app, self.workflow_id, node, self.run_no)
-        reply = self.maps.commit(
-            self.workflow_id, node, base, self.run_no, n, state.batch, results,
-            earlier_failed=earlier_failed, task_id=self.ctask.request.id,
-            send=self.engine.dispatch.outbox.batch([sig], self.ctask.request.id),
-        )  # fmt: skip
-        if not reply.committed:
-            return self._not_run(reply.state)
         aggregate = aggregate_signature(
             self.engine.app, self.workflow_id, node.step_id, self.run_no
         )
-        _published(
-            self.engine, [sig][: reply.sent], aggregate, reply.aggregate_id, reply.aggregate_message
+        sending = self.engine.dispatch.prepare(
+            Next([sig], aggregate=aggregate), self.ctask.request.id
         )
+        reply = self.maps.commit(
+            self.workflow_id, node, base, self.run_no, n, state.batch, results,
+            earlier_failed=earlier_failed, task_id=self.ctask.request.id, send=sending.outgoing,
+        )  # fmt: skip
+        if not reply.committed:
+            return self._not_run(reply.state)
+        self.engine.dispatch.follow(reply, sending)
         ok = sum(r.ok for r in results.values())
         return outcome_word(f"batch {state.batch}: {ok} of {len(results)} items completed")
 

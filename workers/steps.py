@@ -46,9 +46,10 @@ from orchestration.model import (
     utcnow,
 )
 from orchestration.model.names import Event
+from orchestration.state.commit import CommitRequest
 from orchestration.state.limiter import Budget, check_turn
 from orchestration.state.reads import StepState
-from orchestration.state.scripts import CommitReply, Join, Outcome
+from orchestration.state.scripts import CommitReply, Outcome
 from workers.engine import Engine
 from workers.saga import describe
 
@@ -127,7 +128,7 @@ class StepRun:
         reply = self.commit(result, output, handoff, nxt)
         if not reply.committed:
             return self._not_run(reply.state)
-        self.send_on(reply, nxt, result)
+        self.send_on(reply, result)
         ok = result.status == TaskStatus.COMPLETED
         return outcome_word("completed" if ok else "failed", result.error)
 
@@ -410,28 +411,20 @@ class StepRun:
         top = task.group is None  # (a branch's steps run in turn, as top-level ones do)
         last = plan.ends_workflow(task) and handoff is None
         outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
-        return self.store.commit(
-            self.workflow_id,
-            result,
-            node=self.step_id,
+        request = CommitRequest(
+            workflow_id=self.workflow_id, result=result, node=self.step_id, run=self.run_no,
+            outcome=outcome, advance=top,
             output_json=output.encoded if ok and output else "null",
-            advance=top,
-            outcome=outcome,
-            run=self.run_no,
-            task_id=self.ctask.request.id,
-            owner=self.owner,
-            send=self.engine.dispatch.outgoing(nxt, self.ctask.request.id),
-            join=Join(group=nxt.group, total=len(nxt.ends)) if nxt.group and nxt.joins else None,
-            handoff=handoff,
-            max_handoffs=plan.max_handoffs,
-            consume=self.consume,
-        )
+            task_id=self.ctask.request.id, owner=self.owner, handoff=handoff,
+            max_handoffs=plan.max_handoffs, consume=self.consume,
+        )  # fmt: skip
+        return self.engine.dispatch.commit(request, nxt)
 
     # ------------------------------------------------------------------ send on
 
-    def send_on(self, reply: CommitReply, nxt: Next, result: TaskResult) -> None:
-        """Publish what the script could not send; or, if this failed the workflow, start
-        the saga (and raise ``StepFailed``, so Celery marks a top-level step's task failed)."""
+    def send_on(self, reply: CommitReply, result: TaskResult) -> None:
+        """If this failed the workflow, start the saga (and raise ``StepFailed``, so Celery
+        marks a top-level step's task failed); what follows went with the commit."""
         if reply.status == S.COMPENSATING:
             self.engine.saga.fail_workflow(self.workflow_id, self.run_no)
             if self.task.group is None:
@@ -439,5 +432,3 @@ class StepRun:
                     f"workflow {self.workflow_id} failed at {self.step_id}: "
                     f"{result.error or 'see history'}"
                 )
-        elif reply.status == S.RUNNING:
-            self.engine.dispatch.send_rest(nxt, reply.aggregate_id, reply.aggregate_message)

@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestration.definition import compile_plan, read_definition
 from orchestration.errors import WorkflowNotFound
+from orchestration.flow.dispatch import ALL_SENT
 from orchestration.flow.resume import commit_wait
 from orchestration.model.waits import SubflowParams, child_id
 from orchestration.state.keys import due_member
@@ -112,11 +113,10 @@ def start_child(
         raw = store.redis.hget(store.keys(workflow_id).data, top)
         data[key] = value_at(json.loads(raw), rest.split(".") if rest else []) if raw else None
     cid = child_id(workflow_id, step_id)
-    first = engine.dispatch.first(plan, cid)
+    sending = engine.dispatch.prepare(engine.dispatch.first(plan, cid))
     created = store.create(
-        cid, plan, start=engine.dispatch.outgoing(first), data=data,
-        parent=(workflow_id, step_id, run),
-    )  # fmt: skip
+        cid, plan, start=sending.outgoing, data=data, parent=(workflow_id, step_id, run)
+    )
     if created:
-        engine.dispatch.send_rest(first)
+        engine.dispatch.follow(ALL_SENT, sending)
         log.info("%s of %s started its sub-workflow %s", step_id, workflow_id, cid)

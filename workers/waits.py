@@ -72,7 +72,7 @@ class WaitRun(StepRun):
         reply = self.commit(result, output, None, nxt)
         if not reply.committed:
             return self._not_run(reply.state)
-        self.send_on(reply, nxt, result)
+        self.send_on(reply, result)
         return outcome_word("completed")
 
 

@@ -28,7 +28,7 @@ from orchestration.errors import (
     WorkflowTimeout,
 )
 from orchestration.flow.broker import producer_app, serve_hint
-from orchestration.flow.dispatch import Dispatcher
+from orchestration.flow.dispatch import ALL_SENT, Dispatcher
 from orchestration.flow.resume import commit_wait
 from orchestration.model import (
     WORKFLOW_ID,
@@ -132,13 +132,13 @@ class WorkflowOrchestrator:
         wid = workflow_id or str(uuid.uuid4())
         if not WORKFLOW_ID.match(wid):
             raise DefinitionError([("workflow_id", "use 1-128 of A-Z a-z 0-9 _ - . :")])
-        first = self.dispatch.first(plan, wid) if start else None
+        sending = self.dispatch.prepare(self.dispatch.first(plan, wid)) if start else None
         try:
             created = self.store.create(
                 wid,
                 plan,
-                start=self.dispatch.outgoing(first) if first else None,
-                deadline_at=self._deadline(plan) if first else None,
+                start=sending.outgoing if sending else None,
+                deadline_at=self._deadline(plan) if sending else None,
             )
         except redis.RedisError as exc:
             raise StateStoreError(f"cannot reach Redis at {redact(self.redis_url)}: {exc}") from exc
@@ -149,8 +149,8 @@ class WorkflowOrchestrator:
             plan.name,
             plan.total_steps,
         )
-        if created and first is not None:
-            self.dispatch.send_rest(first)
+        if created and sending is not None:
+            self.dispatch.follow(ALL_SENT, sending)
         return wid, created
 
     @staticmethod
@@ -160,17 +160,17 @@ class WorkflowOrchestrator:
     def start_workflow(self, workflow_id: str, plan: Plan | None = None) -> None:
         """Enqueue the first segment of a ``created`` workflow."""
         plan = plan or self.store.plan(workflow_id)
-        first = self.dispatch.first(plan, workflow_id)
+        sending = self.dispatch.prepare(self.dispatch.first(plan, workflow_id))
         self.store.transition(
             workflow_id,
             [S.CREATED],
             S.RUNNING,
             event=Event.WORKFLOW_STARTED,
-            send=self.dispatch.outgoing(first),
+            send=sending.outgoing,
             deadline_at=self._deadline(plan),
         )
         try:
-            self.dispatch.send_rest(first)
+            self.dispatch.follow(ALL_SENT, sending)
         except Exception:
             # Nothing was enqueued: put the workflow back so it can be started again.
             self.store.transition(workflow_id, [S.RUNNING], S.CREATED, event=Event.START_FAILED)

@@ -7,15 +7,42 @@ and the state store, and nothing of agents or worker processes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from celery import Celery
+from celery.canvas import Signature
 
 from orchestration.definition.plan import Plan, PlannedBranch, PlannedGroup, PlannedMap, frontier
 from orchestration.flow.compiler import Next, start_messages
 from orchestration.flow.outbox import Outbox
 from orchestration.model import TaskResult, TaskStatus, WorkflowStatus
 from orchestration.model.names import CONTROL_QUEUE, Event, agent_queue
-from orchestration.state.scripts import Outgoing
+from orchestration.state.commit import CommitRequest
+from orchestration.state.scripts import CommitReply, Delivery, Join, Outgoing
 from orchestration.state.store import StateStore
+
+
+@dataclass(frozen=True)
+class Sending:
+    """What a state change sends: ``nxt``, the messages handed to its script (``first``)
+    and those as the script takes them (``outgoing``: ids, and inline, the payloads)."""
+
+    nxt: Next
+    first: list[Signature]
+    outgoing: Outgoing
+
+
+@dataclass(frozen=True)
+class AllSent:
+    """The reply of a change that sent everything it was given or raised (create,
+    transition)."""
+
+    delivered: None = None
+    aggregate_id: str = ""
+    aggregate_message: str = ""
+
+
+ALL_SENT = AllSent()
 
 
 class Dispatcher:
@@ -28,23 +55,41 @@ class Dispatcher:
         """What starts a workflow: its first step, or its first group's members."""
         return start_messages(self.app, plan, workflow_id, plan.nodes[0], run=1)
 
-    def outgoing(self, nxt: Next, parent_id: str | None = None) -> Outgoing:
-        """What a script sends of ``nxt`` (its first batch; see ``Outbox.outgoing``)."""
-        return self.outbox.outgoing(nxt, parent_id)
+    def prepare(self, nxt: Next, parent_id: str | None = None, *, whole: bool = False) -> Sending:
+        """``nxt`` ready for a script to send: its first batch (``whole``: every message,
+        as a map's window is sent) and, starting a group, its aggregate to keep."""
+        first = list(nxt.sigs) if whole else self.outbox.first_batch(nxt)
+        return Sending(nxt, first, self.outbox.outgoing(nxt, parent_id, first))
 
-    def send_rest(self, nxt: Next, aggregate_id: str = "", aggregate_message: str = "") -> None:
-        """After a script sent ``nxt``'s first batch: publish it through Celery if the broker
-        is not Redis, then send the group's other members, a batch per script.
-
-        ``aggregate_id``: the script sent the group's aggregate too (armed when the group
-        started, so this process did not build it: on Redis, ``aggregate_message`` is it).
-        """
-        first = self.outbox.first_batch(nxt)
-        if aggregate_id and nxt.aggregate is not None and not self.outbox.inline:
-            first.append(nxt.aggregate.set(task_id=aggregate_id))
+    def follow(self, reply: Delivery, sending: Sending) -> None:
+        """The one place a state change's reply becomes what is sent next: what the script
+        took is published through Celery on another broker (with the aggregate it sent)
+        or announced to the publish hooks; then a big group's later batches go, a batch
+        per script. Every sending caller (steps, groups, maps, waits, branches,
+        sub-workflows, signals, the client) ends here."""
+        nxt, n = sending.nxt, reply.delivered
+        first = sending.first if n is None else sending.first[:n]
+        if reply.aggregate_id and nxt.aggregate is not None and not self.outbox.inline:
+            first = [*first, nxt.aggregate.set(task_id=reply.aggregate_id)]
         self.outbox.published(first)
-        if aggregate_message:
-            self.outbox.announce(aggregate_message)
+        if reply.aggregate_message:
+            self.outbox.announce(reply.aggregate_message)
+        if n is None:
+            self._send_later(nxt)
+
+    def commit(self, request: CommitRequest, nxt: Next) -> CommitReply:
+        """Commit ``request`` with what follows it (``nxt``) in one script, then send what
+        the script could not. A step that ends a branch of a group joins it."""
+        if nxt.group and nxt.joins:
+            request = request.model_copy(
+                update={"join": Join(group=nxt.group, total=len(nxt.ends))}
+            )
+        sending = self.prepare(nxt, request.task_id or None)
+        reply = self.store.commit(request, sending.outgoing)
+        self.follow(reply, sending)
+        return reply
+
+    def _send_later(self, nxt: Next) -> None:
         for batch in self.outbox.later_batches(nxt):
             reply = self.store.send(
                 nxt.workflow_id, nxt.run, self.outbox.batch(batch), hold_at=nxt.group
@@ -113,9 +158,7 @@ class Dispatcher:
             self.app, plan, workflow_id, node or self.store.task(workflow_id, nxt), run, results,
             reset=stalled,
         )  # fmt: skip
-        reply = self.store.send(
-            workflow_id, run, self.outbox.outgoing(what), replace=True, ends=what.ends
-        )
-        if reply.sent:
-            self.send_rest(what, reply.aggregate_id, reply.aggregate_message)
+        sending = self.prepare(what)
+        reply = self.store.send(workflow_id, run, sending.outgoing, replace=True, ends=what.ends)
+        self.follow(reply, sending)
         return nxt

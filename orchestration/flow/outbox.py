@@ -43,14 +43,17 @@ class Outbox:
         """Whether scripts send the messages (the broker is the state Redis)."""
         return self.encoder.inline
 
-    def outgoing(self, nxt: Next, parent_id: str | None = None) -> Outgoing:
-        """``nxt``'s first batch ready for a script to send, a group's aggregate with it.
+    def outgoing(
+        self, nxt: Next, parent_id: str | None = None, first: Sequence[Signature] | None = None
+    ) -> Outgoing:
+        """``first`` (by default ``nxt``'s first batch) ready for a script to send, a group's
+        aggregate with it.
 
         Of a big group only the first batch goes with the state change; the rest follow
         (:meth:`later_batches`), so that workers start on the first members while the
         others are being encoded.
         """
-        out = self.batch(self.first_batch(nxt), parent_id)
+        out = self.batch(self.first_batch(nxt) if first is None else first, parent_id)
         if nxt.group and nxt.aggregate is not None and not nxt.joins:
             aggregate = self.batch([nxt.aggregate], parent_id)
             out = replace(out, group=nxt.group, aggregate=aggregate)

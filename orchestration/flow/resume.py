@@ -12,7 +12,8 @@ from celery import Celery
 from orchestration.flow.compiler import Next, next_messages
 from orchestration.flow.dispatch import Dispatcher
 from orchestration.model import TaskResult, TaskStatus, dumps, utcnow
-from orchestration.state.scripts import CommitReply, Join, Outcome, SignalSpec
+from orchestration.state.commit import CommitRequest
+from orchestration.state.scripts import CommitReply, Outcome, SignalSpec
 from orchestration.state.store import StateStore
 
 
@@ -62,19 +63,12 @@ def commit_wait(
     nxt = next_messages(app, plan, workflow_id, task, run) if ok or not top else Next()
     last = plan.ends_workflow(task)
     outcome: Outcome = "fail" if top and not ok else "complete" if ok and last else "continue"
-    reply = store.commit(
-        workflow_id,
-        result,
-        node=step_id,
-        output_json=dumps(output) if ok else "null",
-        advance=top,
-        outcome=outcome,
-        run=run,
-        send=dispatch.outgoing(nxt),
-        join=Join(group=nxt.group, total=len(nxt.ends)) if nxt.group and nxt.joins else None,
-        signal=signal,
-        outputs=outputs,
-    )
-    if reply.committed and reply.status in ("running", "waiting"):
-        dispatch.send_rest(nxt, reply.aggregate_id, reply.aggregate_message)
+    reply = dispatch.commit(
+        CommitRequest(
+            workflow_id=workflow_id, result=result, node=step_id, run=run, outcome=outcome,
+            advance=top, output_json=dumps(output) if ok else "null", signal=signal,
+            outputs=outputs or {},
+        ),
+        nxt,
+    )  # fmt: skip
     return reply, nxt

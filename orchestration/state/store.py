@@ -14,18 +14,17 @@ from typing import Any, TypeVar
 
 import redis
 
-from orchestration.definition.plan import Plan, PlannedTask
+from orchestration.definition.plan import Plan
 from orchestration.errors import WorkflowNotFound, WorkflowStateError
 from orchestration.model import (
     CompensationOutcome,
     HistoryEntry,
     RunningStep,
-    TaskResult,
-    TaskStatus,
     WorkflowStatus,
     dumps,
 )
 from orchestration.model.names import STREAM_MAXLEN, Event
+from orchestration.state.commit import CommitRequest
 from orchestration.state.keys import WorkflowKeys, due_member
 from orchestration.state.reads import StateReader, StepState, decode_results
 from orchestration.state.scripts import (
@@ -33,13 +32,10 @@ from orchestration.state.scripts import (
     BeginReply,
     BeginSpec,
     CommitReply,
-    CommitSpec,
     CreateReply,
     CreateSpec,
-    Join,
     LeaseReply,
     LeaseSpec,
-    Outcome,
     Outgoing,
     ParkReply,
     ParkSpec,
@@ -48,7 +44,6 @@ from orchestration.state.scripts import (
     Scripts,
     SendReply,
     SendSpec,
-    SignalSpec,
     StatusRefusal,
     TransitionReply,
     TransitionSpec,
@@ -248,78 +243,10 @@ class StateStore(StateReader):
             self.scripts.call("lease", self.keys(workflow_id), spec, client=pipe)
         return [LeaseReply.decode(raw).held for raw in pipe.execute()]
 
-    def commit(
-        self,
-        workflow_id: str,
-        result: TaskResult,
-        *,
-        node: str,
-        output_json: str,
-        advance: bool,
-        outcome: Outcome,
-        run: int,
-        task_id: str | None = None,
-        owner: str = "",
-        send: Outgoing = NOTHING,
-        join: Join | None = None,
-        handoff: PlannedTask | None = None,
-        max_handoffs: int = 0,
-        signal: SignalSpec | None = None,
-        consume: str = "",
-        add_steps: int = 0,
-        skipped: Sequence[TaskResult] = (),
-        outputs: dict[str, Any] | None = None,
-    ) -> CommitReply:
-        """Commit a step's result and send what follows it (see ``commit.lua``).
-
-        ``outcome``: ``continue``, ``complete`` (the workflow's last step) or ``fail``
-        (the workflow fails: it is left compensating). ``join``: when the step ends a
-        branch of a group, the last of them sends the group's aggregate."""
-        ok = result.status == TaskStatus.COMPLETED
-        entry = HistoryEntry(
-            event=Event.STEP_COMPLETED if ok else Event.STEP_FAILED,
-            step=result.step_id,
-            agent_id=result.agent_id,
-            task_type=result.task_type,
-            status=result.status.value,
-            execution_time=result.execution_time,
-            error=result.error,
-            attempt=result.metadata.get("attempt"),
-            **({"signal": signal.name, "by": signal.by or None} if signal else {}),
-        )
-        spec = CommitSpec(
-            step=result.step_id,
-            node=node,
-            output_key=result.output_key or "",
-            advance=advance,
-            outcome=outcome,
-            error=result.error or "",
-            run=run,
-            task_id=task_id or "",
-            owner=owner,
-            join=join,
-            agent_id=result.agent_id,
-            task_type=result.task_type,
-            status=result.status.value,
-            seconds=result.execution_time,
-            now=entry.timestamp,
-            handoff_id=handoff.step_id if handoff else "",
-            max_handoffs=max_handoffs,
-            signal=signal,
-            consume=consume,
-            add_steps=add_steps,
-            skipped={r.step_id: r.model_dump_json() for r in skipped},
-            outputs={k: dumps(v) for k, v in (outputs or {}).items()},
-        )
+    def commit(self, request: CommitRequest, send: Outgoing = NOTHING) -> CommitReply:
+        """Commit a step's result and send what follows it (``send``; see ``commit.lua``)."""
         raw = self.scripts.call(
-            "commit",
-            self.keys(workflow_id),
-            spec,
-            output_json,
-            _stored(result),
-            entry.model_dump_json(exclude_none=True),
-            handoff.model_dump_json() if handoff else "",
-            send=send,
+            "commit", self.keys(request.workflow_id), *request.script_args(), send=send
         )
         return CommitReply.decode(raw)
 
@@ -402,10 +329,3 @@ def _allowed(workflow_id: str, reply: R, old: Sequence[WorkflowStatus], new: Wor
             f"workflow {workflow_id} is {reply.status}, not {allowed}: cannot make it {new.value}"
         )
     return reply
-
-
-def _stored(result: TaskResult) -> str:
-    """The TaskResult as stored: an output already under its output_key is not kept twice."""
-    if result.output_key and result.status == TaskStatus.COMPLETED:
-        return result.model_copy(update={"result": None}).model_dump_json()
-    return result.model_dump_json()

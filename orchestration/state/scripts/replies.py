@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from orchestration.errors import StateStoreError
 from orchestration.state.connection import text
@@ -36,6 +36,22 @@ def _flag(script: str, raw: object) -> bool:
     if isinstance(raw, bool) or raw not in (0, 1):
         raise _bad(script, raw)
     return raw == 1
+
+
+class Delivery(Protocol):
+    """What a script that sends messages replies about them: how many of the messages it
+    was given went (``delivered``; None: all, and a big group's later batches may follow),
+    and the group's (or map's) aggregate if this change sent it too (armed earlier, so
+    the caller did not build it: on the Redis broker, ``aggregate_message`` is it)."""
+
+    @property
+    def delivered(self) -> int | None: ...
+
+    @property
+    def aggregate_id(self) -> str: ...
+
+    @property
+    def aggregate_message(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,11 @@ class CommitReply:
     def committed(self) -> bool:
         return self.state == "committed"
 
+    @property
+    def delivered(self) -> int | None:
+        """The script sent what follows (None: all of it) while the workflow runs."""
+        return None if self.committed and self.status in ("running", "waiting") else 0
+
     @classmethod
     def decode(cls, raw: Raw) -> CommitReply:
         _shape("commit", raw, 5)
@@ -210,6 +231,10 @@ class SendReply:
     @property
     def sent(self) -> bool:
         return self.state == "ok"
+
+    @property
+    def delivered(self) -> int | None:
+        return None if self.sent else 0
 
     @classmethod
     def decode(cls, raw: Raw) -> SendReply:
@@ -264,6 +289,10 @@ class MapStartReply:
     aggregate_id: str = ""
     aggregate_message: str = ""
 
+    @property
+    def delivered(self) -> int:
+        return self.sent if self.state == "ok" else 0
+
     @classmethod
     def decode(cls, raw: Raw) -> MapStartReply:
         _shape("mapstart", raw, 4)
@@ -281,6 +310,10 @@ class MapCommitReply:
     @property
     def committed(self) -> bool:
         return self.state == "committed"
+
+    @property
+    def delivered(self) -> int:
+        return self.sent if self.committed else 0
 
     @classmethod
     def decode(cls, raw: Raw) -> MapCommitReply:
