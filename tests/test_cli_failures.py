@@ -12,9 +12,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from orchestration.client import WorkflowOrchestrator
 from orchestration.client.embedded import RedisServer, free_port
+from orchestration.errors import BatonError
+from orchestration.settings import BatonSettings
 from tests.helpers import step
 from tests.test_client import baton
 
@@ -318,3 +321,17 @@ def test_basic_auth_without_user_and_colon_is_refused_at_start_and_never_shown(
     line = one_line(ran.stderr)
     assert f"{setting} must have the form {form}" in line
     assert "pa55" not in ran.stderr and "admin" not in ran.stderr
+
+
+def test_the_dashboard_server_itself_refuses_basic_auth_without_user_and_colon(
+    settings: BatonSettings,
+) -> None:
+    from workers.dashboard.server import serve
+
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"  # (refused before it is reached)
+    bad = settings.model_copy(
+        update={"dashboard_basic_auth": SecretStr("pa55word"), "redis_url": unreachable}
+    )
+    with pytest.raises(BatonError, match="BATON_DASHBOARD_BASIC_AUTH must have the form") as err:
+        serve(settings=bad)
+    assert "pa55" not in str(err.value)

@@ -84,6 +84,7 @@ def test_watch_shows_text_as_text_map_items_one_way_and_no_sub_workflow_as_a_wai
             (wid, "step_2[3]", "progress", json.dumps({"done": 1, "total": 1, "message": "ü"})),
         ])  # fmt: skip
         ran = baton("watch", wid, "--timeout", "3", env=worker_env)
+        as_json = baton("watch", wid, "--json", "--timeout", "1", env=worker_env)
     finally:
         orchestrator.cancel_workflow(wid)
     assert ran.returncode == 4, ran.stderr  # (no signal comes: the watch times out)
@@ -91,6 +92,9 @@ def test_watch_shows_text_as_text_map_items_one_way_and_no_sub_workflow_as_a_wai
     assert 'step_4 {"greeting":"Grüße, señor"}' in lines
     assert "step_4 naïve café" in lines and "step_2[3] progress 1/1 ü" in lines
     assert "\\u00" not in ran.stdout
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert {"greeting": "Grüße, señor"} in [e["data"] for e in events]
+    assert "Grüße" in as_json.stdout and "\\u00" not in as_json.stdout
     # A map's batches are batches; only its items are named step_2[index].
     assert "step_2 batch 0 started" in lines and "#" not in ran.stdout
     # The sub-workflow step starts its child; it is no wait.

@@ -126,3 +126,39 @@ def test_submitting_the_same_workflow_id_twice_gives_one_workflow(
     assert ctx.status == WorkflowStatus.COMPLETED
     assert events(orch, wid, "step_completed", "step_1") == 1
     assert [h.event for h in ctx.execution_history].count("workflow_created") == 1
+
+
+def test_the_cli_retries_and_rolls_back_and_refuses_in_one_line(
+    orchestrator: WorkflowOrchestrator, workers: object, worker_env: dict[str, str]
+) -> None:
+    from tests.test_cli_failures import one_line
+    from tests.test_client import baton
+
+    wid = orchestrator.run_workflow(
+        {"steps": [step("echo", "a"), step("flaky", "c", failures=1), step("echo", "d")]}
+    )
+    assert orchestrator.wait(wid, timeout=60).status == WorkflowStatus.FAILED
+
+    for args, expected in [
+        (["resume", wid], f"workflow {wid} is failed, not paused"),
+        (["rollback", wid, "99"], f"workflow {wid} has checkpoints 0..3, not 99"),
+        (["rollback", wid, "--", "-1"], f"workflow {wid} has checkpoints 0..3, not -1"),
+        (["rollback", wid, "-1"], "No such option '-1'"),
+    ]:
+        refused = baton(*args, env=worker_env)
+        assert refused.returncode == 2, refused.stderr
+        assert expected in one_line(refused.stderr)
+    assert orchestrator.get_workflow_status(wid).status == WorkflowStatus.FAILED  # untouched
+
+    retried = baton("retry", wid, env=worker_env)
+    assert retried.returncode == 0 and retried.stdout.startswith(f"{wid}: running ("), retried
+    assert orchestrator.wait(wid, timeout=60).status == WorkflowStatus.COMPLETED
+    again = baton("retry", wid, env=worker_env)
+    assert again.returncode == 2
+    assert f"workflow {wid} is completed, not failed" in one_line(again.stderr)
+
+    rolled = baton("rollback", wid, "1", env=worker_env)
+    assert (rolled.returncode, rolled.stderr) == (0, "")
+    assert rolled.stdout.startswith(f"{wid}: paused (")
+    assert orchestrator.get_context(wid).status == WorkflowStatus.PAUSED
+    orchestrator.cancel_workflow(wid)

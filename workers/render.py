@@ -29,13 +29,22 @@ from orchestration.model.names import Event
 console = Console(soft_wrap=True, markup=False, highlight=False)
 
 
+def step_name(step_id: str) -> str:
+    """A step as people read it: a map's item is ``step[index]`` (as the engine names it),
+    its batch (``step#N`` inside) ``step batch N``."""
+    step, _, batch = step_id.partition("#")
+    return f"{step} batch {batch}" if batch else step_id
+
+
 def _running_text(r: WorkflowStatusReport) -> str:
     if r.status != WorkflowStatus.RUNNING:
         text = r.status.value
         if r.error:
             text += f" at {r.failed_step}: {r.error}"
         return text
-    steps = ", ".join(f"{s.step_id} {s.agent_id}.{s.task_type}" for s in r.running_steps[:4])
+    steps = ", ".join(
+        f"{step_name(s.step_id)} {s.agent_id}.{s.task_type}" for s in r.running_steps[:4]
+    )
     more = f" +{len(r.running_steps) - 4}" if len(r.running_steps) > 4 else ""
     maps = "".join(
         f" · map {m.step} {m.done + m.failed:,}/{m.total:,}"
@@ -128,8 +137,8 @@ def event_line(e: StreamEvent, children: Mapping[str, str] | None = None) -> str
     step that runs one (parked as a wait, but not one)."""
     children = children or {}
     at = e.at.strftime("%H:%M:%S.%f")[:-3]
-    step, _, batch = (e.step or "").partition("#")
-    step = f" {step} batch {batch}" if batch else f" {step}" if step else ""
+    batch = "#" in (e.step or "")
+    step = f" {step_name(e.step)}" if e.step else ""
     if e.event == Event.EMITTED:
         what = text_of(e.data)
     elif e.event == Event.STEP_STARTED:
