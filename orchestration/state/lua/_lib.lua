@@ -146,6 +146,15 @@ local function wake_parent()
   end
 end
 
+-- A workflow's end (completed, failed or cancelled; its status already set): counted,
+-- its finish time kept, its keys left to expire, and its parent's step woken.
+local function ended(status, spec)
+  count_workflow(status)
+  redis.call('HSET', META, 'finished_at', spec.now)
+  expire_all(spec.retention)
+  wake_parent()
+end
+
 -- Take a step's lease for spec.owner, count the attempt, mark the step running and say
 -- it started. A lease a live execution holds is not taken: returns nil and that lease; a
 -- lapsed one is recorded as a lost attempt, then taken. Returns the attempt.

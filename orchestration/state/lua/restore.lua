@@ -91,10 +91,7 @@ if spec.to == 'running' or spec.to == 'paused' then
     redis.call('PERSIST', KEYS[i])
   end
 elseif spec.to == 'failed' then
-  count_workflow('failed')
-  redis.call('HSET', META, 'finished_at', spec.now)
-  expire_all(spec.retention)
-  wake_parent()
+  ended('failed', spec)
 end
 history({event = spec.event, status = spec.to, version = version, restored_to = target,
   changed = #changed > 0 and changed or nil, timestamp = spec.now})  -- ({} would be an object)

@@ -16,8 +16,8 @@ if spec.clear_paused then
   redis.call('HDEL', META, 'paused_at')
 end
 redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
-if spec.to == 'cancelled' or (spec.to == 'running' and status == 'created') then
-  count_workflow(spec.to == 'running' and 'started' or spec.to)
+if spec.to == 'running' and status == 'created' then
+  count_workflow('started')
 end
 if spec.error then
   redis.call('HSET', META, 'error', spec.error)
@@ -29,13 +29,11 @@ send(spec)
 active(spec.to == 'running' or spec.to == 'compensating')
 local reply = {'ok', status, run, paused_at}
 if spec.to == 'cancelled' then
-  redis.call('HSET', META, 'finished_at', spec.now)
   for _, id in ipairs(redis.call('SMEMBERS', TASKS)) do
     table.insert(reply, id)
   end
   redis.call('DEL', TASKS, RUNNING, WAITS)
-  expire_all(spec.retention)
-  wake_parent()
+  ended('cancelled', spec)
 end
 history({event = spec.event, status = spec.to, error = spec.error, timestamp = spec.now})
 publish_status(spec, {event = EVENT.status, status = spec.to})
