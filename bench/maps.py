@@ -205,8 +205,8 @@ def _canvas(side: BareSide, n: int, chunk: int | None) -> Any:
     item, collect = side._task("noop_item"), side._task("collect_items")
     if chunk is None:
         return chord(group(item.s(i) for i in range(n)), collect.s())
-    # A chunk is a ``celery.starmap`` task, which the router (by task name) would send to
-    # ``agent.celery``: sent to the worker's queue by name instead.
+    # A chunk is a ``celery.starmap`` task, which the router sends to the control queue
+    # (Celery's own tasks go there), which a bare worker does not consume: sent to its queue.
     chunks = item.chunks(zip(range(n)), chunk).group()
     for sig in chunks.tasks:
         sig.set(queue=QUEUE)

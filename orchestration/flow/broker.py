@@ -19,6 +19,8 @@ from orchestration.model.names import (
 )
 from orchestration.settings import BatonSettings
 
+CONTROL_PREFIXES = frozenset({ENGINE, "celery"})  # the engine's tasks, and Celery's own
+
 
 def serve_hint(queues: list[str]) -> str:
     """The command that would serve these queues (the control queue: any worker started
@@ -32,9 +34,15 @@ def serve_hint(queues: list[str]) -> str:
 def route_task(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
 ) -> dict[str, str]:
-    """Celery router: the queue follows from the task name (``<agent>.<task>``) alone."""
+    """Celery router: the queue follows from the task name (``<agent>.<task>``) alone.
+
+    The engine's tasks and Celery's own (``celery.starmap`` of ``chunks``/``starmap``,
+    ``celery.chord_unlock``, ``celery.group``, ...) go to the control queue, which every
+    worker consumes unless told not to. A plain Celery task beside Baton's goes by its
+    name as an agent's does (``<agent>.<x>``: that agent's workers), or to the queue it
+    is sent with."""
     prefix = name.split(".", 1)[0]
-    return {"queue": CONTROL_QUEUE if prefix == ENGINE else agent_queue(prefix)}
+    return {"queue": CONTROL_QUEUE if prefix in CONTROL_PREFIXES else agent_queue(prefix)}
 
 
 def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
