@@ -20,6 +20,7 @@ import uuid
 from orchestration.model import HistoryEntry, WorkflowStatus
 from orchestration.model.names import Event
 from orchestration.settings import BatonSettings
+from orchestration.state.keys import reaper_lock_key
 from workers.engine import Engine
 
 log = logging.getLogger("baton.reaper")
@@ -39,7 +40,7 @@ class Reaper:
 
     def sweep(self) -> list[tuple[str, str]]:
         """One pass over running workflows; returns what was done, for logs and tests."""
-        lock = f"{self.store.prefix}:reaper"
+        lock = reaper_lock_key(self.store.prefix)
         ttl = int(self.interval * 2000)
         mine = self.store.redis.set(lock, self.owner, nx=True, px=ttl) or (
             self.store.redis.get(lock) == self.owner.encode()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from orchestration.model.records import TaskStatus, WorkflowStatus
+
 
 class Event(StrEnum):
     """What a history entry (or a message on a workflow's event channel) records."""
@@ -91,14 +93,16 @@ def _lua_table(name: str, values: dict[str, str]) -> str:
 
 
 def lua_prelude() -> str:
-    """The Lua tables ``EVENT``, ``METRIC`` and ``BUCKETS`` (and ``STREAM_MAXLEN``) that
-    every script starts with."""
+    """The Lua tables ``EVENT``, ``METRIC``, ``STATUS`` (a workflow's), ``STEP`` (a step's)
+    and ``BUCKETS`` (and ``STREAM_MAXLEN``) that every script starts with."""
     buckets = ", ".join(repr(b) for b in STEP_BUCKETS)
     return "\n".join(
         [
             "-- Generated from orchestration/model/names.py: the names Python and Lua share.",
             _lua_table("EVENT", {e.value: e.value for e in Event}),
             _lua_table("METRIC", {m.value: m.value for m in Metric}),
+            _lua_table("STATUS", {s.value: s.value for s in WorkflowStatus}),
+            _lua_table("STEP", {s.value: s.value for s in TaskStatus}),
             f"local BUCKETS = {{{buckets}}}",
             f"local STREAM_MAXLEN = {STREAM_MAXLEN}",
         ]

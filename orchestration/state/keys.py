@@ -161,7 +161,20 @@ def due_key(prefix: str) -> str:
 
 
 def due_member(workflow_id: str, step_id: str, run: int) -> str:
+    """A parked wait's member of the due index."""
     return f"{workflow_id}|{step_id}|{run}"
+
+
+def parse_due_member(member: str) -> tuple[str, str, int]:
+    """(workflow_id, step_id, run) of a member of the due index."""
+    workflow_id, step_id, run = member.split("|")
+    return workflow_id, step_id, int(run)
+
+
+def reaper_lock_key(prefix: str) -> str:
+    """String: the worker sweeping for stalled workflows now (its random owner id), with
+    a TTL of two sweep intervals; a worker takes it, or renews it if it is its own."""
+    return f"{prefix}:reaper"
 
 
 def definitions_key(prefix: str) -> str:

@@ -9,34 +9,23 @@ import time
 
 import redis
 
-from orchestration.state.connection import text
-from orchestration.state.keys import due_key
+from orchestration.state.keys import due_key, due_member
+from orchestration.state.scripts.call import standalone
+from orchestration.state.scripts.replies import ClaimReply
+from orchestration.state.scripts.specs import ClaimSpec
 
 RECLAIM_MS = 30_000
-_CLAIM = """
-local out = {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), m)
-  table.insert(out, m)
-end
-return out
-"""
 
 
 class DueTimers:
     def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
         self.redis, self.key = client, due_key(prefix)
-        self._claim = client.register_script(_CLAIM)
+        self._claim = standalone(client, "claim")
 
     def claim(self, limit: int = 200) -> list[tuple[str, str, int]]:
         """Timers due now, claimed: (workflow_id, step_id, run) each."""
-        now_ms = int(time.time() * 1000)
-        members = self._claim(keys=[self.key], args=[now_ms, limit, RECLAIM_MS])
-        out = []
-        for m in members:
-            wid, step, run = text(m).split("|")
-            out.append((wid, step, int(run)))
-        return out
+        spec = ClaimSpec(now_ms=int(time.time() * 1000), limit=limit, reclaim_ms=RECLAIM_MS)
+        return ClaimReply.decode(self._claim(keys=[self.key], args=[spec.model_dump_json()])).timers
 
     def next_in(self) -> float | None:
         """Seconds until the earliest timer (None: there is none)."""
@@ -44,11 +33,11 @@ class DueTimers:
         return max(0.0, first[0][1] / 1000 - time.time()) if first else None
 
     def drop(self, workflow_id: str, step_id: str, run: int) -> None:
-        self.redis.zrem(self.key, f"{workflow_id}|{step_id}|{run}")
+        self.redis.zrem(self.key, due_member(workflow_id, step_id, run))
 
     def reschedule(self, workflow_id: str, step_id: str, run: int, at: float) -> None:
         """Fire the timer at ``at`` (epoch seconds) instead, if it is still pending."""
-        self.redis.zadd(self.key, {f"{workflow_id}|{step_id}|{run}": int(at * 1000)}, xx=True)
+        self.redis.zadd(self.key, {due_member(workflow_id, step_id, run): int(at * 1000)}, xx=True)
 
     def pending(self) -> int:
         return int(self.redis.zcard(self.key))

@@ -125,14 +125,14 @@ end
 -- message, no worker, no lease, until a signal or a timer commits the wait.
 -- (quiet: the caller publishes the change with its own event.)
 local function settle(spec, quiet)
-  if redis.call('HGET', META, 'status') == 'running' and redis.call('SCARD', TASKS) == 0
+  if redis.call('HGET', META, 'status') == STATUS.running and redis.call('SCARD', TASKS) == 0
       and redis.call('HLEN', WAITS) > 0 then
-    redis.call('HSET', META, 'status', 'waiting')
+    redis.call('HSET', META, 'status', STATUS.waiting)
     active(false)
     if not quiet then
-      publish_status(spec, {event = EVENT.status, status = 'waiting'})
+      publish_status(spec, {event = EVENT.status, status = STATUS.waiting})
     end
-    return 'waiting'
+    return STATUS.waiting
   end
   return nil
 end

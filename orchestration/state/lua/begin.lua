@@ -21,11 +21,11 @@ if redis.call('HEXISTS', RESULTS, spec.step) == 1 then
   end
   return {'committed', 0}
 end
-if status == 'paused' then
+if status == STATUS.paused then
   redis.call('HSETNX', META, 'paused_at', spec.step)
   return {status, 0}
 end
-if status ~= 'running' then
+if status ~= STATUS.running then
   return {status, 0}
 end
 local attempt, lease = take_lease(spec.step, spec)

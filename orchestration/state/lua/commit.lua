@@ -44,7 +44,7 @@ local function refusal(exists)
   if sig and sig.id ~= '' and redis.call('HEXISTS', SIGNALS, 'id:' .. sig.id) == 1 then
     return reply('duplicate_signal')  -- the same signal_id again: applied (or kept) once
   end
-  if status ~= 'running' and status ~= 'paused' and not (sig and status == 'waiting') then
+  if status ~= STATUS.running and status ~= STATUS.paused and not (sig and status == STATUS.waiting) then
     return sig and reply('not_running') or refuse('not_running')
   end
   if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
@@ -83,8 +83,8 @@ local function wake_wait(sig)
   if sig.id ~= '' then
     redis.call('HSET', SIGNALS, 'id:' .. sig.id, sig.name)
   end
-  if status == 'waiting' then
-    status = 'running'
+  if status == STATUS.waiting then
+    status = STATUS.running
     redis.call('HSET', META, 'status', status)
   end
   return nil
@@ -118,7 +118,7 @@ local function write(version, outcome, err)
   local result = ARGV[3]
   if not ok and err ~= spec.error then
     local r = cjson.decode(result)
-    r.status, r.error, r.result = 'failed', err, cjson.null
+    r.status, r.error, r.result = STEP.failed, err, cjson.null
     result = cjson.encode(r)
   end
   redis.call('HSET', RESULTS, spec.step, result)
@@ -174,16 +174,16 @@ end
 -- the state is restored), completed, or as it was.
 local function finish(outcome, err, version)
   if outcome == 'fail' then
-    redis.call('HSET', META, 'status', 'compensating', 'error', err, 'failed_step', spec.step)
-    return 'compensating'
+    redis.call('HSET', META, 'status', STATUS.compensating, 'error', err, 'failed_step', spec.step)
+    return STATUS.compensating
   elseif outcome == 'complete' then
-    redis.call('HSET', META, 'status', 'completed')
-    history({event = EVENT.workflow_completed, status = 'completed', step = spec.step,
+    redis.call('HSET', META, 'status', STATUS.completed)
+    history({event = EVENT.workflow_completed, status = STATUS.completed, step = spec.step,
       version = version, timestamp = spec.now})
     redis.call('DEL', RUNNING)
     active(false)
-    ended('completed', spec)
-    return 'completed'
+    ended(STATUS.completed, spec)
+    return STATUS.completed
   end
   return status
 end
@@ -196,14 +196,14 @@ local function send_next(outcome, final)
     joined = redis.call('HINCRBY', STEPS, 'joined:' .. spec.join.group, 1) == spec.join.total
   end
   local aggregate, message = '', ''
-  if final == 'running' then
+  if final == STATUS.running then
     send(spec)
     if joined then
       aggregate, message = send_aggregate(spec.join.group)
     end
     active(true)
     final = settle(spec, true) or final
-  elseif final == 'paused' and (#(spec.track or {}) > 0 or joined) then
+  elseif final == STATUS.paused and (#(spec.track or {}) > 0 or joined) then
     redis.call('HSETNX', META, 'paused_at', spec.step)
   end
   return aggregate, message, final
@@ -230,14 +230,14 @@ if spec.signal then
 end
 local outcome, err = outcome_of_handoff()
 local version = redis.call('HINCRBY', META, 'version', 1)
-observe_step(spec.agent_id, spec.task_type, outcome == 'fail' and 'failed' or spec.status,
+observe_step(spec.agent_id, spec.task_type, outcome == 'fail' and STEP.failed or spec.status,
   spec.seconds)
 local changed = write(version, outcome, err)
 release_step()
 local entry = cjson.decode(ARGV[4])
 entry.version, entry.changed = version, changed
 if outcome == 'fail' then
-  entry.event, entry.status, entry.error = EVENT.step_failed, 'failed', err
+  entry.event, entry.status, entry.error = EVENT.step_failed, STEP.failed, err
 end
 history(entry)
 local final = finish(outcome, err, version)

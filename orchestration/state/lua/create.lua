@@ -7,7 +7,7 @@ local spec = cjson.decode(ARGV[1])
 if redis.call('EXISTS', META) == 1 then
   return redis.call('GET', PLAN) == ARGV[2] and 0 or 2
 end
-redis.call('HSET', META, 'workflow_id', spec.workflow_id, 'name', spec.name, 'status', 'created',
+redis.call('HSET', META, 'workflow_id', spec.workflow_id, 'name', spec.name, 'status', STATUS.created,
   'created_at', spec.now, 'updated_at', spec.now, 'current_step', 0,
   'total_steps', spec.total_steps, 'version', 0, 'run', 1, 'handoffs', 0)
 redis.call('SET', PLAN, ARGV[2])
@@ -22,14 +22,14 @@ end
 redis.call('ZADD', INDEX, spec.score, spec.workflow_id)
 redis.call('RPUSH', HISTORY, ARGV[3])
 if spec.start then
-  redis.call('HSET', META, 'status', 'running')
+  redis.call('HSET', META, 'status', STATUS.running)
   if spec.deadline_at then
     redis.call('HSET', META, 'deadline_at', spec.deadline_at)
   end
   count_workflow('started')
-  history({event = EVENT.workflow_started, status = 'running', timestamp = spec.now})
+  history({event = EVENT.workflow_started, status = STATUS.running, timestamp = spec.now})
   send(spec)
   active(true)
-  publish_status(spec, {event = EVENT.status, status = 'running'})
+  publish_status(spec, {event = EVENT.status, status = STATUS.running})
 end
 return 1

@@ -28,7 +28,7 @@ if claim == 'done' then
   redis.call('SREM', TASKS, spec.task_id)
   return {'duplicate'}
 end
-if status ~= 'running' then
+if status ~= STATUS.running then
   -- Not run: the message ends here; resume sends another in its place, which takes the
   -- batch this one had taken (if it had: it was delivered again) from the line.
   if claim then
@@ -41,7 +41,7 @@ if status ~= 'running' then
   redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, -1)
   redis.call('HSET', MAPS, claim_field, 'done')
   redis.call('SREM', TASKS, spec.task_id)
-  if status == 'paused' then
+  if status == STATUS.paused then
     redis.call('HSETNX', META, 'paused_at', spec.map)
   end
   return {status}

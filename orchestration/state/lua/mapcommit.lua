@@ -20,9 +20,9 @@ end
 if not status then
   return {'missing', '', 0, '', ''}
 end
-if (status ~= 'running' and status ~= 'paused') or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
+if (status ~= STATUS.running and status ~= STATUS.paused) or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
   release()
-  return {status == 'running' and 'stale' or 'not_running', status, 0, '', ''}
+  return {status == STATUS.running and 'stale' or 'not_running', status, 0, '', ''}
 end
 if redis.call('HGET', MAPS, b .. 'b:' .. spec.batch) == R then
   release()
@@ -36,7 +36,7 @@ for i, index in ipairs(spec.indices) do
   else
     failed = failed + 1
   end
-  statuses[i] = spec.ok[i] and 'completed' or 'failed'
+  statuses[i] = spec.ok[i] and STEP.completed or STEP.failed
 end
 observe_steps(spec.agent_id, spec.task_type, statuses, spec.seconds)
 if ok > 0 then
@@ -58,7 +58,7 @@ local left = count - cursor + (queued and #cjson.decode(queued) or 0)
 -- Batches left beyond those the messages already sent will take: one more message.
 local more = left > tonumber(redis.call('HGET', MAPS, b .. 'unclaimed:' .. R) or 0)
 local aggregate, message, sent = '', '', 0
-if status == 'running' then
+if status == STATUS.running then
   if more then
     send(spec)
     redis.call('HINCRBY', MAPS, b .. 'inflight:' .. R, 1)

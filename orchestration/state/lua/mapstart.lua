@@ -18,11 +18,11 @@ local status = redis.call('HGET', META, 'status')
 if not status then
   return {'missing', 0, '', ''}
 end
-if status ~= 'running' or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
-  if status == 'paused' then
+if status ~= STATUS.running or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
+  if status == STATUS.paused then
     redis.call('HSETNX', META, 'paused_at', spec.map)  -- resume starts it again
   end
-  return {status == 'running' and 'stale' or status, 0, '', ''}
+  return {status == STATUS.running and 'stale' or status, 0, '', ''}
 end
 local b, R = spec.base, tostring(spec.run)
 if redis.call('HSETNX', MAPS, b .. 'n', spec.n) == 1 then

@@ -5,7 +5,7 @@
 -- ARGV: spec {step, name, run, task_id, due_ms, due_member, channel, status_channel, now}
 local spec = cjson.decode(ARGV[1])
 local status = redis.call('HGET', META, 'status')
-if status ~= 'running' and status ~= 'paused' then
+if status ~= STATUS.running and status ~= STATUS.paused then
   return {'not_running', status or ''}
 end
 if tonumber(redis.call('HGET', META, 'run')) ~= spec.run then

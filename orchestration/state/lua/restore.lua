@@ -28,7 +28,7 @@ local function archive(hash, field, name, written)
 end
 local function is_failed(name)
   local value = redis.call('HGET', RESULTS, name)
-  return value and cjson.decode(value).status ~= 'completed'
+  return value and cjson.decode(value).status ~= STEP.completed
 end
 local fields = redis.call('HGETALL', VERSIONS)
 for i = 1, #fields, 2 do
@@ -76,22 +76,22 @@ end
 redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
 redis.call('HDEL', META, 'paused_at', 'reaps')
 redis.call('DEL', STEPS, RUNNING)
-active(spec.to == 'running')
-if spec.to == 'paused' then
+active(spec.to == STATUS.running)
+if spec.to == STATUS.paused then
   redis.call('HSET', META, 'paused_at', 'restored')  -- nothing is in flight: resume sends
 end
 if spec.compensation then
   redis.call('HSET', META, 'compensation', spec.compensation)
 end
-if spec.to == 'running' or spec.to == 'paused' then
+if spec.to == STATUS.running or spec.to == STATUS.paused then
   -- live again: the failure and what its saga did are history now, not the status
   redis.call('HDEL', META, 'error', 'failed_step', 'finished_at', 'compensation')
   redis.call('PERSIST', META)
   for i = 2, N_WORKFLOW_KEYS do
     redis.call('PERSIST', KEYS[i])
   end
-elseif spec.to == 'failed' then
-  ended('failed', spec)
+elseif spec.to == STATUS.failed then
+  ended(STATUS.failed, spec)
 end
 history({event = spec.event, status = spec.to, version = version, restored_to = target,
   changed = #changed > 0 and changed or nil, timestamp = spec.now})  -- ({} would be an object)

@@ -11,11 +11,11 @@ local status = redis.call('HGET', META, 'status')
 if not status then
   return {'missing', '', ''}
 end
-if status ~= 'running' or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
-  if status == 'paused' and spec.hold_at then
+if status ~= STATUS.running or tonumber(redis.call('HGET', META, 'run')) ~= spec.run then
+  if status == STATUS.paused and spec.hold_at then
     redis.call('HSETNX', META, 'paused_at', spec.hold_at)  -- resume sends what was held
   end
-  return {status == 'running' and 'stale' or status, '', ''}
+  return {status == STATUS.running and 'stale' or status, '', ''}
 end
 if spec.replace then
   redis.call('DEL', TASKS)

@@ -16,7 +16,7 @@ if spec.clear_paused then
   redis.call('HDEL', META, 'paused_at')
 end
 redis.call('HSET', META, 'status', spec.to, 'updated_at', spec.now)
-if spec.to == 'running' and status == 'created' then
+if spec.to == STATUS.running and status == STATUS.created then
   count_workflow('started')
 end
 if spec.error then
@@ -26,18 +26,18 @@ if spec.deadline_at then
   redis.call('HSET', META, 'deadline_at', spec.deadline_at)
 end
 send(spec)
-active(spec.to == 'running' or spec.to == 'compensating')
+active(spec.to == STATUS.running or spec.to == STATUS.compensating)
 local reply = {'ok', status, run, paused_at}
-if spec.to == 'cancelled' then
+if spec.to == STATUS.cancelled then
   for _, id in ipairs(redis.call('SMEMBERS', TASKS)) do
     table.insert(reply, id)
   end
   redis.call('DEL', TASKS, RUNNING, WAITS)
-  ended('cancelled', spec)
+  ended(STATUS.cancelled, spec)
 end
 history({event = spec.event, status = spec.to, error = spec.error, timestamp = spec.now})
 publish_status(spec, {event = EVENT.status, status = spec.to})
-if spec.to == 'running' then
+if spec.to == STATUS.running then
   settle(spec)  -- resumed with nothing to send and a wait parked: waiting again
 end
 return reply

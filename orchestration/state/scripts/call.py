@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from orchestration.model import utcnow
 from orchestration.model.names import lua_prelude
@@ -21,10 +22,18 @@ SCRIPTS = (
 )  # fmt: skip
 
 
+def _lua(name: str) -> str:
+    return resources.files("orchestration.state").joinpath("lua", f"{name}.lua").read_text()
+
+
 def _source(name: str) -> str:
-    lua = resources.files("orchestration.state").joinpath("lua")
-    parts = [lua_prelude(), *(lua.joinpath(f"{n}.lua").read_text() for n in ("_lib", "_outbox"))]
-    return "\n".join([*parts, lua.joinpath(f"{name}.lua").read_text()])
+    return "\n".join([lua_prelude(), _lua("_lib"), _lua("_outbox"), _lua(name)])
+
+
+def standalone(client: redis.Redis[bytes], name: str) -> Script:
+    """A script that is not a workflow's (its KEYS are its own, no ``_lib.lua``): the
+    names of ``model/names.py``, then ``lua/<name>.lua``."""
+    return client.register_script("\n".join([lua_prelude(), _lua(name)]))
 
 
 # --------------------------------------------------------------------------- calling

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal, Protocol, Self
 
 from orchestration.errors import StateStoreError
 from orchestration.state.connection import text
+from orchestration.state.keys import parse_due_member
 
 Raw = list[Any]
 
@@ -322,3 +323,16 @@ class MapCommitReply:
         if state not in ("committed", "duplicate", "not_running", "stale", "missing"):
             raise _bad("mapcommit", raw)
         return cls(state, text(raw[1]), int(raw[2]), text(raw[3]), text(raw[4]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ClaimReply:
+    """The timers claimed: (workflow_id, step_id, run) each."""
+
+    timers: list[tuple[str, str, int]]
+
+    @classmethod
+    def decode(cls, raw: object) -> ClaimReply:
+        if not isinstance(raw, list):
+            raise _bad("claim", raw)
+        return cls([parse_due_member(text(m)) for m in raw])

@@ -238,3 +238,13 @@ class MapCommitSpec(Spec):
     task_type: str
     n: int
     per_message: int = 1
+
+
+class ClaimSpec(BaseModel):
+    """claim.lua (not a workflow's script: KEYS is the due index alone)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    now_ms: int
+    limit: int
+    reclaim_ms: int
