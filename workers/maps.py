@@ -7,6 +7,12 @@ batch messages as the map's window allows; each batch takes the next batch in li
 runs its items (an async task's all at once on the event loop, a plain one's in turn),
 commits each item's result and sends one more message while batches remain. The last
 batch of the run sends the aggregate. State and scripts: ``orchestration/state/maps.py``.
+
+An item is a step for every limit of its task: each call takes its own turn of the rate
+and its own concurrency slot (owner ``<workflow_id>:<map>[<index>]:<run>``) just before it
+starts, and gives the slot back when it ends, whatever the batch size. Items wait in the
+batch (on the event loop, or the plain batch's thread), woken at once when a slot is freed
+for them; the map shows as throttled meanwhile.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from agents.base import StepInput, StepOutput, TaskType
 from orchestration.definition.plan import PlannedMap
-from orchestration.errors import MapInputError, OutputTooLarge, StepError, is_retryable
+from orchestration.errors import (
+    MapInputError,
+    OutputTooLarge,
+    StepError,
+    TurnMissed,
+    UnknownAgent,
+    UnknownTaskType,
+    is_retryable,
+)
 from orchestration.flow.compiler import Next, aggregate_signature, batch_signature
 from orchestration.model import (
     RunningStep,
@@ -34,14 +48,15 @@ from orchestration.model import (
     utcnow,
 )
 from orchestration.model.aggregate import aggregators
-from orchestration.model.names import AGGREGATOR_AGENT
+from orchestration.model.names import AGGREGATOR_AGENT, agent_queue
+from orchestration.state.limiter import Budget, check_turn
 from orchestration.state.maps import ItemResult, MapStore
 from orchestration.state.reads import decode_results
 from orchestration.state.scripts import Outgoing
 from workers.engine import Engine
 from workers.groups import begin_aggregate, commit_node, verdict
 from workers.saga import describe
-from workers.steps import StepRun, backoff, outcome_word
+from workers.steps import SLOT_RECHECK, THROTTLE_HORIZON, StepRun, backoff, outcome_word
 
 log = logging.getLogger("baton.runner")
 S = WorkflowStatus
@@ -74,7 +89,10 @@ def run_map_start(
         maps.put_items(workflow_id, base, items, node.batch_size)
         n = len(items)
     todo = maps.todo(workflow_id, base, n, node.batch_size)
-    tt = engine.registry.get_task(node.member.agent_id, node.member.task_type)
+    try:
+        tt = engine.registry.get_task(node.member.agent_id, node.member.task_type)
+    except (UnknownAgent, UnknownTaskType) as exc:
+        return hand_on(engine, ctask, workflow_id, node, run, exc)
     window = min(node.window(tt.is_async), MAX_IN_FLIGHT)
     sigs = [
         batch_signature(engine.app, workflow_id, node, run) for _ in range(min(window, len(todo)))
@@ -94,6 +112,28 @@ def run_map_start(
     return outcome_word(f"started: {n} items")
 
 
+def hand_on(
+    engine: Engine,
+    ctask: Task,
+    workflow_id: str,
+    node: PlannedMap,
+    run: int,
+    exc: UnknownAgent | UnknownTaskType,
+) -> str:
+    """A map's start taken by a worker that has not loaded its task's agent (it needs to
+    know whether the task is async): sent on to the agent's own queue, whose workers
+    have; taken there by one that has not either, the map fails saying so."""
+    queue = agent_queue(node.member.agent_id)
+    if (ctask.request.delivery_info or {}).get("routing_key") != queue:
+        log.info("map %s of %s handed on to %s: %s", node.step_id, workflow_id, queue, exc)
+        raise ctask.retry(queue=queue, countdown=0, max_retries=None)
+    error = (
+        f"map {node.step_id}: no worker could start it: {exc} "
+        f"(on {ctask.request.hostname}, serving {queue}; BATON_AGENT_MODULES must load it)"
+    )
+    return fail_map(engine, ctask, workflow_id, node, run, error)
+
+
 def run_map_aggregate(
     engine: Engine, ctask: Task, workflow_id: str, node: PlannedMap, run: int
 ) -> str:
@@ -105,6 +145,7 @@ def run_map_aggregate(
     if state is None:
         return outcome_word("skipped")
     started_at, t0 = utcnow(), time.perf_counter()
+    engine.limiter.settled(engine.store.keys(workflow_id), node.step_id)  # none waits now
     base = maps.base(workflow_id, node.step_id)
     raw = maps.raw_results(workflow_id, base, maps.count(workflow_id, base) or 0)
     if any(r is None for r in raw):
@@ -189,6 +230,15 @@ class MapBatchRun(StepRun):
         self.node = engine.store.plan(workflow_id).map(map_id)
         super().__init__(engine, ctask, workflow_id, map_id, run, task=self.node.member)
         self.maps = MapStore(engine.store)
+        self.item_budgets: list[Budget] = []  # each item's, under its own owner
+        self.holding: set[str] = set()  # the items holding their slots now
+
+    def admit(self) -> list[Budget]:
+        """A batch takes no turn: each of its items takes its own (``_take_turn``)."""
+        tt = self.engine.registry.get_task(self.task.agent_id, self.task.task_type)
+        if tt.limits:
+            self.item_budgets = self.budgets(tt)
+        return []
 
     def _run(self) -> str:
         node, task = self.node, self.task
@@ -227,13 +277,13 @@ class MapBatchRun(StepRun):
         with self.engine.leases.holding(self.workflow_id, step, self.owner, self._renew_slots):
             try:
                 if tt.is_async:
-                    coro = self._run_async(tt, todo)
-                    results = self.engine.loop.run(coro, start_at=self.turn_at)
+                    results = self.engine.loop.run(self._run_async(tt, todo))
                 else:
-                    self.wait_turn()
                     results = {k: self._run_item(tt, k, item) for k, item in todo}
             finally:
                 self.engine.events.flush()  # its emits come before its commit
+                for owner in list(self.holding):  # (interrupted: the slots are given back)
+                    self._release(owner)
         sig = batch_signature(self.engine.app, self.workflow_id, node, self.run_no)
         aggregate = aggregate_signature(
             self.engine.app, self.workflow_id, node.step_id, self.run_no
@@ -266,14 +316,72 @@ class MapBatchRun(StepRun):
             raise OutputTooLarge(f"an item's output is {len(out.encoded):,} bytes, over {limit:,}")
         return ItemResult(True, out.encoded)
 
+    # ------------------------------------------------------------------ an item's limits
+
+    def _owner(self, index: int) -> str:
+        return f"{self.workflow_id}:{self.node.step_id}[{index}]:{self.run_no}"
+
+    async def _take_turn(self, owner: str) -> None:
+        """Wait for the item's turn under its limits: its rate turn, its concurrency slots
+        (woken when a release frees one for it), as a top-level step would; it returns at
+        the turn, with the slots held (to be given back with ``_release``)."""
+        limiter, reserved = self.engine.limiter, False
+        with limiter.wakeups.expecting(owner) as wake:
+            while True:
+                a = limiter.admit(
+                    self.store.keys(self.workflow_id), self.node.step_id, owner,
+                    self.item_budgets, reserved=reserved, slot_ttl=self.engine.lease_seconds,
+                    horizon=THROTTLE_HORIZON, retry=SLOT_RECHECK, item=True,
+                )  # fmt: skip
+                if a.state == "admitted":
+                    self.holding.add(owner)
+                    if a.turn is None:
+                        return
+                    turn_at = time.monotonic() + a.turn - time.time()
+                    if (delay := turn_at - time.monotonic()) > 0:
+                        await asyncio.sleep(delay)  # (its turn: a deadline, not a poll)
+                    try:
+                        check_turn(turn_at, time.monotonic())
+                        return
+                    except TurnMissed:  # too late for it: a new turn (the slot is kept)
+                        reserved = False
+                        continue
+                reserved = a.state == "reserved"
+                if a.why == "concurrency":
+                    await wake.wait_async(a.wait)
+                else:
+                    await asyncio.sleep(a.wait)
+
+    def _release(self, owner: str) -> None:
+        if owner in self.holding:
+            self.holding.discard(owner)
+            self.engine.limiter.release(owner, self.item_budgets)
+
+    def _renew_slots(self) -> None:
+        if self.holding:
+            self.engine.limiter.renew(
+                list(self.holding), self.item_budgets, self.engine.lease_seconds
+            )
+
+    # ------------------------------------------------------------------ one item
+
     def _run_item(self, tt: TaskType, index: int, item: Any) -> ItemResult:
-        """Run one item of a plain task, retrying a transient failure as a step would."""
-        attempt = 0
+        """Run one item of a plain task, retrying a transient failure as a step would;
+        each attempt takes its turn under the task's limits (waited for on the loop)."""
+        attempt, owner = 0, self._owner(index)
         while True:
             attempt += 1
+            if self.refused is not None:
+                return ItemResult(False, error=str(self.refused), attempt=attempt)
+            if self.item_budgets:
+                self.engine.loop.run(self._take_turn(owner))
             t0 = time.perf_counter()
             try:
-                res = self._checked(tt.run(self._input(index, item)))
+                try:
+                    out = tt.run(self._input(index, item))
+                finally:
+                    self._release(owner)
+                res = self._checked(out)
                 timeout = self.task.timeout
                 if timeout and time.perf_counter() - t0 > timeout:
                     raise SoftTimeLimitExceeded()
@@ -306,13 +414,20 @@ class MapBatchRun(StepRun):
 
         async def one(index: int, item: Any) -> ItemResult:
             async with gate:
-                attempt = 0
+                attempt, owner = 0, self._owner(index)
                 while True:
                     attempt += 1
+                    if self.refused is not None:
+                        return ItemResult(False, error=str(self.refused), attempt=attempt)
+                    if self.item_budgets:
+                        await self._take_turn(owner)
                     t0 = time.perf_counter()
                     try:
-                        async with asyncio.timeout(self.task.timeout):
-                            out = await tt.arun(self._input(index, item))
+                        try:
+                            async with asyncio.timeout(self.task.timeout):
+                                out = await tt.arun(self._input(index, item))
+                        finally:
+                            self._release(owner)
                         res = self._checked(out)
                         return ItemResult(
                             True, res.output_json, seconds=time.perf_counter() - t0, attempt=attempt

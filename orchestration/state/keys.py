@@ -185,3 +185,75 @@ def definitions_key(prefix: str) -> str:
 def metrics_key(prefix: str) -> str:
     """Hash of counters for ``/metrics``; its fields are named in ``names.Metric``."""
     return f"{prefix}:metrics"
+
+
+# --------------------------------------------------------------------------- limits
+# A budget is one limit (``orchestration/model/limits.py``) and one key of it (what its
+# ``limit_key`` gave, "" without one); ``state/limiter.py`` and ``lua/limit.lua`` keep them.
+
+
+@dataclass(frozen=True)
+class BudgetKeys:
+    """The keys of one budget, under ``<prefix>:limit:<name>:<key>``. Not a workflow's:
+    every workflow (and every worker) draws on the same budget."""
+
+    prefix: str
+    name: str
+    key: str
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}:limit:{self.name}:{self.key}"
+
+    @property
+    def rate(self) -> str:
+        """Hash, field ``tat``: the rate's theoretical arrival time (GCRA, epoch ms), the
+        next free turn. Expires a minute after the last turn it gave."""
+        return f"{self._base}:rate"
+
+    @property
+    def slots(self) -> str:
+        """Sorted set: the concurrency slots held, owner -> expiry (epoch ms), renewed with
+        the holder's lease, so a dead worker's slot comes back by itself. An owner is
+        ``<workflow_id>:<step_id>:<run>`` (a map's item: ``<workflow_id>:<map>[<index>]:<run>``)."""
+        return f"{self._base}:slots"
+
+    @property
+    def waiting(self) -> str:
+        """Sorted set: the owners waiting for a slot -> when they were first refused (epoch
+        ms): the line, oldest first; a freed slot goes to the first."""
+        return f"{self._base}:waiting"
+
+    @property
+    def polled(self) -> str:
+        """Sorted set: each waiting owner -> when it last asked (epoch ms); one that has not
+        asked for 30 s (cancelled, its worker gone) gives up its place in ``waiting``."""
+        return f"{self._base}:polled"
+
+    @property
+    def reserved(self) -> str:
+        """Sorted set: owners holding a rate turn further off than a worker waits out ->
+        that turn (epoch ms); its step comes back for it."""
+        return f"{self._base}:reserved"
+
+    def all(self) -> list[str]:
+        """The budget's keys in the order ``lua/limit.lua`` expects (five per limit)."""
+        return [self.rate, self.slots, self.waiting, self.polled, self.reserved]
+
+
+def limit_overrides_key(prefix: str) -> str:
+    """Hash: limit name -> JSON of the values ``baton limits set`` gave it (``rate``,
+    ``concurrency``, and ``rate_ms``: the spacing of its turns), for every worker."""
+    return f"{prefix}:limits"
+
+
+def limit_budgets_key(prefix: str) -> str:
+    """Set: every budget ever used, ``<name>\\t<key>`` (what ``baton limits`` lists)."""
+    return f"{prefix}:limit-budgets"
+
+
+def limit_freed_channel(prefix: str) -> str:
+    """Pub/sub channel: when a step releases its concurrency slots, the JSON list of the
+    waiting owners the freed slots are for (the first in each line); each worker process
+    listens and wakes those of its own steps at once (``state/limiter.py`` ``Wakeups``)."""
+    return f"{prefix}:limit-freed"

@@ -1,18 +1,28 @@
 """Rate and concurrency limits in Redis: admission of a step (``lua/limit.lua``), the
 release of its slots, run-time overrides and what each budget is using.
 
-A budget is one limit (``orchestration/model/limits.py``) and one key of it. Its keys live
-under ``<prefix>:limit:<name>:<key>``: its rate state (the GCRA theoretical arrival time:
-the next free turn), the concurrency
-slots held (owner -> expiry, renewed with the step's lease, so a dead worker's slot comes
-back by itself), the steps waiting for one, oldest first, and the steps holding a turn
-of the rate.
+A budget is one limit (``orchestration/model/limits.py``) and one key of it. Its keys
+(``keys.BudgetKeys``) hold its rate state (the GCRA theoretical arrival time: the next
+free turn), the concurrency slots held (owner -> expiry, renewed with the step's lease, so
+a dead worker's slot comes back by itself), the steps waiting for one, oldest first, and
+the steps holding a turn of the rate.
+
+A step refused a slot waits for one to be freed for it: a release publishes the owners
+first in line (``keys.limit_freed_channel``) and each worker process's :class:`Wakeups`
+wakes its own at once, so a freed slot is taken in the time of a round trip, not found
+by polling.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -24,7 +34,15 @@ from orchestration.errors import LimitError, TurnMissed
 from orchestration.model.limits import Limit, LimitValues, Rate
 from orchestration.model.names import STREAM_MAXLEN
 from orchestration.state.connection import text
-from orchestration.state.keys import WorkflowKeys
+from orchestration.state.keys import (
+    BudgetKeys,
+    WorkflowKeys,
+    limit_budgets_key,
+    limit_freed_channel,
+    limit_overrides_key,
+)
+
+log = logging.getLogger("baton.limiter")
 
 #: How late after its turn a rate-limited call may start (the jitter of a busy event loop).
 #: A step that would start later takes a new turn.
@@ -96,15 +114,12 @@ class Limiter:
         self.redis, self.prefix = client, prefix
         source = resources.files("orchestration.state").joinpath("lua", "limit.lua").read_text()
         self._admit = client.register_script(source)
-        self.overrides_key = f"{prefix}:limits"
-        self.known_key = f"{prefix}:limit-budgets"
-
-    def _base(self, name: str, key: str) -> str:
-        return f"{self.prefix}:limit:{name}:{key}"
+        self.overrides_key = limit_overrides_key(prefix)
+        self.known_key = limit_budgets_key(prefix)
+        self.wakeups = Wakeups(client, limit_freed_channel(prefix))
 
     def _keys(self, b: Budget) -> list[str]:
-        base = self._base(b.name, b.key)
-        return [f"{base}:{part}" for part in ("rate", "slots", "waiting", "polled", "reserved")]
+        return BudgetKeys(self.prefix, b.name, b.key).all()
 
     # ------------------------------------------------------------------ a step
 
@@ -119,11 +134,15 @@ class Limiter:
         slot_ttl: float,
         horizon: float,
         retry: float,
+        item: bool = False,
     ) -> Admission:
+        """``owner``'s turn under ``budgets`` (one place in line each). ``item``: the owner
+        is an item of the map ``step_id``, which shows as throttled while any item waits."""
         spec = {
             "owner": owner,
             "step": step_id,
             "reserved": reserved,
+            "item": item,
             "slot_ttl_ms": int(slot_ttl * 1000),
             "horizon_ms": int(horizon * 1000),
             "retry_ms": int(retry * 1000),
@@ -144,20 +163,35 @@ class Limiter:
         why = "rate" if state == "reserved" else text(reply[3])
         return Admission(state=state, wait=wait, limit=text(reply[2]), why=why)
 
-    def renew(self, owner: str, budgets: list[Budget], ttl: float) -> None:
-        """Keep this step's concurrency slots while it runs (with its lease); a slot it does
-        not hold is not added."""
+    def renew(self, owners: str | list[str], budgets: list[Budget], ttl: float) -> None:
+        """Keep these steps' concurrency slots while they run (with their lease); a slot
+        one does not hold is not added."""
         until = (time.time() + ttl) * 1000
         pipe = self.redis.pipeline(transaction=False)
-        for b in budgets:
-            pipe.zadd(self._keys(b)[1], {owner: until}, xx=True)
+        for owner in [owners] if isinstance(owners, str) else owners:
+            for b in budgets:
+                pipe.zadd(BudgetKeys(self.prefix, b.name, b.key).slots, {owner: until}, xx=True)
         pipe.execute()
 
-    def release(self, owner: str, budgets: list[Budget]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for b in budgets:
-            pipe.zrem(self._keys(b)[1], owner)
-        pipe.execute()
+    def release(self, owner: str, budgets: list[Budget]) -> int:
+        """Give back ``owner``'s slots, waking the steps first in line for them (wherever
+        they wait); how many were woken."""
+        spec = {
+            "op": "release",
+            "owner": owner,
+            "channel": self.wakeups.channel,
+            "limits": [_values(b) for b in budgets],
+        }
+        keys = [self.overrides_key, self.known_key, "", ""]  # (no workflow's)
+        reply = self._admit(
+            keys=keys + [k for b in budgets for k in self._keys(b)], args=[json.dumps(spec)]
+        )
+        return int(reply)
+
+    def settled(self, wf: WorkflowKeys, step_id: str) -> None:
+        """No item of the map ``step_id`` waits any longer (its aggregate runs): it no
+        longer shows as throttled."""
+        self.redis.hdel(wf.throttled, step_id)
 
     # ------------------------------------------------------------------ run-time values
 
@@ -233,3 +267,112 @@ def _values(b: Budget) -> dict[str, Any]:
         "rate_ms": spacing_ms(v.rate) if v.rate else None,
         "concurrency": v.concurrency,
     }
+
+
+class Wake:
+    """A waiting step's wake-up, set by :class:`Wakeups`' listener thread; waited on from a
+    thread (``wait``) or a coroutine on any loop (``wait_async``)."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def set(self) -> None:
+        self._flag.set()
+        with self._lock:
+            loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    def wait(self, timeout: float) -> bool:
+        """Until woken (True) or ``timeout`` seconds have passed (False)."""
+        woken = self._flag.wait(timeout)
+        self._flag.clear()
+        return woken
+
+    async def wait_async(self, timeout: float) -> bool:
+        with self._lock:
+            if self._event is None:
+                self._event, self._loop = asyncio.Event(), asyncio.get_running_loop()
+            event = self._event
+        if not self._flag.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        woken = self._flag.is_set()
+        self._flag.clear()
+        event.clear()
+        return woken
+
+
+class Wakeups:
+    """The steps of this process waiting for a concurrency slot, by owner, and one thread
+    listening on the limiter's channel: a release names the owners its slots are for, and
+    those found here are woken. (A lost message costs a waiter only its next look.)"""
+
+    def __init__(self, client: redis.Redis[bytes], channel: str) -> None:
+        self.client, self.channel = client, channel
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[Wake]] = {}
+        self._pid: int | None = None
+        self._subscribed = threading.Event()
+
+    @contextmanager
+    def expecting(self, owner: str) -> Iterator[Wake]:
+        """A wake-up for ``owner`` while inside: enter before asking for the slot, so a
+        release between the refusal and the wait is not missed."""
+        self._listening()
+        wake = Wake()
+        with self._lock:
+            self._waiting.setdefault(owner, []).append(wake)
+        try:
+            yield wake
+        finally:
+            with self._lock:
+                wakes = self._waiting.get(owner, [])
+                if wake in wakes:
+                    wakes.remove(wake)
+                if not wakes:
+                    self._waiting.pop(owner, None)
+
+    def _listening(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._subscribed = threading.Event()
+            threading.Thread(target=self._listen, name="baton-limit-wakeups", daemon=True).start()
+            self._pid = os.getpid()
+        self._subscribed.wait(5.0)  # (subscribed before the first ask; else it looks again)
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.client.pubsub()
+                pubsub.subscribe(self.channel)
+                while True:
+                    msg = pubsub.get_message(timeout=5.0)
+                    if msg is None:
+                        continue
+                    if msg["type"] == "subscribe":
+                        self._subscribed.set()
+                        self._wake_all()  # (what was published meanwhile: look again)
+                    elif msg["type"] == "message":
+                        self._wake(json.loads(msg["data"]))
+            except Exception as exc:  # the connection: listen again, waiters look again
+                log.warning("limit wake-ups: %s; listening again", exc)
+                time.sleep(0.5)
+
+    def _wake(self, owners: list[str]) -> None:
+        with self._lock:
+            wakes = [w for o in owners for w in self._waiting.get(o, ())]
+        for wake in wakes:
+            wake.set()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            wakes = [w for ws in self._waiting.values() for w in ws]
+        for wake in wakes:
+            wake.set()

@@ -1,4 +1,4 @@
--- Admission of one step under its rate and concurrency limits (orchestration/limiter.py),
+-- Admission of one step under its rate and concurrency limits (orchestration/state/limiter.py),
 -- atomically, whatever the number of workers. Not prefixed by _lib.lua: its KEYS are
 --   1 the overrides hash (limit name -> JSON values set by `baton limits set`)
 --   2 the set of budgets ever used ("name\tkey"), for `baton limits`
@@ -8,11 +8,17 @@
 --   time: the next free turn), slots (zset owner -> expiry ms) and
 --   waiters (zset owner -> first refusal ms), polled (zset owner -> last ask ms) and
 --   reserved (zset owner -> the time of its rate turn)
--- ARGV[1]: {owner, step, reserved, slot_ttl_ms, horizon_ms, retry_ms, near_ms,
+-- ARGV[1]: {owner, step, reserved, item, slot_ttl_ms, horizon_ms, retry_ms, near_ms,
 --           allowance_ms, stream_maxlen, limits = [{name, key, rate_ms, concurrency}]}
+--   (item: the owner is one item of the map `step`: the map shows as throttled while
+--   any of its items waits, and its note stays until its `until` has passed)
 -- Reply: {'admitted', wait_ms, turn} (start the call at turn, ms since the epoch, if rated) | {'reserved',
 -- wait_ms, name} (come back then: its turn is held) | {'wait', wait_ms, name, why} (try
 -- again then; nothing is held).
+--
+-- ARGV[1] {op = 'release', owner, channel, limits}: the owner's concurrency slots are
+-- given back, and the owners first in line for them are published on `channel` (a JSON
+-- list), so that their workers wake them at once. Reply: how many were woken.
 local OVERRIDES, KNOWN, THROTTLED, STREAM = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local spec = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
@@ -33,6 +39,29 @@ for i, lim in ipairs(spec.limits) do
   if l.concurrency == cjson.null then l.concurrency = nil end
   redis.call('SADD', KNOWN, lim.name .. '\t' .. lim.key)
   limits[i] = l
+end
+
+if spec.op == 'release' then
+  local wake, seen = {}, {}
+  for _, l in ipairs(limits) do
+    redis.call('ZREM', l.slots, spec.owner)
+    if l.concurrency then
+      redis.call('ZREMRANGEBYSCORE', l.slots, '-inf', now)
+      local free = l.concurrency - redis.call('ZCARD', l.slots)
+      if free > 0 then
+        for _, waiter in ipairs(redis.call('ZRANGE', l.waiting, 0, free - 1)) do
+          if not seen[waiter] then
+            seen[waiter] = true
+            wake[#wake + 1] = waiter
+          end
+        end
+      end
+    end
+  end
+  if #wake > 0 then
+    redis.call('PUBLISH', spec.channel, cjson.encode(wake))
+  end
+  return #wake
 end
 
 local function mark(why, name, wait)
@@ -142,5 +171,13 @@ for _, l in ipairs(limits) do
     redis.call('ZREM', l.polled, spec.owner)
   end
 end
-redis.call('HDEL', THROTTLED, spec.step)
+if spec.item then
+  -- (other items of the map may still wait: its note goes once its time has passed)
+  local note = redis.call('HGET', THROTTLED, spec.step)
+  if note and tonumber(cjson.decode(note)['until']) <= now then
+    redis.call('HDEL', THROTTLED, spec.step)
+  end
+else
+  redis.call('HDEL', THROTTLED, spec.step)
+end
 return {'admitted', math.max(0, math.ceil(wait)), rated and tostring(at) or ''}
