@@ -25,7 +25,7 @@ from orchestration.model import WorkflowStatus as S
 from orchestration.model.names import Event
 from orchestration.state.commit import CommitRequest
 from orchestration.state.connection import text
-from orchestration.state.reads import StepState
+from orchestration.state.decode import StepState
 from orchestration.state.scripts import (
     NOTHING,
     BeginReply,

@@ -17,7 +17,7 @@ from orchestration.model import RunningStep, TaskResult, TaskStatus, WorkflowSta
 from orchestration.model.aggregate import aggregators
 from orchestration.model.names import AGGREGATOR_AGENT
 from orchestration.state.commit import CommitRequest
-from orchestration.state.reads import StepState
+from orchestration.state.decode import StepState
 from orchestration.state.scripts import Outcome
 from workers.engine import Engine
 from workers.steps import outcome_word

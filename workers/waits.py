@@ -20,7 +20,7 @@ from agents.base import StepOutput
 from orchestration.flow.resume import commit_wait
 from orchestration.model import dumps
 from orchestration.model.waits import SUBFLOW_TASK, OnTimeoutDefault, WaitParams
-from orchestration.state.reads import StepState
+from orchestration.state.decode import StepState
 from orchestration.state.scripts import SignalSpec
 from orchestration.state.timers import DueTimers
 from workers.engine import Engine

@@ -25,8 +25,9 @@ from orchestration.model import (
 )
 from orchestration.model.names import STREAM_MAXLEN, Event
 from orchestration.state.commit import CommitRequest
+from orchestration.state.decode import StepState, decode_results
 from orchestration.state.keys import WorkflowKeys, due_member
-from orchestration.state.reads import StateReader, StepState, decode_results
+from orchestration.state.reads import StateReader
 from orchestration.state.scripts import (
     NOTHING,
     BeginReply,

@@ -11,7 +11,8 @@ from orchestration.definition.plan import PlannedBranch, PlannedGroup, PlannedMa
 from orchestration.errors import WorkflowNotFound
 from orchestration.model import RunningStep, TaskResult, WorkflowStatus, WorkflowStatusReport
 from orchestration.model.names import RUN_STARTS, Event
-from orchestration.state.reads import StateReader, step_sort_key
+from orchestration.state.decode import step_sort_key
+from orchestration.state.reads import StateReader
 
 DEFAULT_FLOWER_URL = "http://localhost:5555"
 
