@@ -1,16 +1,21 @@
-"""Baton's core (definitions, plans, the state store and its scripts, the wire format of
-messages) and, on top of it, the client API."""
+"""Baton's public API: the client (:class:`WorkflowOrchestrator`), the definition models
+it accepts, every record it returns and every error it raises. Closed over itself: a
+type a public method takes, returns or raises is exported here (``tests/test_layers.py``
+pins the list). The core's rooms and their rule: ``docs/architecture.md``."""
 
 from __future__ import annotations
 
-from orchestration.client.orchestrator import WorkflowOrchestrator
+from orchestration.client import WorkflowOrchestrator
 from orchestration.errors import (
+    AmbiguousWorkflowId,
     BatonError,
     DefinitionError,
+    InputTooLarge,
+    LimitError,
     SignalError,
+    SignalTooLarge,
     StateStoreError,
     StepError,
-    StepFailed,
     UnknownAgent,
     UnknownTaskType,
     WorkflowNotFound,
@@ -18,31 +23,70 @@ from orchestration.errors import (
     WorkflowTimeout,
 )
 from orchestration.model import (
+    BranchOn,
+    BranchStep,
+    Checkpoint,
+    CompensationOutcome,
+    HistoryEntry,
+    MapMember,
+    MapProgress,
+    MapStep,
     ParallelStep,
+    RunningStep,
+    SleepStep,
     StreamEvent,
+    SubflowStep,
     TaskResult,
     TaskStatus,
     TaskStep,
+    ThrottledStep,
+    WaitingStep,
+    WaitStep,
+    WhenStep,
+    WhenTest,
     WorkflowContext,
     WorkflowDefinition,
     WorkflowStatus,
     WorkflowStatusReport,
 )
+from orchestration.model.limits import LimitValues
+from orchestration.state.limiter import BudgetUse
 
 __all__ = [
-    "SignalError",
-    "StreamEvent",
+    "AmbiguousWorkflowId",
     "BatonError",
+    "BranchOn",
+    "BranchStep",
+    "BudgetUse",
+    "Checkpoint",
+    "CompensationOutcome",
     "DefinitionError",
-    "StateStoreError",
+    "HistoryEntry",
+    "InputTooLarge",
+    "LimitError",
+    "LimitValues",
+    "MapMember",
+    "MapProgress",
+    "MapStep",
     "ParallelStep",
+    "RunningStep",
+    "SignalError",
+    "SignalTooLarge",
+    "SleepStep",
+    "StateStoreError",
     "StepError",
-    "StepFailed",
+    "StreamEvent",
+    "SubflowStep",
     "TaskResult",
     "TaskStatus",
     "TaskStep",
+    "ThrottledStep",
     "UnknownAgent",
     "UnknownTaskType",
+    "WaitStep",
+    "WaitingStep",
+    "WhenStep",
+    "WhenTest",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowNotFound",

@@ -9,10 +9,16 @@ function shows here as well as one at the top of a module.
 from __future__ import annotations
 
 import ast
+import inspect
+import typing
 from pathlib import Path
+
+import pydantic
 
 import agents
 import orchestration
+import orchestration.errors
+import orchestration.model.steps
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("orchestration", "agents", "workers")
@@ -145,28 +151,16 @@ def test_no_two_modules_import_each_other() -> None:
 
 def test_the_public_surface_is_the_documented_one() -> None:
     assert set(orchestration.__all__) == {
-        "BatonError",
-        "DefinitionError",
-        "ParallelStep",
-        "StateStoreError",
-        "StepError",
-        "StepFailed",
-        "TaskResult",
-        "TaskStatus",
-        "TaskStep",
-        "UnknownAgent",
-        "UnknownTaskType",
-        "WorkflowContext",
-        "WorkflowDefinition",
-        "WorkflowNotFound",
-        "WorkflowOrchestrator",
-        "WorkflowStateError",
-        "WorkflowStatus",
-        "WorkflowStatusReport",
-        "WorkflowTimeout",
-        "StreamEvent",
-        "SignalError",
-    }
+        "AmbiguousWorkflowId", "BatonError", "BranchOn", "BranchStep", "BudgetUse",
+        "Checkpoint", "CompensationOutcome", "DefinitionError", "HistoryEntry",
+        "InputTooLarge", "LimitError", "LimitValues", "MapMember", "MapProgress", "MapStep",
+        "ParallelStep", "RunningStep", "SignalError", "SignalTooLarge", "SleepStep",
+        "StateStoreError", "StepError", "StreamEvent", "SubflowStep", "TaskResult",
+        "TaskStatus", "TaskStep", "ThrottledStep", "UnknownAgent", "UnknownTaskType",
+        "WaitStep", "WaitingStep", "WhenStep", "WhenTest", "WorkflowContext",
+        "WorkflowDefinition", "WorkflowNotFound", "WorkflowOrchestrator",
+        "WorkflowStateError", "WorkflowStatus", "WorkflowStatusReport", "WorkflowTimeout",
+    }  # fmt: skip
     assert set(agents.__all__) == {
         "MAX_EMIT_BYTES",
         "Agent",
@@ -184,3 +178,40 @@ def test_the_public_surface_is_the_documented_one() -> None:
     }
     for package in (orchestration, agents):
         assert all(hasattr(package, name) for name in package.__all__)
+
+
+def _project_types(annotation: object) -> set[type]:
+    """The project's classes named in a type annotation (inside list[...], | None, ...)."""
+    if isinstance(annotation, type):
+        return {annotation} if annotation.__module__.startswith("orchestration") else set()
+    return {t for arg in typing.get_args(annotation) for t in _project_types(arg)}
+
+
+def test_every_type_the_client_returns_or_raises_is_exported() -> None:
+    exported = {getattr(orchestration, name) for name in orchestration.__all__}
+    client = orchestration.WorkflowOrchestrator
+    returned = {
+        t
+        for name, method in inspect.getmembers(client, inspect.isfunction)
+        if not name.startswith("_")
+        for t in _project_types(typing.get_type_hints(method).get("return"))
+    }
+    raised = {
+        getattr(orchestration.errors, node.exc.func.id)
+        for path in (ROOT / "orchestration" / "client").glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+        and isinstance(node.exc.func, ast.Name) and hasattr(orchestration.errors, node.exc.func.id)
+    }  # fmt: skip
+    assert returned and raised
+    assert sorted(t.__name__ for t in (returned | raised) - exported) == []
+
+
+def test_every_definition_step_model_is_exported_and_internal_errors_are_not() -> None:
+    models = {
+        name for name, value in vars(orchestration.model.steps).items()
+        if isinstance(value, type) and issubclass(value, pydantic.BaseModel)
+        and value.__module__ == "orchestration.model.steps" and not name.startswith("_")
+    }  # fmt: skip
+    assert models and models <= set(orchestration.__all__)
+    assert "StepFailed" not in orchestration.__all__
