@@ -32,7 +32,7 @@ from bench import maps as mapsbench
 from bench import profiling, report, scenarios
 from bench import waits as waitsbench
 from bench.scenarios import Sizes
-from bench.sides import BareSide, BatonSide, Side, Workdir, ts
+from bench.sides import RUN_SECONDS, BareSide, BatonSide, Side, Workdir, ts
 from orchestration.client.embedded import RedisServer
 
 
@@ -41,8 +41,9 @@ def log(msg: str) -> None:
 
 
 def run_session(side: Side, sz: Sizes, r: redis.Redis[bytes], work: Workdir) -> dict[str, Any]:
-    """Every timed scenario for one side, in one worker session."""
-    out: dict[str, Any] = {}
+    """Every timed scenario for one side, in one worker session; ``lost``: per scenario,
+    the runs whose results never came within the side's bound (left out of its figures)."""
+    out: dict[str, Any] = {"lost": {}}
     for name, fn in (
         ("sequential", lambda: scenarios.sequential(side, sz)),
         ("fanout", lambda: scenarios.fanout(side, sz)),
@@ -52,9 +53,12 @@ def run_session(side: Side, sz: Sizes, r: redis.Redis[bytes], work: Workdir) -> 
         ("cost", lambda: scenarios.cost(side, sz, r, work.msglog)),
         ("handoff", lambda: scenarios.handoff(side, sz, work.msglog)),
     ):
-        t0 = time.perf_counter()
+        t0, lost = time.perf_counter(), side.lost
         out[name] = fn()
-        log(f"  {side.name} {name}: {time.perf_counter() - t0:.1f}s")
+        note = f" ({side.lost - lost} lost)" if side.lost > lost else ""
+        log(f"  {side.name} {name}: {time.perf_counter() - t0:.1f}s{note}")
+        if side.lost > lost:
+            out["lost"][name] = side.lost - lost
     return out
 
 
@@ -276,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "io": io_results,
         "waits": waits_results,
         "maps": maps_results,
+        "run_seconds": RUN_SECONDS,
         "elapsed_s": time.perf_counter() - t_start,
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }

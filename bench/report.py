@@ -206,6 +206,32 @@ def _headline(res: dict[str, list[dict[str, Any]]], sz: dict[str, Any]) -> list[
     ]
 
 
+def lost_runs(
+    res: dict[str, list[dict[str, Any]]],
+    memory: dict[str, list[dict[str, Any]]],
+    bound: float | None = None,
+) -> str:
+    """The runs whose results never came within the bench's bound per run (a chain that
+    never finishes): counted per side and scenario, left out of the figures above."""
+    counts: dict[tuple[str, str], int] = {}
+    for side, runs in [*res.items(), *memory.items()]:
+        for r in runs:
+            found = r.get("lost", {})
+            for name, n in found.items() if isinstance(found, dict) else [("memory", found)]:
+                if n:
+                    counts[side, name] = counts.get((side, name), 0) + n
+    within = f" within {bound:g} s" if bound else ""
+    if not counts:
+        return f"\n## Lost runs\n\nNone: every run's results came{within}.\n"
+    rows = [[side, name, str(n)] for (side, name), n in sorted(counts.items())]
+    return (
+        f"\n## Lost runs\n\nRuns whose results did not come{within} (a chain that never"
+        " finishes), counted and left out of the figures; the bench went on without them.\n\n"
+        + table(["side", "scenario", "lost"], rows)
+        + "\n"
+    )
+
+
 def markdown(data: dict[str, Any]) -> str:
     res: dict[str, list[dict[str, Any]]] = data["results"]
     sz, m = data["sizes"], data["machine"]
@@ -268,6 +294,7 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("maps"):
         add("")
         add(maps_targets(data["maps"]))
+    add(lost_runs(res, data.get("memory", {}), data.get("run_seconds")))
     add(HOW_BATON_GETS_THERE)
     add("\n## Machine\n")
     add(table(["", ""], [[k, str(v)] for k, v in m.items()]))

@@ -5,18 +5,21 @@ Every scenario runs the same operations on either side; what differs is only the
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from bench import msglog
-from bench.sides import Side
+from bench.sides import Lost, Run, Side
 
 KB, MB = 1024, 1024 * 1024
 
@@ -62,6 +65,8 @@ class Sizes:
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (0..1) by linear interpolation."""
     ordered = sorted(values)
+    if not ordered:  # every run lost
+        return math.nan
     if len(ordered) == 1:
         return ordered[0]
     pos = q * (len(ordered) - 1)
@@ -70,16 +75,33 @@ def pct(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def median(values: list[float]) -> float:
+    """The median; NaN when every run was lost."""
+    return statistics.median(values) if values else math.nan
+
+
+def runs_of(side: Side, run: Callable[[], Run], n: int) -> list[Run]:
+    """``n`` runs, those lost (no result within the side's bound) left out and counted on
+    the side (``side.lost``): the scenario goes on without them."""
+    done: list[Run] = []
+    for _ in range(n):
+        try:
+            done.append(run())
+        except Lost:
+            side.lost += 1
+    return done
+
+
 def sequential(side: Side, sz: Sizes) -> dict[str, Any]:
     """Scenario 1 (and 7): one 5-step run at a time; latency and the client's wait."""
-    side.sequential(sz.steps)  # warm-up: connections, imports, the pool's first fork
-    runs = [side.sequential(sz.steps) for _ in range(sz.seq_runs)]
+    runs_of(side, lambda: side.sequential(sz.steps), 1)  # warm-up: connections, the pool
+    runs = runs_of(side, lambda: side.sequential(sz.steps), sz.seq_runs)
     lat = [r.latency * 1000 for r in runs]
     wait = [(r.returned_at - r.finished_at) * 1000 for r in runs]
     return {
-        "median_ms": statistics.median(lat),
+        "median_ms": median(lat),
         "p95_ms": pct(lat, 0.95),
-        "client_wait_ms": statistics.median(wait),
+        "client_wait_ms": median(wait),
         "client_wait_p95_ms": pct(wait, 0.95),
     }
 
@@ -87,7 +109,7 @@ def sequential(side: Side, sz: Sizes) -> dict[str, Any]:
 def fanout(side: Side, sz: Sizes) -> dict[str, Any]:
     """Scenario 2: a group of N no-op members (Baton) vs a chord of N (Celery); wall time."""
     return {
-        str(n): statistics.median(side.fanout(n).latency for _ in range(runs))
+        str(n): median([r.latency for r in runs_of(side, partial(side.fanout, n), runs)])
         for n, runs in sz.fanout
     }
 
@@ -125,27 +147,30 @@ def fanout_cpu(side: Side, sz: Sizes, r: redis.Redis) -> dict[str, float]:
         )
 
     before = snapshot()
-    side.fanout(n)
+    done = runs_of(side, lambda: side.fanout(n), 1)
     after = snapshot()
     names = ("worker_parent", "pool_children", "redis", "client")
-    return {k: (a - b) / n * 1000 for k, a, b in zip(names, after, before, strict=True)}
+    per = {k: (a - b) / n * 1000 for k, a, b in zip(names, after, before, strict=True)}
+    return per if done else {k: math.nan for k in per}
 
 
 def payload(side: Side, sz: Sizes) -> dict[str, Any]:
     """Scenario 2b: 5 steps, each reading the previous 100 KB output and writing 100 KB."""
-    side.payload(sz.steps, sz.payload_size)
-    lat = [side.payload(sz.steps, sz.payload_size).latency * 1000 for _ in range(sz.payload_runs)]
-    return {"median_ms": statistics.median(lat), "p95_ms": pct(lat, 0.95)}
+    runs_of(side, lambda: side.payload(sz.steps, sz.payload_size), 1)  # warm-up
+    runs = runs_of(side, lambda: side.payload(sz.steps, sz.payload_size), sz.payload_runs)
+    lat = [r.latency * 1000 for r in runs]
+    return {"median_ms": median(lat), "p95_ms": pct(lat, 0.95)}
 
 
 def throughput(side: Side, sz: Sizes) -> dict[str, Any]:
-    """Scenario 3: N workflows/chains submitted at once; completions per second."""
+    """Scenario 3: N workflows/chains submitted at once; completions per second (those
+    lost, not finished within the side's bound, neither counted nor waited for again)."""
     t0 = time.perf_counter()
     handles = side.submit_many(sz.throughput, sz.steps)
     submitted = time.perf_counter() - t0
-    side.wait_all(handles)
+    lost = side.wait_all(handles)
     wall = time.perf_counter() - t0
-    return {"per_s": sz.throughput / wall, "submit_s": submitted, "wall_s": wall}
+    return {"per_s": (sz.throughput - lost) / wall, "submit_s": submitted, "wall_s": wall}
 
 
 def _stats(r: redis.Redis) -> tuple[dict[str, int], dict[str, int]]:
@@ -180,17 +205,18 @@ def cost(side: Side, sz: Sizes, r: redis.Redis, logdir: Path) -> dict[str, Any]:
     scripts. The workers' idle traffic (BRPOP timeouts, heartbeats) is measured over an
     idle window first and subtracted pro rata.
     """
-    side.sequential(sz.steps)
+    runs_of(side, lambda: side.sequential(sz.steps), 1)  # warm-up
     idle_gen, idle_cmds, idle_s = _window(r, lambda: time.sleep(sz.idle_window))
     msglog.enable(logdir, True)
     try:
+        done: list[Run] = []
         gen, cmds, busy_s = _window(
-            r, lambda: [side.sequential(sz.steps) for _ in range(sz.cost_runs)]
+            r, lambda: done.extend(runs_of(side, lambda: side.sequential(sz.steps), sz.cost_runs))
         )
     finally:
         msglog.enable(logdir, False)
     messages = msglog.collect(logdir)
-    steps = sz.cost_runs * sz.steps
+    steps = max(1, len(done)) * sz.steps  # (the runs lost did only part of their steps)
     scale = busy_s / idle_s
 
     def per_step(total: int, idle: int) -> float:
@@ -224,13 +250,13 @@ def handoff(side: Side, sz: Sizes, logdir: Path) -> dict[str, Any]:
         for _ in range(runs):
             msglog.enable(logdir, True)
             try:
-                run = side.handoff(sz.steps, size)
+                done = runs_of(side, partial(side.handoff, sz.steps, size), 1)
             finally:
                 msglog.enable(logdir, False)
-            step_ms.append((run.finished_at - run.first_done_at) / (sz.steps - 1) * 1000)
+            step_ms += [(r.finished_at - r.first_done_at) / (sz.steps - 1) * 1000 for r in done]
             sizes = [m["bytes"] for m in msglog.collect(logdir)]
             msg.append(max(sizes) if sizes else 0)
-        out[str(size)] = {"step_ms": statistics.median(step_ms), "max_message_bytes": max(msg)}
+        out[str(size)] = {"step_ms": median(step_ms), "max_message_bytes": max(msg)}
     return out
 
 
@@ -244,7 +270,7 @@ def memory(side: Side, sz: Sizes, r: redis.Redis, retention: int) -> dict[str, A
     before = int(r.info("memory")["used_memory"])
     keys_before = int(r.dbsize())
     handles = side.submit_many(sz.memory_runs, sz.steps)
-    side.wait_all(handles)
+    lost = side.wait_all(handles)  # (counted on the side too)
     after = int(r.info("memory")["used_memory"])
     keys_after = int(r.dbsize())
     time.sleep(retention + 0.5)
@@ -255,6 +281,7 @@ def memory(side: Side, sz: Sizes, r: redis.Redis, retention: int) -> dict[str, A
         "after_expiry_bytes_per_workflow": (expired - before) / sz.memory_runs,
         "keys_per_workflow": (keys_after - keys_before) / sz.memory_runs,
         "retention_s": retention,
+        "lost": lost,
     }
 
 

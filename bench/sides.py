@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import redis
 from celery import Celery, chain, chord, group
@@ -23,11 +23,35 @@ from celery.states import READY_STATES as READY
 
 from orchestration.client import WorkflowOrchestrator
 from orchestration.client.embedded import LocalWorkers
+from orchestration.errors import WorkflowTimeout
 from orchestration.settings import BatonSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 2
 PREFIX = "bench"
+#: The most the bench waits for one run's results (a chain, a chord, a workflow, or a
+#: batch of them submitted at once): what has not come by then is lost, counted as such,
+#: and the bench goes on. ``BENCH_RUN_SECONDS`` overrides it.
+RUN_SECONDS = float(os.environ.get("BENCH_RUN_SECONDS", "300"))
+T = TypeVar("T")
+
+
+class Lost(TimeoutError):
+    """A run whose result did not come within its bound (a chain that never finishes)."""
+
+
+def gather(handles: list[T], wait: Any, bound: float) -> int:
+    """Wait for every handle of one run with ``wait(handle, seconds)``, one deadline for
+    them all: how many were lost (``wait`` raised :class:`Lost`). Those that came after
+    the deadline are still found (a wait of 0 looks once)."""
+    deadline = time.monotonic() + bound
+    lost = 0
+    for handle in handles:
+        try:
+            wait(handle, max(0.0, deadline - time.monotonic()))
+        except Lost:
+            lost += 1
+    return lost
 
 
 def ts(iso: str) -> float:
@@ -72,6 +96,7 @@ class Workdir:
 
 class Side(Protocol):
     name: str
+    lost: int  # runs (or a batch's members) whose results never came within the bound
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -80,7 +105,7 @@ class Side(Protocol):
     def fanout(self, size: int) -> Run: ...
     def handoff(self, steps: int, size: int) -> Run: ...
     def submit_many(self, n: int, steps: int) -> list[Any]: ...
-    def wait_all(self, handles: list[Any]) -> None: ...
+    def wait_all(self, handles: list[Any]) -> int: ...  # how many were lost
     def pids(self) -> list[int]: ...
 
 
@@ -109,6 +134,19 @@ class BatonSide(_WorkerPids):
     name: str = "baton"
     orch: WorkflowOrchestrator | None = None
     workers: LocalWorkers | None = None
+    bound: float = RUN_SECONDS  # the most one run is waited for
+    lost: int = 0
+
+    def wait(self, wid: str, timeout: float) -> Any:
+        """The workflow's end; :class:`Lost` if it has not ended within ``timeout``."""
+        assert self.orch
+        try:
+            ctx = self.orch.wait(wid, timeout=timeout)
+        except WorkflowTimeout as exc:
+            raise Lost(str(exc)) from None
+        if ctx.status != "completed":
+            raise RuntimeError(f"baton workflow {wid} ended {ctx.status}: {ctx.error}")
+        return ctx
 
     def settings(self) -> BatonSettings:
         env = self.work.env(self.extra_env)
@@ -140,15 +178,13 @@ class BatonSide(_WorkerPids):
             self.orch.close()
         self.workers = self.orch = None
 
-    def _run(self, definition: dict[str, Any], timeout: float = 300) -> Run:
+    def _run(self, definition: dict[str, Any], timeout: float | None = None) -> Run:
         assert self.orch
         t0 = time.perf_counter()
         wid = self.orch.run_workflow(definition)
-        ctx = self.orch.wait(wid, timeout=timeout)
+        ctx = self.wait(wid, self.bound if timeout is None else timeout)
         latency = time.perf_counter() - t0
         returned = time.time()
-        if ctx.status != "completed":
-            raise RuntimeError(f"baton workflow {wid} ended {ctx.status}: {ctx.error}")
         first = next(h for h in ctx.execution_history if h.event == "step_completed")
         return Run(latency, ts(ctx.finished_at or ""), returned, ts(first.timestamp))
 
@@ -191,12 +227,10 @@ class BatonSide(_WorkerPids):
         definition = {"name": "tp", "steps": _noop_steps(steps)}
         return [self.orch.run_workflow(definition) for _ in range(n)]
 
-    def wait_all(self, handles: list[Any]) -> None:
-        assert self.orch
-        for wid in handles:
-            ctx = self.orch.wait(wid, timeout=600)
-            if ctx.status != "completed":
-                raise RuntimeError(f"baton workflow {wid} ended {ctx.status}")
+    def wait_all(self, handles: list[Any]) -> int:
+        lost = gather(handles, self.wait, self.bound)
+        self.lost += lost
+        return lost
 
 
 @dataclass
@@ -218,9 +252,12 @@ class BareSide(_WorkerPids):
     workers: LocalWorkers | None = None
     client: redis.Redis | None = None
     pubsub: Any = None
+    bound: float = RUN_SECONDS  # the most one run is waited for
+    lost: int = 0
 
-    def start(self) -> None:
-        from bench.bare import QUEUE, make_app
+    def connect(self) -> None:
+        """The client: the app that sends, and the Redis connection ``result`` waits on."""
+        from bench.bare import make_app
 
         self.client = redis.Redis.from_url(self.work.redis_url)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -229,6 +266,11 @@ class BareSide(_WorkerPids):
         # The client's automatic subscription to each sent task's result is never read
         # here (``result()`` waits instead); off, it neither buffers nor costs round trips.
         self.app.backend.on_task_call = lambda *args, **kwargs: None
+
+    def start(self) -> None:
+        from bench.bare import QUEUE
+
+        self.connect()
         env = {**os.environ, **self.work.env(self.extra_env)}
         log_dir = self.work.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -268,18 +310,21 @@ class BareSide(_WorkerPids):
             self.client.close()
         self.workers = self.app = self.client = self.pubsub = None
 
-    def result(self, task_id: str, timeout: float = 300) -> dict[str, Any]:
-        """The final task's result meta, woken by the backend's pub/sub message."""
+    def result(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The final task's result meta, woken by the backend's pub/sub message;
+        :class:`Lost` if it has not come within ``timeout`` (the side's bound)."""
         assert self.client is not None and self.pubsub is not None
+        timeout = self.bound if timeout is None else timeout
         key = f"celery-task-meta-{task_id}"
         self.pubsub.subscribe(key)
         try:
             raw = self.client.get(key)
             deadline = time.monotonic() + timeout
             while raw is None or json.loads(raw)["status"] not in READY:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no result for {task_id} after {timeout}s")
-                msg = self.pubsub.get_message(timeout=1.0)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Lost(f"no result for {task_id} after {timeout:g}s")
+                msg = self.pubsub.get_message(timeout=min(1.0, left))
                 if msg is not None and msg["channel"].decode() == key:
                     raw = msg["data"]
         finally:
@@ -293,7 +338,9 @@ class BareSide(_WorkerPids):
         assert self.app
         return self.app.tasks[f"bare.{name}"]
 
-    def _run(self, canvas: Any, first: AsyncResult | None = None, timeout: float = 300) -> Run:
+    def _run(
+        self, canvas: Any, first: AsyncResult | None = None, timeout: float | None = None
+    ) -> Run:
         t0 = time.perf_counter()
         res = canvas.apply_async()
         meta = self.result(res.id, timeout)
@@ -329,6 +376,7 @@ class BareSide(_WorkerPids):
             chain(*[self._task("noop").s() for _ in range(steps)]).apply_async() for _ in range(n)
         ]
 
-    def wait_all(self, handles: list[Any]) -> None:
-        for res in handles:
-            self.result(res.id, timeout=600)
+    def wait_all(self, handles: list[Any]) -> int:
+        lost = gather([res.id for res in handles], self.result, self.bound)
+        self.lost += lost
+        return lost

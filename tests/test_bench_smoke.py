@@ -12,6 +12,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import chain
+
+from bench import report
+from bench.scenarios import runs_of
+from bench.sides import BareSide, Lost, Workdir
+from orchestration.client.embedded import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,3 +120,42 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     png = tmp_path / "benchmarks.png"
     assert png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_celery_chain_that_never_finishes_is_lost_and_the_bench_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A chain whose second task goes to a queue no worker consumes never finishes: the
+    bench waits for it no longer than its bound per run, counts it as lost, keeps the
+    other results of the run, and says so in the report."""
+    server = RedisServer(tmp_path / "redis").start()
+    side = BareSide(Workdir(tmp_path, server.url))
+    try:
+        side.start()
+        noop = side._task("noop")
+
+        def never() -> chain:
+            return chain(noop.s(), noop.s().set(queue="agent.nobody"))
+
+        done = side.submit_many(4, 2)
+        assert side.wait_all(done) == 0  # (done: each is found at once from here on)
+        side.bound = 0.5  # the bound of a run, in which one chain never finishes
+        assert side.wait_all([done[0], never().apply_async(), *done[1:]]) == 1
+        with pytest.raises(Lost):
+            side._run(never())
+        assert runs_of(side, lambda: side._run(never()), 2) == []
+        assert side.lost == 3
+    finally:
+        side.stop()
+        server.stop()
+
+    res: dict[str, list[dict[str, Any]]] = {
+        "baton": [{"lost": {}}],
+        "celery": [{"lost": {"throughput": 1, "sequential": 2}}],
+    }
+    text = report.lost_runs(res, {"celery": [{"lost": 1}], "baton": [{"lost": 0}]}, 0.5)
+    assert "## Lost runs" in text and "within 0.5 s" in text
+    rows = _table_rows(text)
+    assert rows == [["celery", "memory", "1"], ["celery", "sequential", "2"],
+                    ["celery", "throughput", "1"]]  # fmt: skip
+    assert "None" in report.lost_runs({"baton": [{"lost": {}}]}, {}, 300)
