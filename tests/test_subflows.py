@@ -207,6 +207,9 @@ def test_nested_sub_workflow_outputs_are_checked_as_keys_of_their_own(
         orch.create_workflow({"steps": [{"parallel": [sub, step("echo", "out")]}]})
     with pytest.raises(DefinitionError, match="duplicate output_key 'out' .*steps.1..outputs"):
         orch.create_workflow({"steps": [step("echo", "a"), sub, step("echo", "out")]})
+    # A grandchild's outputs are keys of its parent, the child: the parent may map them.
+    grand = child({"workflow": child(step("echo", "b")), "outputs": {"deep": "b"}})
+    orch.create_workflow(parent(grand, step("read", key="got"), outputs={"got": "deep"}))
     # Two ways of one branch may each make it: only one of them runs.
     orch.create_workflow({"steps": [
         step("echo", "a"),
