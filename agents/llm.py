@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agents.base import StepInput
 from agents.registry import Agent
-from orchestration.errors import StepError
+from orchestration.errors import RateLimited, StepError
 from orchestration.settings import get_settings
 
 log = logging.getLogger("baton.agents.llm")
@@ -80,14 +80,6 @@ class SummaryOutput(BaseModel):
     finish_reason: str
     usage: Usage
     input_key: str
-
-
-class RateLimited(StepError):
-    """The API answered 429: retryable, after ``retry_after`` seconds if it said."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message, retryable=True)
-        self.retry_after = retry_after
 
 
 def api_key(key_id: str) -> tuple[str, SecretStr]:

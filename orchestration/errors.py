@@ -140,3 +140,24 @@ class MapInputError(StepError):
 class TurnMissed(Exception):
     """A rate-limited call could not start within ``ALLOWANCE`` of its turn (its worker
     was busy): it must not start now, and goes back in line for a new turn."""
+
+
+class RateLimited(StepError):
+    """An API answered 429: retryable, after ``retry_after`` seconds if it said."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, retryable=True)
+        self.retry_after = retry_after
+
+
+class PoolRefused(BatonError):
+    """``baton worker`` was given a pool that cannot run its agents."""
+
+
+class CommandRefused(BatonError):
+    """A failure a ``baton`` command names itself: its message, a hint and its exit code
+    (2, refused, unless it says otherwise; see ``workers/failures.py``)."""
+
+    def __init__(self, message: str, hint: str = "", code: int = 2) -> None:
+        super().__init__(message)
+        self.hint, self.code = hint, code

@@ -21,7 +21,7 @@ import yaml
 from agents import llm
 from agents.registry import load_agents
 from orchestration.definition import load_plan
-from orchestration.errors import StepError
+from orchestration.errors import RateLimited, StepError
 from orchestration.settings import get_settings
 from tests.llm_server import LLMServer, reply_for, tokens_of
 
@@ -167,7 +167,7 @@ def test_each_api_key_id_sends_its_own_key_and_is_the_limit_key(
 def test_429_is_retryable_and_gives_retry_after(server: LLMServer, env: pytest.MonkeyPatch) -> None:
     run({"input_key": "figures", "api_key_id": "tiny"}, FIGURES)  # the quota is 1 a second
     err = failure({"input_key": "figures", "api_key_id": "tiny"}, FIGURES)
-    assert err.retryable and isinstance(err, llm.RateLimited)
+    assert err.retryable and isinstance(err, RateLimited)
     assert "429" in str(err) and "Retry-After: 1 s" in str(err) and err.retry_after == 1.0
     stats = server.stats()["keys"][KEYS["tiny"]]
     assert (stats["accepted"], stats["rejected_429"], stats["max_per_second"]) == (1, 1, 1)

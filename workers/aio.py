@@ -46,7 +46,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from greenlet import getcurrent, greenlet
 
 from agents.registry import Agent
-from orchestration.errors import BatonError, TurnMissed
+from orchestration.errors import PoolRefused, TurnMissed
 from orchestration.state.limiter import check_turn
 
 log = logging.getLogger("baton.aio")
@@ -55,10 +55,6 @@ T = TypeVar("T")
 POOL_NAME = "asyncio"
 #: Pools that cannot host an asyncio loop beside them (they monkeypatch threads/sockets).
 GREEN_POOLS = ("gevent", "eventlet")
-
-
-class PoolRefused(BatonError):
-    """``baton worker`` was given a pool that cannot run its agents."""
 
 
 class EventLoop:

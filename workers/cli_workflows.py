@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
-from orchestration.errors import WorkflowTimeout
+from orchestration.errors import CommandRefused, WorkflowTimeout
 from orchestration.model import WorkflowStatus
 from orchestration.model.names import Event
 from orchestration.model.waits import SUBFLOW_TASK, child_id
 from orchestration.settings import get_settings
 from workers.cli_common import not_empty, orchestrator, show, stream_id
-from workers.failures import FAILED, Refused
+from workers.failures import FAILED
 from workers.render import console, event_line, outcome_lines, render_progress, warn_unserved
 from workers.render_tables import status_table, workflows_table
 
@@ -63,7 +63,7 @@ def register(file: Path, replace: bool) -> None:
             new = orch.definitions.resolve(read_definition(file))
             old = orch.definitions.get(new.name)
             if old is not None and old != json.loads(new.model_dump_json(by_alias=True)):
-                raise Refused(
+                raise CommandRefused(
                     f"a different definition is registered as {new.name!r}",
                     f"`baton register {file} --replace` replaces it (workflows created "
                     "already keep theirs)",

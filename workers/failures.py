@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from orchestration.errors import (
     AgentModuleError,
     BatonError,
+    CommandRefused,
     DefinitionError,
     StateStoreError,
     WorkflowNotFound,
@@ -42,14 +43,6 @@ class Failure:
         return f"baton: {text}" + (f" (hint: {self.hint})" if self.hint else "")
 
 
-class Refused(BatonError):
-    """A failure the command names itself: its message, hint and exit code."""
-
-    def __init__(self, message: str, hint: str = "", code: int = REFUSED) -> None:
-        super().__init__(message)
-        self.hint, self.code = hint, code
-
-
 def check_urls(settings: BatonSettings) -> None:
     """Refuse a Redis or broker URL that cannot even be parsed (a port out of range, a
     broken IPv6 address), naming the setting and never the URL (it may hold a password)."""
@@ -59,12 +52,14 @@ def check_urls(settings: BatonSettings) -> None:
             parts = urlsplit(url or "")
             parts.port  # noqa: B018  (parsing the port is the check)
         except ValueError as exc:
-            raise Refused(f"{name} is not a valid URL: {exc}", URL_HINT, UNREACHABLE) from None
+            raise CommandRefused(
+                f"{name} is not a valid URL: {exc}", URL_HINT, UNREACHABLE
+            ) from None
 
 
 def failure_of(exc: BaseException) -> Failure | None:
     """The expected failure ``exc`` is, or None for an unexpected one."""
-    if isinstance(exc, Refused):
+    if isinstance(exc, CommandRefused):
         return Failure(exc.code, str(exc), exc.hint)
     if isinstance(exc, WorkflowTimeout):
         hint = "wait longer with --timeout, or see `baton status`"

