@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
@@ -62,10 +63,12 @@ def fitted(columns: list[Column], rows: list[list[str]], width: int) -> Table:
 
 
 def when(iso: str, seconds: bool = False) -> str:
-    """An ISO time as month-day hours:minutes(:seconds), in the time zone it was written in."""
+    """An ISO time as month-day hours:minutes(:seconds), in the time zone it was written in;
+    with its year when that is not this year's (a timeout next year, the far future)."""
     if not iso:
         return "–"
-    return iso[5 : 19 if seconds else 16].replace("T", " ")
+    start = 5 if iso[:4] == str(datetime.now(UTC).year) else 0
+    return iso[start : 19 if seconds else 16].replace("T", " ")
 
 
 def workflows_table(reports: list[WorkflowStatusReport], width: int) -> Table:
