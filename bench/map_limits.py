@@ -12,7 +12,7 @@ are read from those records, not from the workers' logs.
    running at once and the run time (ideal: 4 s; polling found freed slots in 6 s).
 4. The same 2 s task mapped over 20 items at ``batch_size: 10``: the most running at once
    (the issue saw 20) and the run time (ideal: 8 s).
-5. A 10,000-item no-op map at the default ``batch_size`` and at 1 and 100, for scale.
+5. A 10,000-item no-op map at the default ``batch_size`` and at 1, 10 and 100, for scale.
 
 One redis-server and one asyncio worker process (50 wide, every queue) of its own.
 """
@@ -204,7 +204,7 @@ def run() -> dict[str, Any]:
             log(f"concurrency, map: {out['map 20 x 2 s, concurrency 5, batch 10']}")
 
             default = MapStep.model_fields["batch_size"].default
-            for size in dict.fromkeys([default, 1, 100]):
+            for size in dict.fromkeys([default, 1, 10, 100]):
                 secs, _ = timed_map(orch, 10_000, "noop", batch_size=size)
                 out[f"10,000 no-op items, batch {size}"] = {"run s": round(secs, 2)}
                 log(f"10,000 at {size}: {secs:.2f} s")

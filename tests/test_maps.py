@@ -87,7 +87,9 @@ def test_max_concurrency_caps_the_items_in_flight(
 ) -> None:
     items = [{"value": i} for i in range(30)]
     tag = uuid.uuid4().hex[:8]
-    wid = orch.run_workflow({"steps": [source(items), mapping(max_concurrency=2, tag=tag)]})
+    wid = orch.run_workflow(
+        {"steps": [source(items), mapping(max_concurrency=2, batch_size=1, tag=tag)]}
+    )
     ctx = orch.wait(wid, timeout=60)
     assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
     assert int(raw_redis.get(f"testlog:map:{tag}:max")) <= 2
@@ -120,7 +122,9 @@ def test_a_paused_map_stops_taking_items_and_resumes_with_the_rest(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    wid = orch.run_workflow({"steps": [source(held(12)), mapping(max_concurrency=2, tag=tag)]})
+    wid = orch.run_workflow(
+        {"steps": [source(held(12)), mapping(max_concurrency=2, batch_size=1, tag=tag)]}
+    )
     wait_gate_started(raw_redis, tag, count=2)
     orch.pause_workflow(wid)
     open_gate(raw_redis, tag, times=12)
@@ -163,7 +167,9 @@ def test_a_cancelled_map_commits_nothing_more(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    wid = orch.run_workflow({"steps": [source(held(10)), mapping(max_concurrency=2, tag=tag)]})
+    wid = orch.run_workflow(
+        {"steps": [source(held(10)), mapping(max_concurrency=2, batch_size=1, tag=tag)]}
+    )
     wait_gate_started(raw_redis, tag, count=2)
     orch.cancel_workflow(wid)
     open_gate(raw_redis, tag, times=10)

@@ -191,13 +191,15 @@ class MapStep(_Strict):
     ``over`` is ``<output_key>.<path>``; each item reaches its task as ``step.item`` (and
     ``step.index``), read from the state store. ``aggregate``: ``collect`` (the items'
     outputs as a list, in input order; a failed item's is null), or a group's aggregator
-    (``summary``, ``merge``). ``batch_size`` items go in one task message;
+    (``summary``, ``merge``). ``batch_size`` items go in one task message (25 unless
+    given: a 10,000-item map is 400 messages, a 100-item one still 4 batches side by side;
+    an async task's batch runs its items at once, a plain one's in turn);
     ``max_concurrency`` caps the items in flight across every worker."""
 
     map: MapMember
     output_key: Annotated[str, Field(min_length=1)] | None = None
     aggregate: str = "collect"
-    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 25
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     description: str = ""
     on_failure: Literal["continue", "fail"] = "continue"
