@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import redis
@@ -120,13 +119,15 @@ def test_async_steps_send_celery_task_events_for_flower(
     orchestrator: WorkflowOrchestrator, aio_worker: LocalWorkers, raw_redis: redis.Redis
 ) -> None:
     seen: list[dict[str, object]] = []
+    subscribed = raw_redis.pubsub_numpat()
     with orchestrator.app.connection_for_read() as conn:
         receiver = orchestrator.app.events.Receiver(conn, handlers={"*": seen.append})
         listening = threading.Thread(
             target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
         )
         listening.start()
-        time.sleep(0.5)  # (the receiver's queue is bound before the step is sent)
+        # The receiver listens (its PSUBSCRIBE is in) before the step is sent.
+        eventually(lambda: raw_redis.pubsub_numpat() > subscribed, what="the event receiver")
         g = f"aio-events-{uuid.uuid4().hex[:6]}"
         wid = orchestrator.run_workflow({"name": "events", "steps": [gate_step(g)]})
         wait_gate_started(raw_redis, g)

@@ -28,6 +28,7 @@ from orchestration.client import WorkflowOrchestrator
 from orchestration.client.embedded import LocalWorkers, RedisServer
 from orchestration.model import WorkflowContext
 from orchestration.settings import BatonSettings
+from orchestration.state.keys import due_key
 from tests.conftest import PARALLEL_AGENTS, ROOT
 from tests.helpers import eventually, gated, open_gate, step, wait_gate_started
 
@@ -249,7 +250,8 @@ def test_an_asyncio_worker_told_to_stop_finishes_its_running_steps(
     [proc] = pool.processes
 
     proc.terminate()  # SIGTERM: warm shutdown waits for the running steps
-    time.sleep(0.5)  # (the signal is handled before the gate opens)
+    [log] = pool.log_dir.glob("worker-*.log")
+    eventually(lambda: b"Warm shutdown" in log.read_bytes(), what="the warm shutdown begun")
     open_gate(raw_redis, g, 5)
     proc.wait(timeout=60)
     harness.worker(CONTROL_ONLY, "aio-control")  # the group's aggregate runs elsewhere
@@ -365,12 +367,15 @@ def test_waiting_workflows_survive_killed_workers_and_a_redis_restart(
     )
     for wid in (signalled, sleeping):
         harness.orch.wait(wid, timeout=30, until=("waiting",))
+    [(_, due_ms)] = harness.orch.redis.zrange(due_key(harness.orch.store.prefix), 0, -1,
+                                                 withscores=True)  # fmt: skip
     for proc in first.processes:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first.processes.clear()
     harness.server.stop()  # SIGTERM: the AOF is flushed
-    time.sleep(2.5)  # everything is down when the timer is due
+    # Everything is down when the timer is due.
+    eventually(lambda: time.time() * 1000 > due_ms + 500, what="the timer's due time past")
     harness.server.start()
     assert harness.orch.get_workflow_status(signalled).status == WorkflowStatus.WAITING
 
