@@ -4,7 +4,8 @@ Nothing here reaches Redis or Celery."""
 
 from __future__ import annotations
 
-from orchestration.definition.compile import compile_plan, load_plan, plan_handoff
+from orchestration.definition.check import plan_handoff
+from orchestration.definition.compile import compile_plan, load_plan
 from orchestration.definition.plan import Plan
 from orchestration.definition.read import DefinitionSource, read_definition
 

@@ -2,16 +2,20 @@
 Redis write: agents and task types exist, parameters fit their models, every key a step
 reads is produced by an earlier step, every way of a branch and every sub-workflow is a
 workflow of its own. A definition that fails raises :class:`DefinitionError` naming each
-offending field; a run-time handoff is checked the same way (:func:`plan_handoff`).
+offending field. One step's checks, and a run-time handoff's, are ``check.py``'s.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from orchestration.definition.catalog import Catalog
+from orchestration.definition.check import (
+    Keys,
+    check_aggregate,
+    plan_task,
+    split_path,
+)
 from orchestration.definition.plan import (
     Node,
     Plan,
@@ -20,10 +24,9 @@ from orchestration.definition.plan import (
     PlannedGroup,
     PlannedMap,
     PlannedTask,
-    handoff_id,
 )
-from orchestration.definition.read import DefinitionSource, Problems, problems_of, read_definition
-from orchestration.errors import BatonError, DefinitionError, HandoffRefused
+from orchestration.definition.read import DefinitionSource, Problems, read_definition
+from orchestration.errors import DefinitionError
 from orchestration.model import (
     BranchStep,
     MapStep,
@@ -32,91 +35,7 @@ from orchestration.model import (
     WhenStep,
     WorkflowDefinition,
 )
-from orchestration.model.aggregate import aggregators
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT
-
-
-def plan_task(
-    step: TaskStep,
-    where: str,
-    step_id: str,
-    index: int,
-    reg: Catalog,
-    problems: Problems,
-    available: set[str],
-    *,
-    group: str | None = None,
-    after: str | None = None,
-    branch: str | None = None,
-    dynamic: bool = False,
-) -> PlannedTask:
-    """Check one task step against the registry and the keys available to it."""
-    params: dict[str, Any] = dict(step.parameters)
-    compensation = None
-    # What the step loads: its context_keys, else the keys its task type reads, else all.
-    context_keys = step.context_keys
-    try:
-        task_type = reg.get_task(step.agent_id, step.task_type)
-    except BatonError as exc:
-        field = "agent_id" if step.agent_id not in reg else "task_type"
-        problems.append((f"{where}.{field}", str(exc)))
-    else:
-        compensation = task_type.compensation
-        try:
-            model: BaseModel = task_type.validate_params(step.parameters)
-        except ValidationError as exc:
-            problems.extend(problems_of(exc, f"{where}.parameters"))
-        else:
-            params = model.model_dump(mode="json")
-            reads = task_type.reads_for(model)
-            _check_reads(step, where, reads, available, problems)
-            if context_keys is None and reads:
-                context_keys = reads
-    return PlannedTask(
-        step_id=step_id,
-        index=index,
-        agent_id=step.agent_id,
-        task_type=step.task_type,
-        output_key=step.output_key,
-        parameters=params,
-        group=group,
-        after=after,
-        branch=branch,
-        context_keys=context_keys,
-        retries=step.retries,
-        retry_backoff=step.retry_backoff,
-        retry_backoff_max=step.retry_backoff_max,
-        timeout=step.timeout,
-        compensation=compensation,
-        dynamic=dynamic,
-    )
-
-
-class Keys:
-    """Every key a step makes, where it is made and on which way of a branch (``i:way``):
-    one key, one step, except on two ways of one branch (only one of them runs)."""
-
-    def __init__(self, problems: Problems) -> None:
-        self.problems = problems
-        self.first: dict[str, tuple[str, str | None]] = {}
-
-    def add(self, where: str, key: str, way: str | None = None, *, output_key: bool = True) -> bool:
-        """Record ``key`` made at ``where``; False (a problem named) if another step makes it."""
-        if key in self.first:
-            first, first_way = self.first[key]
-            alternatives = (
-                way and first_way and way != first_way
-                and way.split(":")[0] == first_way.split(":")[0]
-            )  # fmt: skip
-            if not alternatives:
-                self.problems.append(
-                    (where, f"duplicate output_key {key!r} (first used at {first})")
-                    if output_key
-                    else (where, f"{key!r} is already in use (first used at {first})")
-                )
-                return False
-        self.first.setdefault(key, (where, way))
-        return True
 
 
 def plan_step(
@@ -142,39 +61,6 @@ def plan_step(
     return planned, made
 
 
-def _check_reads(
-    step: TaskStep, where: str, reads: list[str], available: set[str], problems: Problems
-) -> None:
-    have = ", ".join(sorted(available)) or "nothing yet"
-    for key in step.context_keys or []:
-        if key not in available:
-            problems.append(
-                (
-                    f"{where}.context_keys",
-                    f"{key!r} is not produced by any earlier step (available: {have})",
-                )
-            )
-    for key in reads:
-        if key not in available:
-            problems.append(
-                (
-                    where,
-                    f"{step.agent_id}.{step.task_type} reads {key!r}, which no earlier step "
-                    f"produces (available: {have})",
-                )
-            )
-        elif step.context_keys is not None and key not in step.context_keys:
-            problems.append(
-                (f"{where}.context_keys", f"must include {key!r}, which the task reads")
-            )
-
-
-def _check_aggregate(name: str, where: str, problems: Problems) -> None:
-    if name not in aggregators:
-        known = ", ".join(sorted(aggregators))
-        problems.append((f"{where}.aggregate", f"unknown aggregator {name!r} (known: {known})"))
-
-
 def plan_map(
     step: MapStep,
     where: str,
@@ -185,8 +71,8 @@ def plan_map(
     available: set[str],
 ) -> PlannedMap:
     """Check a map: its task as a step's, ``over`` as a path into an earlier output."""
-    _check_aggregate(step.aggregate, where, problems)
-    over_key, over_path = _split_path(step.map.over, available)
+    check_aggregate(step.aggregate, where, problems)
+    over_key, over_path = split_path(step.map.over, available)
     if over_key not in available:
         have = ", ".join(sorted(available)) or "nothing yet"
         problems.append(
@@ -220,14 +106,6 @@ def plan_map(
     )
 
 
-def _split_path(path: str, available: set[str]) -> tuple[str, list[str]]:
-    """``key.a.b`` into the output_key and the path inside it (a key may hold dots)."""
-    if path in available:
-        return path, []
-    key, _, rest = path.partition(".")
-    return key, [p for p in rest.split(".") if p]
-
-
 def plan_branch(
     step: BranchStep | WhenStep,
     where: str,
@@ -247,7 +125,7 @@ def plan_branch(
     else:
         path, field = step.when.path, f"{where}.when.path"
         tests = [("then", step.when.equals, False)]
-    key, inner = _split_path(path, available)
+    key, inner = split_path(path, available)
     if key not in available:
         have = ", ".join(sorted(available)) or "nothing yet"
         problems.append(
@@ -301,7 +179,7 @@ def plan_subflow(
     inputs: dict[str, str] = params.get("inputs") or {}
     outputs: dict[str, str] = params.get("outputs") or {}
     for key, path in inputs.items():
-        parent_key, _ = _split_path(path, available)
+        parent_key, _ = split_path(path, available)
         if parent_key not in available:
             have = ", ".join(sorted(available)) or "nothing yet"
             problems.append(
@@ -370,7 +248,7 @@ def _compile(
             available |= produced_on_every_way
             continue
         assert isinstance(step, ParallelStep)
-        _check_aggregate(step.aggregate, where, problems)
+        check_aggregate(step.aggregate, where, problems)
         branches: list[list[str]] = []
         produced: set[str] = set()
         for b, branch in enumerate(step.parallel):
@@ -428,30 +306,3 @@ def _compile(
 
 def load_plan(source: DefinitionSource, reg: Catalog) -> Plan:
     return compile_plan(read_definition(source), reg)
-
-
-def plan_handoff(
-    step: PlannedTask, handoff: dict[str, Any], available: set[str], reg: Catalog
-) -> PlannedTask:
-    """Check a run-time handoff from ``step`` as a definition's step is checked at creation.
-
-    ``handoff``: the new step's agent_id, task_type, parameters and output_key;
-    ``available``: the keys shared_data will hold once ``step`` has committed.
-    Raises ``HandoffRefused`` naming every problem.
-    """
-    where = f"handoff from {step.step_id} to {handoff['agent_id']}.{handoff['task_type']}"
-    try:
-        new = TaskStep.model_validate(handoff)
-    except ValidationError as exc:
-        raise HandoffRefused(where, problems_of(exc)) from None
-    problems: Problems = []
-    if step.group is not None or step.branch is not None:
-        problems.append(("", "handoffs are allowed from top-level steps only"))
-    if new.output_key and new.output_key in available:
-        problems.append(("handoff.output_key", f"{new.output_key!r} is already in use"))
-    planned = plan_task(
-        new, "handoff", handoff_id(step), step.index, reg, problems, available, dynamic=True
-    )
-    if problems:
-        raise HandoffRefused(where, problems)
-    return planned
