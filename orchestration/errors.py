@@ -161,3 +161,18 @@ class CommandRefused(BatonError):
     def __init__(self, message: str, hint: str = "", code: int = 2) -> None:
         super().__init__(message)
         self.hint, self.code = hint, code
+
+
+class UpstreamFailed(StepError):
+    """A branch's step whose predecessor did not complete: it is skipped, not run."""
+
+    retryable = False
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(f"skipped: upstream step {upstream} did not complete")
+
+
+class MapItemError(StepError):
+    """A map's item did what only a step may (hand off, wait): its item fails."""
+
+    retryable = False

@@ -31,8 +31,8 @@ from agents.base import StepInput, StepOutput, TaskType
 from orchestration.definition.plan import PlannedMap
 from orchestration.errors import (
     MapInputError,
+    MapItemError,
     OutputTooLarge,
-    StepError,
     TurnMissed,
     UnknownAgent,
     UnknownTaskType,
@@ -49,23 +49,20 @@ from orchestration.model import (
 )
 from orchestration.model.aggregate import aggregators
 from orchestration.model.names import AGGREGATOR_AGENT, agent_queue
+from orchestration.state.decode import decode_results
 from orchestration.state.limiter import Budget, check_turn
 from orchestration.state.maps import ItemResult, MapStore
-from orchestration.state.reads import decode_results
 from orchestration.state.scripts import Outgoing
 from workers.engine import Engine
 from workers.groups import begin_aggregate, commit_node, verdict
 from workers.saga import describe
-from workers.steps import SLOT_RECHECK, THROTTLE_HORIZON, StepRun, backoff, outcome_word
+from workers.steps import StepRun, backoff, outcome_word
+from workers.throttle import SLOT_RECHECK, THROTTLE_HORIZON
 
 log = logging.getLogger("baton.runner")
 S = WorkflowStatus
 #: Most batch messages of one map in flight (its window, if smaller, is the cap).
 MAX_IN_FLIGHT = 1000
-
-
-class MapItemError(StepError):
-    retryable = False
 
 
 def run_map_start(

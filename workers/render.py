@@ -23,7 +23,9 @@ from orchestration.model import (
     WorkflowStatus,
     WorkflowStatusReport,
 )
+from orchestration.model.bounds import stored_ms
 from orchestration.model.names import Event
+from workers.render_tables import when
 
 # No markup: what is printed is data (errors, names), shown verbatim, brackets included.
 console = Console(soft_wrap=True, markup=False, highlight=False)
@@ -158,11 +160,11 @@ def event_line(e: StreamEvent, children: Mapping[str, str] | None = None) -> str
         what = f"workflow {e.status}"
         if e.status == WorkflowStatus.WAITING and children:
             what += f" (on sub-workflow {', '.join(children.values())})"
-    elif e.event == Event.WAIT_PARKED and e.step in children:
+    elif e.event == Event.WAIT_PARKED and e.step is not None and e.step in children:
         what = f"started sub-workflow {children[e.step]}"
     elif e.event == Event.WAIT_PARKED and isinstance(e.data, dict):
-        name, due = e.data.get("name"), e.data.get("due_ms")
-        until = datetime.fromtimestamp(due / 1000, UTC).strftime("%H:%M:%S") if due else ""
+        name, due = e.data.get("name"), stored_ms(e.data.get("due_ms"))
+        until = when(datetime.fromtimestamp(due / 1000, UTC).isoformat(), True) if due else ""
         what = f"waits for signal {name}" if name else "waits"
         what += f" until {until}" if until else ""
     else:
