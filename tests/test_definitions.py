@@ -86,6 +86,29 @@ CASES = {
         "steps[0].parallel[1][0].parameters.size",
         "valid integer",
     ),
+    # A field named like a kind of step keeps its place (the kind itself is left out).
+    "bad map field": (
+        with_steps(
+            {"map": {"over": "x.value", "agent_id": "testkit", "task_type": "echo", "retries": -1}}
+        ),
+        "steps[0].map.retries",
+        "greater than or equal to 0",
+    ),
+    "empty branch path": (
+        with_steps({"branch": {"on": "", "cases": {"a": [GOOD]}}}),
+        "steps[0].branch.on",
+        "at least 1 character",
+    ),
+    "empty when path": (
+        with_steps({"when": {"path": "", "equals": 1}, "then": [GOOD]}),
+        "steps[0].when.path",
+        "at least 1 character",
+    ),
+    "bad group member field": (
+        with_steps({"parallel": [{**GOOD, "retries": -1}]}),
+        "steps[0].parallel[0].retries",
+        "greater than or equal to 0",
+    ),
 }
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,26 @@ DefinitionSource = WorkflowDefinition | dict[str, Any] | str | Path
 Problems = list[tuple[str, str]]
 
 
+#: The tags of the union a step is (one per kind of step): a location names the tag right
+#: after the step's index, which says nothing to a user (``steps[1]``, not ``steps[1].map``).
+#: A field of the same name further on (a map step's ``map``) is kept.
+_STEP_TAGS = frozenset({STEP_TASK, STEP_GROUP, STEP_MAP, STEP_BRANCH, STEP_WHEN})
+#: The names pydantic gives the members of a union it has no tag for: ``TaskStep``,
+#: ``function-before[_as_task(), TaskStep]``, ``list[...]``.
+_MEMBER_NAME = re.compile(r"^(TaskStep|[\w-]+\[.*\])$")
+
+
 def _loc(parts: tuple[int | str, ...]) -> str:
     out = ""
+    after_index = False
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in (
-            STEP_TASK,
-            STEP_GROUP,
-            STEP_MAP,
-            STEP_BRANCH,
-            STEP_WHEN,
-            "TaskStep",
-        ) or p.startswith("list["):
-            continue  # union member names say nothing to a user
-        else:
+            after_index = True
+            continue
+        if not ((after_index and p in _STEP_TAGS) or _MEMBER_NAME.match(p)):
             out += f".{p}" if out else p
+        after_index = False
     return out
 
 
