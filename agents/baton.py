@@ -6,12 +6,14 @@ starts its child (``workers/subflows.py``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import model_validator
+from pydantic import AfterValidator, model_validator
 
 from agents.base import StepInput
 from agents.registry import Agent
+from orchestration.model.bounds import Duration, within_max_ahead
 from orchestration.model.waits import (
     SUBFLOW_TASK,
     WAIT_AGENT,
@@ -25,6 +27,15 @@ engine = Agent(WAIT_AGENT, description="The engine's own steps: waits for signal
 
 
 class CheckedWaitParams(WaitParams):
+    """A wait's parameters as a step or an agent gives them (a definition's ``wait_for``,
+    ``sleep`` or ``sleep_until``, or a ``WaitFor`` or handoff at run time): every duration
+    at most ``MAX_DURATION``, as a definition's are. (A stored plan is read back with
+    ``WaitParams``, unbounded: one of an older version still runs.)"""
+
+    timeout: Duration | None = None
+    sleep: Duration | None = None
+    sleep_until: Annotated[datetime, AfterValidator(within_max_ahead)] | None = None
+
     @model_validator(mode="after")
     def _valid(self) -> CheckedWaitParams:
         if self.name is None and self.sleep is None and self.sleep_until is None:

@@ -429,3 +429,16 @@ def square(step: StepInput[SquareParams]) -> dict[str, Any]:
     finally:
         if r is not None:
             r.decr(f"testlog:map:{tag}:now")
+
+
+class AskWithinParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float
+
+
+@testkit.task(params=AskWithinParams)
+def ask_within(step: StepInput[AskWithinParams]) -> Any:
+    """Decides at run time to wait for a signal ``review`` for at most ``timeout`` s."""
+    from agents import WaitFor
+
+    return WaitFor("review", timeout=step.parameters.timeout, output={"asked": True})

@@ -133,9 +133,9 @@ MAP = {"over": "xs.value", "agent_id": "testkit", "task_type": "echo"}
         ({**echo("b"), "retry_backoff": 1e12}, "retry_backoff"),
         ({**echo("b"), "retry_backoff_max": 1e12}, "retry_backoff_max"),
         ({**echo("b"), "timeout": 1e12}, "timeout"),
-        ({"map": {**MAP, "retry_backoff": 1e12}}, "retry_backoff"),
-        ({"map": {**MAP, "retry_backoff_max": 1e12}}, "retry_backoff_max"),
-        ({"map": {**MAP, "timeout": 1e12}}, "timeout"),
+        ({"map": {**MAP, "retry_backoff": 1e12}}, "steps[1].map.retry_backoff"),
+        ({"map": {**MAP, "retry_backoff_max": 1e12}}, "steps[1].map.retry_backoff_max"),
+        ({"map": {**MAP, "timeout": 1e12}}, "steps[1].map.timeout"),
         ({"parallel": [{"sleep": 1e12}]}, "sleep"),
     ],
 )
@@ -155,3 +155,32 @@ def test_durations_up_to_the_maximum_are_taken(orchestrator: WorkflowOrchestrato
         {**echo("b"), "retry_backoff": MAX_DURATION, "retry_backoff_max": MAX_DURATION},
     ]})  # fmt: skip
     assert orchestrator.get_workflow_status(wid).status == WorkflowStatus.CREATED
+
+
+def handoff_to_wait(**parameters: Any) -> dict[str, Any]:
+    """A step handing off to the engine's wait with these parameters."""
+    to = {"to_agent": "baton", "to_task": "wait", "to_parameters": parameters}
+    return {"task_type": "hand", "parameters": to}
+
+
+@pytest.mark.parametrize(
+    ("step", "field"),
+    [
+        ({"task_type": "ask_within", "parameters": {"timeout": 1e12}}, "timeout"),
+        ({"task_type": "ask_within", "parameters": {"timeout": MAX_DURATION + 1}}, "timeout"),
+        (handoff_to_wait(sleep=1e12), "sleep"),
+        (handoff_to_wait(sleep_until=IN_400_DAYS), "sleep_until"),
+        (handoff_to_wait(name="a", timeout=1e300), "timeout"),
+    ],
+)
+def test_a_wait_asked_for_at_run_time_is_bounded_like_a_definitions(
+    orch: WorkflowOrchestrator, step: dict[str, Any], field: str
+) -> None:
+    wid = orch.run_workflow({"steps": [{"agent_id": "testkit", **step}, echo("after")]})
+    ctx = orch.wait(wid, timeout=60, until=("waiting",))
+    assert (ctx.status, ctx.failed_step) == (WorkflowStatus.FAILED, "step_1"), ctx.error
+    assert ctx.error is not None
+    assert "at most 366 days (31,622,400 seconds)" in ctx.error
+    assert f"(at handoff.parameters.{field})" in ctx.error
+    assert list(ctx.task_results) == ["step_1"]  # no wait inserted, nothing parked
+    assert wid not in [w.workflow_id for w in orch.waiting()]
