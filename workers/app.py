@@ -28,7 +28,8 @@ from workers.branches import run_branch
 from workers.engine import Engine
 from workers.groups import run_aggregate
 from workers.logs import configure as configure_logging
-from workers.maps import MapBatchRun, run_map_aggregate, run_map_start
+from workers.map_batches import MapBatchRun
+from workers.maps import run_map_aggregate, run_map_start
 from workers.reaper import Reaper
 from workers.steps import StepRun
 from workers.subflows import SubflowRun
