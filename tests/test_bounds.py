@@ -108,12 +108,21 @@ def test_the_cli_refuses_big_parameters_and_signals_in_one_line(
 
     waiting = orch.run_workflow({"steps": [{"wait_for": "approval"}]})
     orch.wait(waiting, timeout=30, until=("waiting",))
-    payload = tmp_path / "big-payload.json"
-    payload.write_text(json.dumps({"note": "n" * CAP}))
-    sig = baton("signal", waiting, "approval", "--data", f"@{payload}")
+    sig = baton("signal", waiting, "approval", "--data", json.dumps({"note": "n" * CAP}))
     assert sig.returncode == 2, sig.stderr
     assert sig.stderr.count("\n") == 1
     assert sig.stderr.startswith("baton: signal 'approval' refused: its payload is")
+    assert not raw_redis.exists(orch.store.keys(waiting).signals)
+    # A file over the cap is refused by its size, before it is read (this one is no JSON).
+    huge = tmp_path / "huge.json"
+    huge.write_text("n" * (CAP + 1))
+    sig = baton("signal", waiting, "approval", "--data", f"@{huge}")
+    assert sig.returncode == 2, sig.stderr
+    assert sig.stderr.count("\n") == 1 and "Traceback" not in sig.stderr
+    assert sig.stderr.startswith(
+        f"baton: signal 'approval' refused: {huge} is 10,001 bytes, "
+        "over BATON_MAX_INPUT_BYTES (10,000 bytes) (hint: "
+    )
     assert not raw_redis.exists(orch.store.keys(waiting).signals)
     orch.cancel_workflow(waiting)
 

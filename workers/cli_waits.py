@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from orchestration.errors import CommandRefused
+from orchestration.settings import get_settings
 from workers.cli_common import not_empty, orchestrator, show
 from workers.render_tables import limits_table, waiting_table
 
@@ -26,7 +28,7 @@ def signal(workflow_id: str, name: str, data: str, signal_id: str | None, by: st
     from orchestration.errors import SignalError
 
     try:
-        text = Path(data[1:]).read_text() if data.startswith("@") else data
+        text = payload_file(name, Path(data[1:])) if data.startswith("@") else data
         payload = json.loads(text)
     except (OSError, ValueError) as exc:
         raise SignalError(f"--data is not JSON (or @file.json): {exc}") from None
@@ -34,6 +36,22 @@ def signal(workflow_id: str, name: str, data: str, signal_id: str | None, by: st
         wid = orch.resolve_id(workflow_id)
         outcome = orch.signal(wid, name, payload, signal_id, by=by or os.environ.get("USER"))
     click.echo(f"{wid}: signal {name} {outcome}")
+
+
+def payload_file(name: str, path: Path) -> bytes:
+    """The file's bytes, refused unread if over ``BATON_MAX_INPUT_BYTES`` (its size first;
+    a pipe, whose size says nothing, is read no further than the cap)."""
+    cap = get_settings().max_input_bytes
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        text = f.read(cap + 1) if size <= cap else b""
+    if size > cap or len(text) > cap:
+        what = f"{size:,} bytes, over" if size > cap else "over"
+        raise CommandRefused(
+            f"signal {name!r} refused: {path} is {what} BATON_MAX_INPUT_BYTES ({cap:,} bytes)",
+            "send less, or raise BATON_MAX_INPUT_BYTES (for the clients and workers alike)",
+        )
+    return text
 
 
 @click.command()
