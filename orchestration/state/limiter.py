@@ -24,8 +24,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel
@@ -41,6 +39,9 @@ from orchestration.state.keys import (
     limit_freed_channel,
     limit_overrides_key,
 )
+from orchestration.state.scripts.call import standalone
+from orchestration.state.scripts.replies import Admission, released
+from orchestration.state.scripts.specs import AdmitSpec, LimitBudget, ReleaseSpec
 
 log = logging.getLogger("baton.limiter")
 
@@ -81,20 +82,6 @@ class Budget:
         return self.limit.name
 
 
-class Admission(BaseModel):
-    """``admitted``: start the call in ``wait`` seconds (its turn; at most ``NEAR``).
-    ``reserved``: come back in ``wait`` seconds (its turn is held). ``wait``: ask again
-    in ``wait`` seconds (nothing is held)."""
-
-    state: Literal["admitted", "reserved", "wait"]
-    wait: float = 0.0
-    #: Admitted under a rate: its call starts at its turn (epoch seconds, Redis' clock:
-    #: when the reply is read late, the turn stays where it is).
-    turn: float | None = None
-    limit: str | None = None
-    why: Literal["rate", "concurrency"] | None = None
-
-
 class BudgetUse(BaseModel):
     """A budget as ``baton limits`` shows it."""
 
@@ -112,8 +99,7 @@ class BudgetUse(BaseModel):
 class Limiter:
     def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
         self.redis, self.prefix = client, prefix
-        source = resources.files("orchestration.state").joinpath("lua", "limit.lua").read_text()
-        self._admit = client.register_script(source)
+        self._admit = standalone(client, "limit")
         self.overrides_key = limit_overrides_key(prefix)
         self.known_key = limit_budgets_key(prefix)
         self.wakeups = Wakeups(client, limit_freed_channel(prefix))
@@ -138,30 +124,18 @@ class Limiter:
     ) -> Admission:
         """``owner``'s turn under ``budgets`` (one place in line each). ``item``: the owner
         is an item of the map ``step_id``, which shows as throttled while any item waits."""
-        spec = {
-            "owner": owner,
-            "step": step_id,
-            "reserved": reserved,
-            "item": item,
-            "slot_ttl_ms": int(slot_ttl * 1000),
-            "horizon_ms": int(horizon * 1000),
-            "retry_ms": int(retry * 1000),
-            "near_ms": int(NEAR * 1000),
-            "allowance_ms": int(ALLOWANCE * 1000),
-            "stream_maxlen": STREAM_MAXLEN,
-            "limits": [_values(b) for b in budgets],
-        }
+        spec = AdmitSpec(
+            owner=owner, step=step_id, reserved=reserved, item=item,
+            slot_ttl_ms=int(slot_ttl * 1000), horizon_ms=int(horizon * 1000),
+            retry_ms=int(retry * 1000), near_ms=int(NEAR * 1000),
+            allowance_ms=int(ALLOWANCE * 1000), stream_maxlen=STREAM_MAXLEN,
+            limits=[_budget(b) for b in budgets],
+        )  # fmt: skip
         keys = [self.overrides_key, self.known_key, wf.throttled, wf.stream]
         reply = self._admit(
-            keys=keys + [k for b in budgets for k in self._keys(b)], args=[json.dumps(spec)]
+            keys=keys + [k for b in budgets for k in self._keys(b)], args=[spec.model_dump_json()]
         )
-        state = text(reply[0])
-        wait = int(reply[1]) / 1000
-        if state == "admitted":
-            turn = float(text(reply[2])) / 1000 if text(reply[2]) else None
-            return Admission(state="admitted", wait=wait, turn=turn)
-        why = "rate" if state == "reserved" else text(reply[3])
-        return Admission(state=state, wait=wait, limit=text(reply[2]), why=why)
+        return Admission.decode(reply)
 
     def renew(self, owners: str | list[str], budgets: list[Budget], ttl: float) -> None:
         """Keep these steps' concurrency slots while they run (with their lease); a slot
@@ -176,17 +150,14 @@ class Limiter:
     def release(self, owner: str, budgets: list[Budget]) -> int:
         """Give back ``owner``'s slots, waking the steps first in line for them (wherever
         they wait); how many were woken."""
-        spec = {
-            "op": "release",
-            "owner": owner,
-            "channel": self.wakeups.channel,
-            "limits": [_values(b) for b in budgets],
-        }
+        spec = ReleaseSpec(
+            owner=owner, channel=self.wakeups.channel, limits=[_budget(b) for b in budgets]
+        )
         keys = [self.overrides_key, self.known_key, "", ""]  # (no workflow's)
         reply = self._admit(
-            keys=keys + [k for b in budgets for k in self._keys(b)], args=[json.dumps(spec)]
+            keys=keys + [k for b in budgets for k in self._keys(b)], args=[spec.model_dump_json()]
         )
-        return int(reply)
+        return released(reply)
 
     def settled(self, wf: WorkflowKeys, step_id: str) -> None:
         """No item of the map ``step_id`` waits any longer (its aggregate runs): it no
@@ -259,14 +230,14 @@ class Limiter:
         return out
 
 
-def _values(b: Budget) -> dict[str, Any]:
+def _budget(b: Budget) -> LimitBudget:
     v = b.limit.values
-    return {
-        "name": b.name,
-        "key": b.key,
-        "rate_ms": spacing_ms(v.rate) if v.rate else None,
-        "concurrency": v.concurrency,
-    }
+    return LimitBudget(
+        name=b.name,
+        key=b.key,
+        rate_ms=spacing_ms(v.rate) if v.rate else None,
+        concurrency=v.concurrency,
+    )
 
 
 class Wake:

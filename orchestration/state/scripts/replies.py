@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, Self
 
+from pydantic import BaseModel
+
 from orchestration.errors import StateStoreError
 from orchestration.state.connection import text
 from orchestration.state.keys import parse_due_member
@@ -336,3 +338,43 @@ class ClaimReply:
         if not isinstance(raw, list):
             raise _bad("claim", raw)
         return cls([parse_due_member(text(m)) for m in raw])
+
+
+class Admission(BaseModel):
+    """limit.lua's answer. ``admitted``: start the call in ``wait`` seconds (its turn; at
+    most ``NEAR``). ``reserved``: come back in ``wait`` seconds (its turn is held).
+    ``wait``: ask again in ``wait`` seconds (nothing is held)."""
+
+    state: Literal["admitted", "reserved", "wait"]
+    wait: float = 0.0
+    #: Admitted under a rate: its call starts at its turn (epoch seconds, Redis' clock:
+    #: when the reply is read late, the turn stays where it is).
+    turn: float | None = None
+    limit: str | None = None
+    why: Literal["rate", "concurrency"] | None = None
+
+    @classmethod
+    def decode(cls, raw: object) -> Admission:
+        """``{'admitted', wait_ms, turn_ms or ''}``, ``{'reserved', wait_ms, limit}`` or
+        ``{'wait', wait_ms, limit, why}``."""
+        raw = _list("limit", raw)
+        state, wait = text(raw[0]), int(raw[1]) / 1000
+        if state == "admitted":
+            _shape("limit", raw, 3)
+            return cls(
+                state=state, wait=wait, turn=float(text(raw[2])) / 1000 if text(raw[2]) else None
+            )
+        if state == "reserved":
+            _shape("limit", raw, 3)
+            return cls(state=state, wait=wait, limit=text(raw[2]), why="rate")
+        if state == "wait":
+            _shape("limit", raw, 4)
+            return cls(state=state, wait=wait, limit=text(raw[2]), why=text(raw[3]))
+        raise _bad("limit", raw)
+
+
+def released(raw: object) -> int:
+    """limit.lua's ``release`` answer: how many waiters it woke."""
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise _bad("limit", raw)
+    return raw

@@ -248,3 +248,47 @@ class ClaimSpec(BaseModel):
     now_ms: int
     limit: int
     reclaim_ms: int
+
+
+class LimitBudget(BaseModel):
+    """One budget as limit.lua reads it: its limit's name, its key, the rate's spacing (ms
+    between turns) and the concurrency (None: not limited that way)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    key: str
+    rate_ms: float | None
+    concurrency: int | None
+
+
+class AdmitSpec(BaseModel):
+    """limit.lua, admitting ``owner`` (a step, or an ``item`` of the map ``step``) under its
+    budgets; KEYS: the overrides hash, the budgets set, the workflow's throttled hash and
+    stream, then each budget's keys (``keys.BudgetKeys.all``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    owner: str
+    step: str
+    reserved: bool
+    item: bool = False
+    slot_ttl_ms: int
+    horizon_ms: int
+    retry_ms: int
+    near_ms: int
+    allowance_ms: int
+    stream_maxlen: int
+    limits: list[LimitBudget]
+
+
+class ReleaseSpec(BaseModel):
+    """limit.lua's ``release``: ``owner``'s slots given back, the waiters first in line for
+    them woken on ``channel``; KEYS as :class:`AdmitSpec`'s, without a workflow's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    op: Literal["release"] = "release"
+    owner: str
+    channel: str
+    limits: list[LimitBudget]
