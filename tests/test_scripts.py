@@ -9,8 +9,10 @@ the messages a script sends are plain payloads pushed onto a list of the test's 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
@@ -18,14 +20,16 @@ import pytest
 import redis
 
 from orchestration.client.embedded import RedisServer
-from orchestration.definition.plan import Plan, PlannedGroup, PlannedTask
+from orchestration.definition.plan import Plan, PlannedGroup, PlannedMap, PlannedTask
 from orchestration.errors import StateStoreError, WorkflowNotFound, WorkflowStateError
-from orchestration.model import RunningStep, TaskResult, TaskStatus, utcnow
+from orchestration.model import CompensationOutcome, RunningStep, TaskResult, TaskStatus, utcnow
 from orchestration.model import WorkflowStatus as S
 from orchestration.model.names import Event
 from orchestration.state.commit import CommitRequest
 from orchestration.state.connection import text
 from orchestration.state.decode import StepState
+from orchestration.state.fields import MapField, MetaField, SignalField, StepField, VersionItem
+from orchestration.state.maps import ItemResult, MapStore
 from orchestration.state.scripts import (
     NOTHING,
     BeginReply,
@@ -40,6 +44,7 @@ from orchestration.state.scripts import (
     RestoreReply,
     RestoreSpec,
     SendReply,
+    SignalSpec,
     Spec,
     TransitionReply,
     TransitionSpec,
@@ -523,3 +528,87 @@ def test_send_sends_nothing_unless_running_in_its_run(
 def test_a_reply_decoder_refuses_a_reply_its_script_never_gives(decoder: Any, raw: Any) -> None:
     with pytest.raises(StateStoreError, match="not a reply it gives"):
         decoder.decode(raw)
+
+
+# --------------------------------------------------------------------------- the fields
+
+
+def _kind(hash_name: str, field: str) -> StrEnum | None:
+    """The name ``fields.py`` gives a field of one of a workflow's hashes (None: none)."""
+    if hash_name == "meta":
+        return MetaField(field) if field in set(MetaField) else None
+    if hash_name == "maps":
+        parsed = MapField.parse_map(field)
+        return parsed[0] if parsed else None
+    kinds = {"steps": StepField, "signals": SignalField, "versions": VersionItem}[hash_name]
+    found = kinds.parse(field)
+    return found[0] if found else None
+
+
+def test_every_field_a_workflow_of_the_scripts_writes_is_one_fields_py_names(
+    wf: Workflow,
+) -> None:
+    # One workflow through every script: a sub-workflow with a deadline, a step begun twice
+    # that emits, a handoff and a branch's choice, a group, a signal kept and a wait woken,
+    # a map, a pause and a resume, a failure, and a restore that takes the map back.
+    k, seen = wf.store.keys(ID), defaultdict[str, set[str]](set)
+
+    def look() -> None:
+        hashes = {"meta": k.meta, "steps": k.steps, "signals": k.signals,
+                  "versions": k.versions, "maps": k.maps}  # fmt: skip
+        for name, key in hashes.items():
+            seen[name] |= {text(f) for f in wf.store.redis.hkeys(key)}
+
+    assert wf.store.create(ID, PLAN, start=wf.msg("first", ids=["t0"]), deadline_at=9e9,
+                           parent=("parent", "step_9", 1))  # fmt: skip
+    wf.begin("step_1", owner="o1")
+    assert wf.begin("step_1", owner="o2").status == "leased"
+    wf.store.record_events([(ID, "step_1", Event.EMITTED, "{}"), (ID, "step_1", Event.PROGRESS,
+                             '{"done": 1}')])  # fmt: skip
+    look()
+    wf.commit("step_1", handoff=_task("step_1.h1", 0), max_handoffs=3, add_steps=1)
+    group = wf.msg("b1", "b2", group="step_2", aggregate=wf.msg("summary", ids=["agg"]))
+    wf.store.send(ID, 1, group, ends=["step_2.1", "step_2.2"])
+    for branch in ("step_2.1", "step_2.2"):
+        wf.commit(branch, join=Join(group="step_2", total=2))
+    assert wf.commit("step_3", signal=SignalSpec(name="go", id="s1")).state == "kept"
+    look()
+    wf.store.park(ID, "step_4", "later", 1, "", due=9e9)
+    wf.commit("step_4", signal=SignalSpec(name="later", id="s2"))
+    before_map = wf.store.get_context(ID).version
+
+    maps, node = MapStore(wf.store), PlannedMap(
+        step_id="step_5", index=4, member=_task("step_5", 4), over_key="items",
+        output_key=None, aggregate="collect", batch_size=2)  # fmt: skip
+    base = maps.base(ID, "step_5")
+    maps.put_items(ID, base, [1, 2, 3], 2)
+    send = wf.msg("m1", "m2", group="step_5", aggregate=wf.msg("collect", ids=["a5"]))
+    assert maps.start(ID, node, base, 1, 3, [0, 1], 2, send).state == "ok"
+    running = RunningStep(step_id="step_5", agent_id="a", task_type="t", started_at=utcnow())
+    batch = maps.begin(ID, node, 1, task_id="m1", owner="o1", running=running,
+                       lease_seconds=60, data_keys=None, fields=[])  # fmt: skip
+    first = 2 * batch.batch  # (its first item completes, its second fails)
+    items = {first: ItemResult(True, "1"), first + 1: ItemResult(False, error="boom")}
+    maps.commit(ID, node, base, 1, 3, batch.batch, items, earlier_failed=0, task_id="m1",
+                send=NOTHING)  # fmt: skip
+    maps.start(ID, node, base, 1, 3, [0, 1], 2, NOTHING, reset=True)
+    look()
+
+    wf.store.transition(ID, [S.RUNNING], S.PAUSED, event=Event.WORKFLOW_PAUSED)
+    assert wf.begin("step_6").status == "paused"
+    look()
+    wf.store.transition(ID, [S.PAUSED], S.RUNNING, event=Event.WORKFLOW_RESUMED, bump_run=True,
+                        clear_paused=True)  # fmt: skip
+    assert wf.commit("step_6", run=2, outcome="fail").status == S.COMPENSATING
+    look()
+    wf.store.restore(ID, before_map, [S.COMPENSATING], S.FAILED, event=Event.ROLLED_BACK,
+                     compensation=CompensationOutcome(compensated=["step_1"]))  # fmt: skip
+    look()
+
+    unnamed = {(h, f) for h, fields in seen.items() for f in fields if _kind(h, f) is None}
+    assert unnamed == set(), "a field no name in orchestration/state/fields.py names"
+    # ... and every name is one a script writes (but reaps: the reaper's own, in Python).
+    written = {h: {_kind(h, f) for f in fields} for h, fields in seen.items()}
+    assert written == {"meta": set(MetaField) - {MetaField.REAPS}, "steps": set(StepField),
+                       "signals": set(SignalField), "versions": set(VersionItem),
+                       "maps": set(MapField)}  # fmt: skip

@@ -20,6 +20,7 @@ import uuid
 from orchestration.model import HistoryEntry, WorkflowStatus
 from orchestration.model.names import Event
 from orchestration.settings import BatonSettings
+from orchestration.state.fields import MetaField as F
 from orchestration.state.keys import reaper_lock_key
 from workers.engine import Engine
 
@@ -71,7 +72,7 @@ class Reaper:
     def _check(self, wid: str, last: float, now: float) -> str | None:
         meta_key = self.store.keys(wid).meta
         status, run, deadline, reaps = self.store.redis.hmget(
-            meta_key, "status", "run", "deadline_at", "reaps"
+            meta_key, F.STATUS, F.RUN, F.DEADLINE_AT, F.REAPS
         )
         if status is None:
             self.store.index.forget(wid)
@@ -96,7 +97,7 @@ class Reaper:
                 run_no,
                 f"stalled: no progress for {self.stall:.0f}s after {self.max_reaps} re-dispatches",
             )
-        self.store.redis.hincrby(meta_key, "reaps", 1)
+        self.store.redis.hincrby(meta_key, F.REAPS, 1)
         self.store.index.touch(wid)
         step = self.engine.dispatch.send_on(wid, run_no, stalled=True)
         self.store.append_history(

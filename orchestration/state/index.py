@@ -67,7 +67,7 @@ class WorkflowIndex:
     def active(self) -> dict[str, float]:
         """Running (or compensating) workflows by their last progress, epoch seconds."""
         raw = self.redis.zrange(self.active_key, 0, -1, withscores=True)
-        return {text(member).split("{", 1)[1].rsplit("}", 1)[0]: score for member, score in raw}
+        return {WorkflowKeys.workflow_of(text(member)): score for member, score in raw}
 
     def touch(self, workflow_id: str) -> None:
         """Count now as the workflow's last progress."""

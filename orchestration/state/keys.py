@@ -1,4 +1,5 @@
-"""Every Redis key Baton writes, in one place.
+"""Every Redis key Baton writes, in one place; the fields of its hashes are named in
+``fields.py`` beside it (each hash's docstring here lists them).
 
 A workflow's keys share the hash tag ``{<workflow_id>}``, so the scripts that touch
 several of them hash to one slot; only ``create`` also touches the index of workflows,
@@ -21,7 +22,10 @@ class WorkflowKeys:
 
     @property
     def meta(self) -> str:
-        """Hash: status, counters, version, timestamps, error."""
+        """Hash, ``fields.MetaField``: workflow_id, name, created_at; status, run, version,
+        updated_at, finished_at, deadline_at; current_step, total_steps, handoffs;
+        paused_at, reaps; error, failed_step, compensation; parent, parent_step,
+        parent_run, parent_due (a sub-workflow's)."""
         return self._base
 
     @property
@@ -51,13 +55,15 @@ class WorkflowKeys:
 
     @property
     def versions(self) -> str:
-        """Hash: the version that wrote each live item (``d:<key>``, ``r:<step>``,
-        ``h:<inserted step>``, ``b:<step>`` for a step that advanced progress)."""
+        """Hash, ``fields.VersionItem``: the version that wrote each live item: ``d:<key>``,
+        ``r:<step>``, ``h:<inserted step>``, ``b:<step>`` (a step that advanced progress),
+        ``k:<step>:<n>`` (a branch's way, n steps), ``m:<map>`` (a map's items)."""
         return f"{self._base}:versions"
 
     @property
     def archive(self) -> str:
-        """Hash: values superseded by a restore, ``<item>@<written>-<removed>`` -> JSON."""
+        """Hash: values superseded by a restore, ``<item>@<written>-<removed>`` -> JSON
+        (``<item>`` a ``fields.VersionItem`` field; live from version written to removed)."""
         return f"{self._base}:archive"
 
     @property
@@ -72,8 +78,10 @@ class WorkflowKeys:
 
     @property
     def steps(self) -> str:
-        """Hash: per-step bookkeeping: ``lease:<step>`` (owner, expiry), ``attempts:<step>``,
-        ``owner:<step>`` (the execution that committed it)."""
+        """Hash, ``fields.StepField``: per-step bookkeeping, ``<kind>:<step>``: ``lease:``
+        (``fields.LeaseRecord``: owner, worker, until), ``attempts:``, ``deferred:``,
+        ``owner:`` (the execution that committed it), ``emitted:``/``progress:`` (its
+        latest); and a group's (or map's) ``joined:<group>``, ``join:<group>``."""
         return f"{self._base}:steps"
 
     @property
@@ -85,7 +93,8 @@ class WorkflowKeys:
     @property
     def stream(self) -> str:
         """Stream: the workflow's events in order (what ``events`` publishes, and what its
-        steps emit), bounded, expiring with the workflow; read by ``orchestrator.stream``."""
+        steps emit), bounded, expiring with the workflow; read by ``orchestrator.stream``.
+        Each entry has one field, ``fields.STREAM_FIELD``: the event's JSON."""
         return f"{self._base}:stream"
 
     @property
@@ -96,21 +105,25 @@ class WorkflowKeys:
 
     @property
     def waits(self) -> str:
-        """Hash: step_id -> the wait parked there (its signal's name, run, since, due)."""
+        """Hash: step_id -> the wait parked there, JSON (``fields.WaitRecord``: its signal's
+        name, run, since, due_ms, due_member)."""
         return f"{self._base}:waits"
 
     @property
     def signals(self) -> str:
-        """Hash: ``name:<n>`` -> a signal's payload kept until its wait is reached,
-        ``meta:<n>`` -> who sent it and when, ``id:<signal_id>`` -> the name it was for."""
+        """Hash, ``fields.SignalField``: ``name:<n>`` -> a signal's payload kept until its
+        wait is reached, ``meta:<n>`` -> who sent it and when, ``id:<signal_id>`` -> the
+        name it was for."""
         return f"{self._base}:signals"
 
     @property
     def maps(self) -> str:
-        """Hash: every map's items and results, by ``<map step>@<epoch>:``: ``n`` (items),
-        ``i:<batch>`` (a batch's items, a JSON list), ``r:<index>`` (an item's result),
-        ``ok``/``failed`` (counts), ``todo:<run>`` (the batches that run sends),
-        ``b:<batch>`` (the run that committed it), ``joined:<run>``; and
+        """Hash, ``fields.MapField``: every map's items and results, by ``<map step>@<epoch>:``
+        (``fields.map_base``): ``n`` (items), ``i:<batch>`` (a batch's items, a JSON list),
+        ``r:<index>`` (an item's result), ``ok``/``failed`` (counts), ``b:<batch>`` (the
+        run that committed it); a run's line of batches: ``todo:<run>``,
+        ``t:<run>:<position>``, ``cursor:<run>``, ``requeue:<run>``, ``inflight:<run>``,
+        ``unclaimed:<run>``, ``joined:<run>``, and ``claim:<task id>``; and
         ``epoch:<map step>``, bumped when a restore takes the map back, so that it starts
         over."""
         return f"{self._base}:maps"
@@ -120,6 +133,11 @@ class WorkflowKeys:
         """Pub/sub channel: one message per change of the workflow's status (wakes ``wait``,
         which has no use for the rest)."""
         return f"{self._base}:status"
+
+    @staticmethod
+    def workflow_of(meta: str) -> str:
+        """The workflow id of a meta key (a member of ``active_key``)."""
+        return meta.split("{", 1)[1].rsplit("}", 1)[0]
 
     def all(self) -> list[str]:
         """Every key of the workflow, in the order the Lua scripts expect (``_lib.lua``)."""
@@ -207,8 +225,8 @@ class BudgetKeys:
 
     @property
     def rate(self) -> str:
-        """Hash, field ``tat``: the rate's theoretical arrival time (GCRA, epoch ms), the
-        next free turn. Expires a minute after the last turn it gave."""
+        """Hash, field ``tat`` (``fields.RateField``): the rate's theoretical arrival time
+        (GCRA, epoch ms), the next free turn. Expires a minute after the last turn it gave."""
         return f"{self._base}:rate"
 
     @property

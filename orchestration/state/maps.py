@@ -22,6 +22,7 @@ from typing import Any
 from orchestration.definition.plan import PlannedMap
 from orchestration.errors import MapInputError
 from orchestration.model import RunningStep, dumps
+from orchestration.state.fields import MapField, batch_step
 from orchestration.state.scripts import (
     MapBeginReply,
     MapBeginSpec,
@@ -115,7 +116,7 @@ class MapStore:
 
     def count(self, workflow_id: str, base: str) -> int | None:
         """How many items the map has (None: its list is not read yet)."""
-        raw = self.redis.hget(self.store.keys(workflow_id).maps, f"{base}n")
+        raw = self.redis.hget(self.store.keys(workflow_id).maps, MapField.COUNT.at(base))
         return None if raw is None else int(raw)
 
     def read_list(self, workflow_id: str, node: PlannedMap) -> list[Any]:
@@ -130,7 +131,7 @@ class MapStore:
         key = self.store.keys(workflow_id).maps
         pipe = self.redis.pipeline(transaction=False)
         for b, start in enumerate(range(0, len(items), size)):
-            pipe.hset(key, f"{base}i:{b}", dumps(items[start : start + size]))
+            pipe.hset(key, MapField.ITEMS.at(base, b), dumps(items[start : start + size]))
             if len(pipe) >= 100:
                 pipe.execute()
         pipe.execute()
@@ -138,7 +139,7 @@ class MapStore:
     def _results(self, workflow_id: str, base: str, n: int) -> Iterator[bytes | None]:
         key = self.store.keys(workflow_id).maps
         for start in range(0, n, CHUNK):
-            fields = [f"{base}r:{k}" for k in range(start, min(n, start + CHUNK))]
+            fields = [MapField.RESULT.at(base, k) for k in range(start, min(n, start + CHUNK))]
             yield from self.redis.hmget(key, fields)
 
     def raw_results(self, workflow_id: str, base: str, n: int) -> list[bytes | None]:
@@ -151,8 +152,8 @@ class MapStore:
         an earlier run) those with an item that did not complete."""
         n_batches = batches(n, size)
         key = self.store.keys(workflow_id).maps
-        if not self.redis.hexists(key, f"{base}ok") and not self.redis.hexists(
-            key, f"{base}failed"
+        if not self.redis.hexists(key, MapField.OK.at(base)) and not self.redis.hexists(
+            key, MapField.FAILED.at(base)
         ):
             return list(range(n_batches))
         open_batches: set[int] = set()
@@ -221,7 +222,7 @@ class MapStore:
     ) -> MapCommitReply:
         indices = sorted(results)
         spec = MapCommitSpec(
-            map=node.step_id, base=base, run=run, batch=batch, step=f"{node.step_id}#{batch}",
+            map=node.step_id, base=base, run=run, batch=batch, step=batch_step(node.step_id, batch),
             task_id=task_id, indices=indices, ok=[results[k].ok for k in indices],
             earlier_failed=earlier_failed, seconds=[results[k].seconds for k in indices],
             agent_id=node.member.agent_id, task_type=node.member.task_type, n=n,

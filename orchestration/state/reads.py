@@ -40,6 +40,16 @@ from orchestration.state.decode import (
     decode_results,
     step_sort_key,
 )
+from orchestration.state.fields import (
+    STREAM_FIELD,
+    LeaseRecord,
+    MapField,
+    SignalField,
+    StepField,
+    WaitRecord,
+    map_base,
+)
+from orchestration.state.fields import MetaField as F
 from orchestration.state.index import WorkflowIndex
 from orchestration.state.keys import WorkflowKeys, metrics_key
 from orchestration.state.pubsub import Subscriptions
@@ -96,7 +106,7 @@ class StateReader:
     # ------------------------------------------------------------------ single items
 
     def status_of(self, workflow_id: str) -> WorkflowStatus:
-        raw = self.redis.hget(self.keys(workflow_id).meta, "status")
+        raw = self.redis.hget(self.keys(workflow_id).meta, F.STATUS)
         if raw is None:
             raise WorkflowNotFound(workflow_id)
         return WorkflowStatus(raw.decode())
@@ -123,7 +133,9 @@ class StateReader:
         ms = None if block is None else max(1, int(block * 1000))
         reply = self.redis.xread({key: since}, count=count, block=ms)
         return [
-            StreamEvent.model_validate({**json.loads(fields[b"data"]), "id": text(entry_id)})
+            StreamEvent.model_validate(
+                {**json.loads(fields[STREAM_FIELD.encode()]), "id": text(entry_id)}
+            )
             for _, entries in reply or []
             for entry_id, fields in entries
         ]
@@ -132,9 +144,10 @@ class StateReader:
         """The latest ``emitted`` and ``progress`` of each step that wrote any."""
         out: dict[str, dict[str, Any]] = {}
         for field, raw in self.redis.hgetall(self.keys(workflow_id).steps).items():
-            kind, _, step = text(field).partition(":")
-            if kind in (Event.EMITTED, Event.PROGRESS):
-                out.setdefault(step, {})[kind] = json.loads(raw).get("data")
+            parsed = StepField.parse(text(field))
+            if parsed and parsed[0] in (StepField.EMITTED, StepField.PROGRESS):
+                kind, step = parsed
+                out.setdefault(step, {})[kind.value] = json.loads(raw).get("data")
         return out
 
     def parked(self, workflow_id: str) -> dict[str, dict[str, Any]]:
@@ -142,12 +155,13 @@ class StateReader:
         the calendar's end (an older version took any duration) reads as the far future."""
         raw = self.redis.hgetall(self.keys(workflow_id).waits)
         parked = {text(k): json.loads(v) for k, v in raw.items()}
-        return {k: {**w, "due_ms": stored_ms(w.get("due_ms"))} for k, w in parked.items()}
+        due = WaitRecord.DUE_MS
+        return {k: {**w, due: stored_ms(w.get(due))} for k, w in parked.items()}
 
     def kept_signal(self, workflow_id: str, name: str) -> tuple[str, dict[str, Any]] | None:
         """A signal kept for a wait not reached yet: its payload (JSON) and who sent it."""
         payload, meta = self.redis.hmget(
-            self.keys(workflow_id).signals, f"name:{name}", f"meta:{name}"
+            self.keys(workflow_id).signals, SignalField.NAME.of(name), SignalField.META.of(name)
         )
         if payload is None:
             return None
@@ -165,10 +179,11 @@ class StateReader:
         """Steps whose lease an execution is still renewing."""
         now_ms = time.time() * 1000
         raw = self.redis.hgetall(self.keys(workflow_id).steps)
+        leases = ((StepField.parse(text(f)), v) for f, v in raw.items())
         return [
-            text(f).removeprefix("lease:")
-            for f, v in raw.items()
-            if text(f).startswith("lease:") and json.loads(v)["until"] > now_ms
+            field[1]
+            for field, v in leases
+            if field and field[0] is StepField.LEASE and json.loads(v)[LeaseRecord.UNTIL] > now_ms
         ]
 
     def metrics(self) -> dict[str, float]:
@@ -182,7 +197,7 @@ class StateReader:
         """The status and state as they are, without taking part in a step."""
         k = self.keys(workflow_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(k.meta, "status")
+        pipe.hget(k.meta, F.STATUS)
         if context_keys is None:
             pipe.hgetall(k.data)
         else:
@@ -207,8 +222,8 @@ class StateReader:
         meta = Meta.decode(workflow_id, meta_raw)
         versions_raw, archive = rest[:-1] if past else ({}, {})
         history = [HistoryEntry.model_validate_json(h) for h in rest[-1]]
-        current = meta.number("version")
-        current_step = meta.number("current_step")
+        current = meta.number(F.VERSION)
+        current_step = meta.number(F.CURRENT_STEP)
         if version is not None and version != current:
             if not 0 <= version <= current:
                 raise WorkflowStateError(
@@ -227,20 +242,20 @@ class StateReader:
             )
         return WorkflowContext(
             workflow_id=workflow_id,
-            name=meta.get("name") or "",
-            created_at=meta.fields["created_at"],
+            name=meta.get(F.NAME) or "",
+            created_at=meta.fields[F.CREATED_AT],
             status=meta.status,
             current_step=current_step,
-            total_steps=meta.number("total_steps"),
+            total_steps=meta.number(F.TOTAL_STEPS),
             shared_data=shared,
             task_results=task_results,
             execution_history=history,
             version=current if version is None else version,
-            error=meta.get("error"),
-            failed_step=meta.get("failed_step"),
-            updated_at=meta.get("updated_at"),
-            finished_at=meta.get("finished_at"),
-            run=meta.number("run", 1),
+            error=meta.get(F.ERROR),
+            failed_step=meta.get(F.FAILED_STEP),
+            updated_at=meta.get(F.UPDATED_AT),
+            finished_at=meta.get(F.FINISHED_AT),
+            run=meta.number(F.RUN, 1),
             compensation=meta.compensation,
         )
 
@@ -283,8 +298,8 @@ class StateReader:
 
     def map_base(self, workflow_id: str, map_id: str) -> str:
         """A map's prefix in the maps hash, for its current epoch (``state/maps.py``)."""
-        epoch = self.redis.hget(self.keys(workflow_id).maps, f"epoch:{map_id}")
-        return f"{map_id}@{int(epoch or 0)}:"
+        epoch = self.redis.hget(self.keys(workflow_id).maps, MapField.EPOCH.of(map_id))
+        return map_base(map_id, int(epoch or 0))
 
     def map_progress(self, workflow_id: str) -> list[MapProgress]:
         """How far each map of the workflow has got: counts, never its items."""
@@ -292,7 +307,8 @@ class StateReader:
         key = self.keys(workflow_id).maps
         for node in self.plan(workflow_id).maps:
             base = self.map_base(workflow_id, node.step_id)
-            n, ok, failed = self.redis.hmget(key, [f"{base}n", f"{base}ok", f"{base}failed"])
+            counts = [MapField.COUNT.at(base), MapField.OK.at(base), MapField.FAILED.at(base)]
+            n, ok, failed = self.redis.hmget(key, counts)
             total = None if n is None else int(n)
             out.append(
                 MapProgress(
@@ -316,14 +332,14 @@ class StateReader:
             if meta.status == WorkflowStatus.RUNNING
             else []
         )
-        done, total = meta.number("current_step"), meta.number("total_steps")
+        done, total = meta.number(F.CURRENT_STEP), meta.number(F.TOTAL_STEPS)
         running = sorted(
             (RunningStep.model_validate_json(r) for r in running_raw),
             key=lambda r: step_sort_key(r.step_id),
         )
         return WorkflowStatusReport(
             workflow_id=workflow_id,
-            name=meta.get("name") or "",
+            name=meta.get(F.NAME) or "",
             status=meta.status,
             progress=f"{done}/{total}",
             completion_percentage=round(done / max(total, 1) * 100, 1),
@@ -333,14 +349,14 @@ class StateReader:
             running_steps=running,
             throttled_steps=sorted(throttled, key=lambda t: step_sort_key(t.step)),
             maps=self.map_progress(workflow_id),
-            parent=meta.get("parent"),
-            parent_step=meta.get("parent_step"),
+            parent=meta.get(F.PARENT),
+            parent_step=meta.get(F.PARENT_STEP),
             children=self.children(workflow_id),
-            error=meta.get("error"),
-            failed_step=meta.get("failed_step"),
-            created_at=meta.fields["created_at"],
-            updated_at=meta.get("updated_at"),
-            finished_at=meta.get("finished_at"),
-            version=meta.number("version"),
+            error=meta.get(F.ERROR),
+            failed_step=meta.get(F.FAILED_STEP),
+            created_at=meta.fields[F.CREATED_AT],
+            updated_at=meta.get(F.UPDATED_AT),
+            finished_at=meta.get(F.FINISHED_AT),
+            version=meta.number(F.VERSION),
             compensation=meta.compensation,
         )

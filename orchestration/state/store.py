@@ -26,6 +26,7 @@ from orchestration.model import (
 from orchestration.model.names import STREAM_MAXLEN, Event
 from orchestration.state.commit import CommitRequest
 from orchestration.state.decode import StepState, decode_results
+from orchestration.state.fields import STREAM_FIELD, MetaField, StepField
 from orchestration.state.keys import WorkflowKeys, due_member
 from orchestration.state.reads import StateReader
 from orchestration.state.scripts import (
@@ -252,7 +253,7 @@ class StateStore(StateReader):
         return CommitReply.decode(raw)
 
     def run_of(self, workflow_id: str) -> int:
-        raw = self.redis.hget(self.keys(workflow_id).meta, "run")
+        raw = self.redis.hget(self.keys(workflow_id).meta, MetaField.RUN)
         if raw is None:
             raise WorkflowNotFound(workflow_id)
         return int(raw)
@@ -308,12 +309,13 @@ class StateStore(StateReader):
             k = self.keys(workflow_id)
             message = f'{{"event":{dumps(event)},"step":{dumps(step_id)},"data":{data}}}'
             self._record(pipe, k, message)
-            pipe.hset(k.steps, f"{event}:{step_id}", message)
+            if event in (StepField.EMITTED, StepField.PROGRESS):
+                pipe.hset(k.steps, StepField(event).of(step_id), message)
         pipe.execute()
 
     @staticmethod
     def _record(pipe: redis.client.Pipeline[bytes], k: WorkflowKeys, message: str) -> None:
-        pipe.xadd(k.stream, {"data": message}, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.xadd(k.stream, {STREAM_FIELD: message}, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.publish(k.events, message)
 
 

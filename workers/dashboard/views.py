@@ -12,6 +12,7 @@ from orchestration.errors import WorkflowNotFound
 from orchestration.model import RunningStep, TaskResult, WorkflowStatus, WorkflowStatusReport
 from orchestration.model.names import RUN_STARTS, Event
 from orchestration.state.decode import step_sort_key
+from orchestration.state.fields import WaitRecord as W
 from orchestration.state.reads import StateReader
 
 DEFAULT_FLOWER_URL = "http://localhost:5555"
@@ -181,16 +182,16 @@ class DashboardReader:
                 if h.execution_time is not None and (end := _parse(h.timestamp)):
                     start = end.timestamp() - h.execution_time
                     doc["started_at"] = datetime.fromtimestamp(start, UTC).isoformat()
-            elif sid in parked and parked[sid].get("run") == ctx.run:
+            elif sid in parked and parked[sid].get(W.RUN) == ctx.run:
                 w = parked[sid]
                 doc.update(
                     status="waiting",
-                    started_at=w.get("since"),
+                    started_at=w.get(W.SINCE),
                     wait={
-                        "name": w.get("name") or None,
+                        "name": w.get(W.NAME) or None,
                         "schema": task.parameters.get("payload_schema") or {},
-                        "since": w.get("since"),
-                        "until": w["due_ms"] / 1000 if w.get("due_ms") else None,
+                        "since": w.get(W.SINCE),
+                        "until": w[W.DUE_MS] / 1000 if w.get(W.DUE_MS) else None,
                     },
                 )
             elif sid in throttled:

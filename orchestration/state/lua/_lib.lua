@@ -1,6 +1,10 @@
--- Prepended to every script (after the names of orchestration/names.py: EVENT, METRIC,
--- BUCKETS). KEYS are always, in this order, a workflow's keys (orchestration/keys.py),
--- the index of workflows, the metrics hash and the set of active workflows.
+-- Prepended to every script (after the names of orchestration/model/names.py: EVENT,
+-- METRIC, BUCKETS). KEYS are always, in this order, a workflow's keys
+-- (orchestration/state/keys.py), the index of workflows, the metrics hash, the set of
+-- active workflows and the due index. The fields of their hashes are spelled here as
+-- literals; each is named and documented in orchestration/state/fields.py (MetaField,
+-- StepField, SignalField, VersionItem, MapField, LeaseRecord, WaitRecord), and
+-- tests/test_scripts.py fails on a field a script leaves that is not named there.
 local META, PLAN, DATA, RESULTS, HISTORY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local RUNNING, VERSIONS, ARCHIVE, TASKS, DYNAMIC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local STEPS, STREAM, THROTTLED, WAITS, SIGNALS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]

@@ -4,7 +4,8 @@
 --   2 the set of budgets ever used ("name\tkey"), for `baton limits`
 --   3 the workflow's throttled hash (step -> why and until when, while it waits)
 --   4 the workflow's event stream
---   then five per limit: its budget's rate state (hash: tat, the GCRA theoretical arrival
+--   then five per limit (orchestration/state/keys.py BudgetKeys; the rate hash's field:
+--   fields.py RateField): its budget's rate state (hash: tat, the GCRA theoretical arrival
 --   time: the next free turn), slots (zset owner -> expiry ms) and
 --   waiters (zset owner -> first refusal ms), polled (zset owner -> last ask ms) and
 --   reserved (zset owner -> the time of its rate turn)

@@ -1,3 +1,4 @@
+-- (The maps hash's fields: orchestration/state/fields.py, MapField.)
 -- A map's message is about to run a batch: it takes the next one in line for this run
 -- (a message delivered again keeps the one it took: claims are by Celery task id), skips
 -- batches committed already, and takes that batch's lease as begin.lua takes a step's.

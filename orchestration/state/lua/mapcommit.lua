@@ -1,3 +1,4 @@
+-- (The maps hash's fields: orchestration/state/fields.py, MapField.)
 -- Commit one batch of a map: each item's result on its own (``r:<index>``), the map's
 -- counts of completed and failed items, and the batch as committed in this run; release
 -- its lease. Compare-and-set like commit.lua: nothing is written unless the workflow runs

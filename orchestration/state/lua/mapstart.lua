@@ -1,3 +1,4 @@
+-- (The maps hash's fields: orchestration/state/fields.py, MapField.)
 -- Start a map in spec.run, or go on with it (resume, the reaper). The batches this run
 -- runs (spec.todo: every batch the first time, those with an item not completed after a
 -- retry) are stored once per run, by position; a message does not name its batch but

@@ -1,3 +1,5 @@
+-- (The versions hash's items and the archive's fields: orchestration/state/fields.py,
+-- VersionItem.)
 -- Restore the shared state to checkpoint spec.target: every value, result and inserted
 -- step written after it moves to the archive (so older versions stay readable), a map
 -- begun after it starts over, and progress counters follow. The restore is itself a new version: versions only grow.
