@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -215,3 +217,38 @@ def test_nested_sub_workflow_outputs_are_checked_as_keys_of_their_own(
         step("echo", "a"),
         {"when": {"path": "a.value", "equals": 1}, "then": [sub], "else": [step("echo", "out")]},
         step("read", key="out")]})  # fmt: skip
+
+
+def test_a_name_keeps_its_definition_unless_replaced(orchestrator: WorkflowOrchestrator) -> None:
+    name = f"kept-{uuid.uuid4().hex[:6]}"
+    first, other = (child(step("echo", "b", value=v), name=name) for v in ("one", "two"))
+    assert orchestrator.register_workflow(first) == name
+    assert orchestrator.register_workflow(first) == name  # the same again: accepted
+    with pytest.raises(DefinitionError) as err:
+        orchestrator.register_workflow(other)
+    assert err.value.problems == [("name", f"a different definition is registered as {name!r}")]
+    assert orchestrator.definitions.get(name)["steps"][0]["parameters"] == {"value": "one"}
+    assert orchestrator.register_workflow(other, replace=True) == name
+    assert orchestrator.definitions.get(name)["steps"][0]["parameters"] == {"value": "two"}
+
+
+def test_of_different_definitions_registered_at_once_under_one_name_one_is_kept(
+    orchestrator: WorkflowOrchestrator,
+) -> None:
+    name = f"race-{uuid.uuid4().hex[:6]}"
+    n = 8
+    ready = threading.Barrier(n)
+
+    def register(i: int) -> int | None:
+        definition = child(step("echo", "b", value=i), name=name)
+        ready.wait(timeout=30)
+        try:
+            orchestrator.register_workflow(definition)
+        except DefinitionError:
+            return None
+        return i
+
+    with ThreadPoolExecutor(n) as pool:
+        kept = [i for i in pool.map(register, range(n)) if i is not None]
+    assert len(kept) == 1
+    assert orchestrator.definitions.get(name)["steps"][0]["parameters"] == {"value": kept[0]}

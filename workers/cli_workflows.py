@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from orchestration.errors import CommandRefused, WorkflowTimeout
+from orchestration.errors import CommandRefused, DefinitionError, WorkflowTimeout
 from orchestration.model import WorkflowStatus
 from orchestration.model.names import Event
 from orchestration.model.waits import SUBFLOW_TASK, child_id
@@ -56,19 +55,21 @@ def register(file: Path, replace: bool) -> None:
     """Register the workflow in FILE by its name, for sub-workflow steps to call
     ({"workflow": "<name>"}); prints the name. Another definition already registered
     under that name is kept, and FILE refused, unless --replace."""
-    from orchestration.definition import read_definition
+    from orchestration.state.definitions import TAKEN
 
     with orchestrator() as orch:
-        if not replace:
-            new = orch.definitions.resolve(read_definition(file))
-            old = orch.definitions.get(new.name)
-            if old is not None and old != json.loads(new.model_dump_json(by_alias=True)):
-                raise CommandRefused(
-                    f"a different definition is registered as {new.name!r}",
-                    f"`baton register {file} --replace` replaces it (workflows created "
-                    "already keep theirs)",
-                )
-        click.echo(orch.register_workflow(file))
+        try:
+            name = orch.register_workflow(file, replace=replace)
+        except DefinitionError as exc:
+            taken = [what for where, what in exc.problems if what.startswith(TAKEN)]
+            if not taken:
+                raise
+            raise CommandRefused(
+                taken[0],
+                f"`baton register {file} --replace` replaces it (workflows created "
+                "already keep theirs)",
+            ) from None
+    click.echo(name)
 
 
 @click.command()

@@ -112,11 +112,14 @@ class WorkflowOrchestrator(Controls):
             raise InputTooLarge([("parameters", why)])
         return plan
 
-    def register_workflow(self, definition: DefinitionSource) -> str:
+    def register_workflow(self, definition: DefinitionSource, replace: bool = False) -> str:
         """Register a definition under its name, for ``{"workflow": "<name>"}`` steps of
-        workflows created after; checked first (``DefinitionError``), returns the name."""
+        workflows created after; checked first (``DefinitionError``), returns the name.
+        A different definition already registered under that name is kept, and this one
+        refused with a ``DefinitionError`` naming the name, unless ``replace`` (workflows
+        created already keep theirs); the same definition again is accepted."""
         self._plan(definition)
-        return self.definitions.register(definition)
+        return self.definitions.register(definition, replace=replace)
 
     def _create(
         self, plan: Plan, workflow_id: str | None, *, start: bool = False

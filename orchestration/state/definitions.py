@@ -20,17 +20,33 @@ from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT
 from orchestration.state.connection import text
 from orchestration.state.keys import definitions_key
 
+#: What a register refuses: another definition under that name (``replace`` replaces it).
+TAKEN = "a different definition is registered as"
+
 
 class Definitions:
     def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
         self.redis, self.key = client, definitions_key(prefix)
 
-    def register(self, source: DefinitionSource) -> str:
-        """Register a definition under its ``name`` (replacing one of that name); its own
-        sub-workflow names are resolved now."""
+    def register(self, source: DefinitionSource, replace: bool = False) -> str:
+        """Register a definition under its ``name``; its own sub-workflow names are resolved
+        now. The same definition again is accepted; a different one already registered
+        under that name is kept and this one refused (``DefinitionError`` naming the name)
+        unless ``replace``. Atomic: of two registering different ones at once, one is kept
+        (HSETNX), the other refused."""
         definition = self.resolve(read_definition(source))
-        self.redis.hset(self.key, definition.name, definition.model_dump_json(by_alias=True))
-        return definition.name
+        name, raw = definition.name, definition.model_dump_json(by_alias=True)
+        if replace:
+            self.redis.hset(self.key, name, raw)
+            return name
+        while not self.redis.hsetnx(self.key, name, raw):
+            current = self.get(name)
+            if current is None:
+                continue  # (removed meanwhile: set it again)
+            if current != json.loads(raw):
+                raise DefinitionError([("name", f"{TAKEN} {name!r}")])
+            break
+        return name
 
     def names(self) -> list[str]:
         return sorted(text(n) for n in self.redis.hkeys(self.key))
