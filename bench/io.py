@@ -1,11 +1,12 @@
 """Agents that wait on the outside world: I/O-bound concurrency, a global rate limit, and
 streamed output, each on Baton and on bare Celery side by side.
 
-The outside world is ``tests/llm_server.py``'s OpenAI-compatible chat API on loopback (a
-process of its own): it answers after ``delay`` seconds, refuses (429) beyond a quota
-per key in any sliding second, and counts what it saw (the most accepted in any second,
-the most in flight). Worker sessions are started here, one at a time, with the pools
-each scenario names; Redis is flushed after each.
+The outside world is ``workers/llm_loopback.py``, the OpenAI-compatible chat API on
+loopback, in a process of its own (started by ``tests/llm_server.py``'s harness): it
+answers after ``delay`` seconds, refuses (429) beyond a quota per key in any sliding
+second, and counts what it saw (the most accepted in any second, the most in flight).
+Worker sessions are started here, one at a time, with the pools each scenario names;
+Redis is flushed after each.
 
 1. **Concurrency**: ``calls`` chat calls as one parallel group (Baton: ONE worker process,
    ``--pool asyncio --concurrency 1000``, the async ``bench_io.chat``) or one chord

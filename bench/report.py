@@ -670,8 +670,9 @@ def io_section(io: dict[str, Any]) -> str:
     out = ["## 8. Agents that call the outside world: I/O, limits, streaming\n"]
     add = out.append
     add(
-        "`bench/io.py`. The outside world is `tests/llm_server.py`'s OpenAI-compatible chat"
-        " API on loopback, in a process of its own (tornado, one event loop): it answers"
+        "`bench/io.py`. The outside world is `workers/llm_loopback.py`, the OpenAI-compatible"
+        " chat API on loopback, in a process of its own (tornado, one event loop; started by"
+        " the harness in `tests/llm_server.py`): it answers"
         " after a fixed delay, refuses (429) beyond a quota per API key in any sliding"
         " second, and counts what it saw. Baton's agent is `bench_io` (`bench/agents.py`:"
         " `async def` tasks on one `aiohttp.ClientSession` per event loop, reused, as"

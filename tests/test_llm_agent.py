@@ -1,8 +1,9 @@
 """The llm agent called as a function against a real HTTP server on loopback.
 
-``tests/llm_server.py`` speaks OpenAI's chat-completions wire format in a process of its
-own; its reply is a digest of the prompt, so the expected summaries are computed here
-(by hand for a small input, with the server's own ``reply_for`` for the prompt it saw).
+``workers/llm_loopback.py`` speaks OpenAI's chat-completions wire format, in a process of
+its own started by ``tests/llm_server.py``; its reply is a digest of the prompt, so the
+expected summaries are computed here (by hand for a small input, with the server's own
+``reply_for`` for the prompt it saw).
 """
 
 from __future__ import annotations
