@@ -6,7 +6,9 @@ loopback, in a process of its own (started by ``tests/llm_server.py``'s harness)
 answers after ``delay`` seconds, refuses (429) beyond a quota per key in any sliding
 second, and counts what it saw (the most accepted in any second, the most in flight).
 Worker sessions are started here, one at a time, with the pools each scenario names;
-Redis is flushed after each.
+Redis is flushed after each. A group or chord whose result has not come within
+``GROUP_SECONDS`` is lost: that scenario's figure is left out of its repeat (``None``),
+the run is counted in ``lost``, and the bench goes on.
 
 1. **Concurrency**: ``calls`` chat calls as one parallel group (Baton: ONE worker process,
    ``--pool asyncio --concurrency 1000``, the async ``bench_io.chat``) or one chord
@@ -44,7 +46,7 @@ from celery.result import AsyncResult
 
 from bench import agents as bench_agents
 from bench.scenarios import _children, _cpu_seconds, pct
-from bench.sides import BareSide, BatonSide, Workdir
+from bench.sides import GROUP_SECONDS, BareSide, BatonSide, Workdir, counted
 from orchestration.client import WorkflowOrchestrator
 from orchestration.client.embedded import LocalWorkers
 from tests.llm_server import LLMServer
@@ -53,6 +55,7 @@ KEY = "sk-bench"
 PROMPT = "Summarise: 3 apples, 5 pears and 7 plums."
 LIMIT_PER_S = 20  # bench_io.chat_limited's and bare.chat_limited's rate, the server's quota
 Log = Callable[[str], None]
+Repeats = list[dict[str, Any] | None]  # a scenario's figures per repeat; None: lost
 
 
 @dataclass(frozen=True)
@@ -165,13 +168,13 @@ def _chat_member(url: str, task: str = "chat") -> dict[str, Any]:
 
 def _baton_group(side: BatonIO, url: str, n: int, task: str = "chat") -> float:
     members = [_chat_member(url, task) for _ in range(n)]
-    run = side._run({"name": f"io{n}", "steps": [{"parallel": members, "output_key": "answers"}]})
-    return run.latency
+    flow = {"name": f"io{n}", "steps": [{"parallel": members, "output_key": "answers"}]}
+    return side._run(flow, GROUP_SECONDS).latency
 
 
 def _bare_chord(side: BareIO, url: str, n: int, task: str = "chat") -> float:
     header = group(side._task(task).si(url=url, key=KEY, prompt=PROMPT) for _ in range(n))
-    return side._run(chord(header, side._task("collect").s()), timeout=600).latency
+    return side._run(chord(header, side._task("collect").s()), timeout=GROUP_SECONDS).latency
 
 
 def _served(api: LLMServer, n: int, what: str, *, refusals: bool = False) -> dict[str, Any]:
@@ -367,10 +370,8 @@ def baton_limit(side: BatonIO, api: LLMServer, sz: IOSizes) -> dict[str, Any]:
     members = [_chat_member(api.url, "chat_limited") for _ in range(sz.limit_calls)]
     t0 = time.perf_counter()
     wid = orch.run_workflow({"name": "limit", "steps": [{"parallel": members, "output_key": "a"}]})
-    ctx = orch.wait(wid, timeout=600)
+    ctx = side.wait(wid, GROUP_SECONDS)
     wall = time.perf_counter() - t0
-    if ctx.status != "completed":
-        raise RuntimeError(f"baton workflow {wid} ended {ctx.status}: {ctx.error}")
     done = [r.result for r in ctx.task_results.values() if r.task_type == "chat_limited"]
     st = _served(api, sz.limit_calls, "baton limit", refusals=True)
     return _limit_result(wall, sorted(r["sent"] for r in done), st)
@@ -382,7 +383,7 @@ def bare_limit(side: BareIO, api: LLMServer, sz: IOSizes) -> dict[str, Any]:
     header = group(task.si(url=api.url, key=KEY, prompt=PROMPT) for _ in range(sz.limit_calls))
     t0 = time.perf_counter()  # timed as BareSide._run: apply_async to the callback's result
     res = chord(header, side._task("collect_sent").s()).apply_async()
-    meta = side.result(res.id, timeout=600)
+    meta = side.result(res.id, timeout=GROUP_SECONDS)
     wall = time.perf_counter() - t0
     st = _served(api, sz.limit_calls, "celery limit", refusals=True)
     return _limit_result(wall, meta["result"]["sent"], st)
@@ -390,9 +391,14 @@ def bare_limit(side: BareIO, api: LLMServer, sz: IOSizes) -> dict[str, Any]:
 
 def run(work: Workdir, r: redis.Redis[bytes], sz: IOSizes, log: Log) -> dict[str, Any]:
     """Every I/O scenario, each side in worker sessions of its own; the raw figures."""
-    conc: dict[str, list[dict[str, Any]]] = {"baton": [], "threads": [], "prefork": [], "floor": []}
-    stream: dict[str, list[dict[str, Any]]] = {"baton": [], "celery": []}
-    limit: dict[str, list[dict[str, Any]]] = {"baton": [], "celery": []}
+    conc: dict[str, Repeats] = {"baton": [], "threads": [], "prefork": [], "floor": []}
+    stream: dict[str, Repeats] = {"baton": [], "celery": []}
+    limit: dict[str, Repeats] = {"baton": [], "celery": []}
+    lost: list[dict[str, Any]] = []
+
+    def keep(into: Repeats, side: str, scenario: str, fn: Callable[[], Any]) -> None:
+        """``fn()``'s figures into ``into``; ``None`` there if its group or chord is lost."""
+        into.append(counted(lost, side, scenario, GROUP_SECONDS, fn, log))
 
     def session(what: str, side: Any, work_fn: Callable[[Any], None]) -> None:
         t0 = time.perf_counter()
@@ -407,15 +413,27 @@ def run(work: Workdir, r: redis.Redis[bytes], sz: IOSizes, log: Log) -> dict[str
     with LLMServer((KEY,), quota_per_second=1e9, delay=sz.delay) as api:
 
         def on_baton(side: BatonIO) -> None:
-            conc["baton"].append(baton_concurrency(side, api, sz))
+            keep(
+                conc["baton"], "baton", "8a. concurrency", lambda: baton_concurrency(side, api, sz)
+            )
             stream["baton"].append(baton_stream(side, sz))
 
         def on_threads(side: BareIO) -> None:
-            conc["threads"].append(bare_concurrency(side, api, sz.calls, sz.warmup))
+            keep(
+                conc["threads"],
+                "celery threads",
+                "8a. concurrency",
+                lambda: bare_concurrency(side, api, sz.calls, sz.warmup),
+            )
             stream["celery"].append(bare_stream(side, sz))
 
         def on_prefork(side: BareIO) -> None:
-            conc["prefork"].append(bare_concurrency(side, api, sz.prefork_calls, sz.prefork))
+            keep(
+                conc["prefork"],
+                "celery prefork",
+                "8a. concurrency",
+                lambda: bare_concurrency(side, api, sz.prefork_calls, sz.prefork),
+            )
 
         for rep in range(sz.repeats):
             log(f"io repeat {rep + 1}/{sz.repeats}")
@@ -436,10 +454,10 @@ def run(work: Workdir, r: redis.Redis[bytes], sz: IOSizes, log: Log) -> dict[str
     with LLMServer((KEY,), quota_per_second=LIMIT_PER_S, delay=sz.limit_delay) as api:
 
         def on_baton_limit(side: BatonIO) -> None:
-            limit["baton"].append(baton_limit(side, api, sz))
+            keep(limit["baton"], "baton", "8b. limit", lambda: baton_limit(side, api, sz))
 
         def on_bare_limit(side: BareIO) -> None:
-            limit["celery"].append(bare_limit(side, api, sz))
+            keep(limit["celery"], "celery threads", "8b. limit", lambda: bare_limit(side, api, sz))
 
         for rep in range(sz.limit_repeats):
             log(f"limit repeat {rep + 1}/{sz.limit_repeats}")
@@ -454,4 +472,5 @@ def run(work: Workdir, r: redis.Redis[bytes], sz: IOSizes, log: Log) -> dict[str
             for what, side, fn in limited if rep % 2 == 0 else limited[::-1]:
                 session(what, side, fn)
 
-    return {"sizes": asdict(sz), "concurrency": conc, "stream": stream, "limit": limit}
+    figures = {"concurrency": conc, "stream": stream, "limit": limit}
+    return {"sizes": asdict(sz), **figures, "lost": lost}

@@ -23,7 +23,9 @@
 Each run owns a private redis-server and its workers (one Baton worker process of
 concurrency 2 on every queue, as ``bench/waits.py``; one bare Celery worker of
 concurrency 2 on ``agent.bare``, as ``bench/sides.py``); which side goes first alternates
-between runs, and Redis is flushed between them.
+between runs, and Redis is flushed between them. A map or chord whose result has not come
+within ``timeout`` is lost: its figures are ``None``, the run is counted in the run's
+``lost``, and the bench goes on.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +48,10 @@ from celery import chord, group
 
 from bench import msglog
 from bench.bare import QUEUE
-from bench.sides import BareSide, Workdir
+from bench.sides import BareSide, Lost, Workdir, counted
 from orchestration.client import WorkflowOrchestrator
 from orchestration.client.embedded import LocalWorkers, RedisServer
+from orchestration.errors import WorkflowTimeout
 from orchestration.model import WorkflowStatus
 from orchestration.settings import BatonSettings
 from orchestration.state.keys import WorkflowKeys
@@ -111,7 +116,10 @@ def baton_map(
     before = settle(r, 0.2)
     t0 = time.perf_counter()
     wid = orch.run_workflow(map_flow(n, sz.batch_size))
-    ctx = orch.wait(wid, timeout=sz.timeout)
+    try:
+        ctx = orch.wait(wid, timeout=sz.timeout)
+    except WorkflowTimeout as exc:
+        raise Lost(str(exc)) from None
     wall = time.perf_counter() - t0
     if ctx.status != WorkflowStatus.COMPLETED:
         raise RuntimeError(f"map of {n} items: workflow {wid} ended {ctx.status}: {ctx.error}")
@@ -171,8 +179,17 @@ def baton_scale(
     return {**res, **_message_figures(messages, n)}
 
 
-def baton_session(root: Path, url: str, r: redis.Redis[bytes], sz: MapSizes) -> dict[str, Any]:
+Losses = list[dict[str, Any]]  # one run's lost maps and chords (``bench.sides.counted``)
+
+
+def baton_session(
+    root: Path, url: str, r: redis.Redis[bytes], sz: MapSizes, lost: Losses
+) -> dict[str, Any]:
     work = Workdir(root, url)
+
+    def kept(what: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        return counted(lost, "baton", f"10. {what}", sz.timeout, run, log)
+
     settings = BatonSettings(
         redis_url=url, key_prefix=PREFIX, home=root / "home", agent_modules=["bench.agents"]
     )
@@ -180,12 +197,12 @@ def baton_session(root: Path, url: str, r: redis.Redis[bytes], sz: MapSizes) -> 
     workers = LocalWorkers(url, [[]], concurrency=2, env=work.env(), log_dir=root / "logs")
     workers.start(orch.app)
     try:
-        baton_map(orch, r, sz.warmup, sz)  # imports, pools and caches warm
-        timed = baton_map(orch, r, sz.items, sz)
+        kept("warm-up map", lambda: baton_map(orch, r, sz.warmup, sz))  # imports, pools, caches
+        timed = kept(f"map of {sz.items:,}", lambda: baton_map(orch, r, sz.items, sz))
         log(f"baton map of {sz.items:,}: {_brief(timed)}")
         scale = []
         for n in sz.scale:
-            scale.append(baton_scale(orch, r, n, sz, work.msglog))
+            scale.append(kept(f"map of {n:,}", partial(baton_scale, orch, r, n, sz, work.msglog)))
             log(f"baton map of {n:,}, messages logged: {_brief(scale[-1])}")
         return {"timed": timed, "scale": scale}
     finally:
@@ -193,7 +210,9 @@ def baton_session(root: Path, url: str, r: redis.Redis[bytes], sz: MapSizes) -> 
         orch.close()
 
 
-def _brief(res: dict[str, Any]) -> dict[str, Any]:
+def _brief(res: dict[str, Any] | None) -> dict[str, Any] | str:
+    if res is None:
+        return "lost"
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()
             if k not in ("per_key", "by_task", "workflow_id")}  # fmt: skip
 
@@ -255,22 +274,30 @@ def celery_messages(
     return {"n": n, "chunk": chunk, **_message_figures(msglog.collect(logdir), n)}
 
 
-def celery_session(root: Path, url: str, r: redis.Redis[bytes], sz: MapSizes) -> dict[str, Any]:
+def celery_session(
+    root: Path, url: str, r: redis.Redis[bytes], sz: MapSizes, lost: Losses
+) -> dict[str, Any]:
     work = Workdir(root, url)
     side = BareSide(work)
+
+    def chord_of(n: int, chunk: int | None, logged: bool = False) -> dict[str, Any] | None:
+        what = f"chord of {n:,}" + (f" over chunks of {chunk}" if chunk else "")
+        if logged:
+            run = partial(celery_messages, side, r, n, chunk, sz, work.msglog)
+        else:
+            run = partial(celery_chord, side, r, n, chunk, sz.timeout)
+        return counted(lost, "celery", f"10. {what}", sz.timeout, run, log)
+
     side.start()
     try:
-        celery_chord(side, r, sz.warmup, None, sz.timeout)
-        celery_chord(side, r, sz.warmup, sz.chunk, sz.timeout)
-        plain = celery_chord(side, r, sz.items, None, sz.timeout)
+        chord_of(sz.warmup, None)
+        chord_of(sz.warmup, sz.chunk)
+        plain = chord_of(sz.items, None)
         log(f"celery chord of {sz.items:,}: {_brief(plain)}")
-        chunked = celery_chord(side, r, sz.items, sz.chunk, sz.timeout)
+        chunked = chord_of(sz.items, sz.chunk)
         log(f"celery chord over chunks({sz.chunk}) of {sz.items:,}: {_brief(chunked)}")
         small = sz.scale[0]
-        msgs = {
-            "chord": celery_messages(side, r, small, None, sz, work.msglog),
-            "chunked": celery_messages(side, r, small, sz.chunk, sz, work.msglog),
-        }
+        msgs = {"chord": chord_of(small, None, True), "chunked": chord_of(small, sz.chunk, True)}
         log(f"celery messages at {small:,}: " + str({k: _brief(v) for k, v in msgs.items()}))
         return {"chord": plain, "chunked": chunked, "messages": msgs}
     finally:
@@ -288,13 +315,14 @@ def run_once(root: Path, sz: MapSizes, baton_first: bool = True) -> dict[str, An
             "sizes": {**asdict(sz), "scale": list(sz.scale)},
             "cores": os.cpu_count(),
             "hash_compact_entries": int(next(iter(compact.values()), 0)),
+            "lost": [],
         }
         order = ["baton", "celery"] if baton_first else ["celery", "baton"]
         for name in order:
             t0 = time.perf_counter()
             session = baton_session if name == "baton" else celery_session
             try:
-                out[name] = session(root / name, server.url, r, sz)
+                out[name] = session(root / name, server.url, r, sz, out["lost"])
             finally:
                 r.flushall()
             log(f"{name} session: {time.perf_counter() - t0:.1f}s")
@@ -329,22 +357,33 @@ def main(argv: list[str] | None = None) -> int:
 # --- The report: section 10 of docs/benchmarks.md ----------------------------------------
 
 
-def _span(xs: list[float], fmt: str = "{:.2f}") -> str:
+def _span(xs: list[float], fmt: str = "{:.2f}", unit: str = "") -> str:
+    if not xs:  # (every run's lost)
+        return "–"
     lo, hi = fmt.format(min(xs)), fmt.format(max(xs))
-    return lo if lo == hi else f"{lo}–{hi}"
+    return (lo if lo == hi else f"{lo}–{hi}") + unit
+
+
+def done(rows: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The figures of the runs whose map or chord was not lost."""
+    return [x for x in rows if x is not None]
 
 
 def ratios(runs: list[dict[str, Any]], other: str) -> list[float]:
-    """Baton's map wall time ÷ the Celery chord's (``chord`` or ``chunked``), per run."""
-    return [r["baton"]["timed"]["wall_s"] / r["celery"][other]["wall_s"] for r in runs]
+    """Baton's map wall time ÷ the Celery chord's (``chord`` or ``chunked``), per run
+    (a run whose map or chord was lost left out)."""
+    pairs = [(r["baton"]["timed"], r["celery"][other]) for r in runs]
+    return [b["wall_s"] / c["wall_s"] for b, c in pairs if b and c]
 
 
 def scale_ratio(runs: list[dict[str, Any]], field: str) -> list[float]:
-    """The largest map's ``field`` ÷ the smallest's, per run."""
+    """The largest map's ``field`` ÷ the smallest's, per run (a lost one left out)."""
     out = []
     for r in runs:
-        small, big = r["baton"]["scale"][0][field], r["baton"]["scale"][-1][field]
-        out.append(big / small if small else float("nan"))
+        first, last = r["baton"]["scale"][0], r["baton"]["scale"][-1]
+        if first and last:
+            small, big = first[field], last[field]
+            out.append(big / small if small else float("nan"))
     return out
 
 
@@ -374,9 +413,9 @@ def section(runs: list[dict[str, Any]]) -> str:
 def report(runs: list[dict[str, Any]]) -> str:
     sz = runs[0]["sizes"]
     n, chunk, batch = sz["items"], sz["chunk"], sz["batch_size"]
-    b = [r["baton"]["timed"] for r in runs]
-    c = [r["celery"]["chord"] for r in runs]
-    k = [r["celery"]["chunked"] for r in runs]
+    b = done([r["baton"]["timed"] for r in runs])
+    c = done([r["celery"]["chord"] for r in runs])
+    k = done([r["celery"]["chunked"] for r in runs])
 
     def col(rows: list[dict[str, Any]], field: str, fmt: str = "{:.2f}") -> str:
         return _span([float(x[field]) for x in rows], fmt)
@@ -386,8 +425,8 @@ def report(runs: list[dict[str, Any]]) -> str:
         f" chunks of {chunk} | target |",
         "|---|---|---|---|---|",
         f"| wall time (s) | {col(b, 'wall_s')} | {col(c, 'wall_s')} | {col(k, 'wall_s')} | |",
-        f"| Baton ÷ Celery | – | {_span(ratios(runs, 'chord'))}× |"
-        f" {_span(ratios(runs, 'chunked'))}× | ≤ 0.5× the chord, ≤ 1.0× chunked |",
+        f"| Baton ÷ Celery | – | {_span(ratios(runs, 'chord'), unit='×')} |"
+        f" {_span(ratios(runs, 'chunked'), unit='×')} | ≤ 0.5× the chord, ≤ 1.0× chunked |",
         f"| the map step alone: list committed → map committed (s) | {col(b, 'map_s')} | – | – | |",
         f"| per-item results kept | yes: a list of {n:,} in the shared data | yes: the"
         f" callback's list of {n:,} | the callback gets {n // chunk:,} lists of {chunk},"
@@ -405,7 +444,7 @@ def report(runs: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, size in enumerate(sz["scale"]):
-        s = [r["baton"]["scale"][i] for r in runs]
+        s = done([r["baton"]["scale"][i] for r in runs])
         lines.append(
             f"| {size:,} | {col(s, 'wall_s')} | {col(s, 'map_s')} |"
             f" {col(s, 'messages', '{:,.0f}')} |"
@@ -418,7 +457,7 @@ def report(runs: list[dict[str, Any]]) -> str:
     small = sz["scale"][0]
     compact = int(runs[0].get("hash_compact_entries", 0))
     for kind, label in (("chord", "Celery chord"), ("chunked", f"Celery chord, chunks of {chunk}")):
-        m = [r["celery"]["messages"][kind] for r in runs]
+        m = done([r["celery"]["messages"][kind] for r in runs])
         lines.append(
             f"| {small:,} ({label}) | – | – | {col(m, 'messages', '{:,.0f}')} |"
             f" {col(m, 'bytes_per_message_median', '{:,.0f}')} /"
@@ -427,8 +466,8 @@ def report(runs: list[dict[str, Any]]) -> str:
         )  # fmt: skip
     big = sz["scale"][-1]
     sizes: dict[str, list[float]] = {}
-    for r in runs:
-        for key, size in r["baton"]["scale"][-1]["per_key"].items():
+    for last in done([r["baton"]["scale"][-1] for r in runs]):
+        for key, size in last["per_key"].items():
             sizes.setdefault(key, []).append(size / big)
     keys = sorted(sizes, key=lambda key: -max(sizes[key]))
     per_key = ", ".join(
@@ -450,7 +489,7 @@ def report(runs: list[dict[str, Any]]) -> str:
         " result; Celery's memory is the `used_memory` growth above).\n",
         "\n".join(lines),
         "",
-        f"Per key, bytes per item at {big:,} items: {per_key}.",
+        f"Per key, bytes per item at {big:,} items: {per_key or '–'}.",
     ])  # fmt: skip
 
 

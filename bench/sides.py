@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,9 @@ PREFIX = "bench"
 #: batch of them submitted at once): what has not come by then is lost, counted as such,
 #: and the bench goes on. ``BENCH_RUN_SECONDS`` overrides it.
 RUN_SECONDS = float(os.environ.get("BENCH_RUN_SECONDS", "300"))
+#: The most one big group or chord is waited for (a fan-out of 1,000, section 8's 1,000
+#: calls): lost past it, as a run past ``RUN_SECONDS``.
+GROUP_SECONDS = 600.0
 T = TypeVar("T")
 
 
@@ -52,6 +56,26 @@ def gather(handles: list[T], wait: Any, bound: float) -> int:
         except Lost:
             lost += 1
     return lost
+
+
+def counted(
+    lost: list[dict[str, Any]],
+    side: str,
+    scenario: str,
+    bound: float,
+    run: Callable[[], T],
+    log: Callable[[str], None] | None = None,
+) -> T | None:
+    """``run()``'s figures; ``None`` if its result did not come within ``bound`` (it raised
+    :class:`Lost`): recorded in ``lost`` as ``{side, scenario, bound_s}`` (the report's
+    *Lost runs*), and the bench goes on."""
+    try:
+        return run()
+    except Lost as exc:
+        lost.append({"side": side, "scenario": scenario, "bound_s": bound})
+        if log:
+            log(f"  {side} {scenario}: lost ({exc})")
+        return None
 
 
 def ts(iso: str) -> float:
@@ -219,7 +243,8 @@ class BatonSide(_WorkerPids):
     def fanout(self, size: int) -> Run:
         members = [{"agent_id": "bench", "task_type": "noop"} for _ in range(size)]
         return self._run(
-            {"name": f"fan{size}", "steps": [{"parallel": members, "output_key": "agg"}]}, 600
+            {"name": f"fan{size}", "steps": [{"parallel": members, "output_key": "agg"}]},
+            GROUP_SECONDS,
         )
 
     def submit_many(self, n: int, steps: int) -> list[Any]:
@@ -369,7 +394,7 @@ class BareSide(_WorkerPids):
 
     def fanout(self, size: int) -> Run:
         header = group(self._task("noop").si() for _ in range(size))
-        return self._run(chord(header, self._task("collect").s()), timeout=600)
+        return self._run(chord(header, self._task("collect").s()), timeout=GROUP_SECONDS)
 
     def submit_many(self, n: int, steps: int) -> list[Any]:
         return [

@@ -153,9 +153,47 @@ def test_a_celery_chain_that_never_finishes_is_lost_and_the_bench_goes_on(
         "baton": [{"lost": {}}],
         "celery": [{"lost": {"throughput": 1, "sequential": 2}}],
     }
-    text = report.lost_runs(res, {"celery": [{"lost": 1}], "baton": [{"lost": 0}]}, 0.5)
-    assert "## Lost runs" in text and "within 0.5 s" in text
+    more = [{"side": "celery threads", "scenario": "8a. concurrency", "bound_s": 600.0}] * 2
+    text = report.lost_runs(res, {"celery": [{"lost": 1}], "baton": [{"lost": 0}]}, 0.5, more)
+    assert "## Lost runs" in text
     rows = _table_rows(text)
-    assert rows == [["celery", "memory", "1"], ["celery", "sequential", "2"],
-                    ["celery", "throughput", "1"]]  # fmt: skip
+    assert rows == [["celery", "memory", "1", "0.5"], ["celery", "sequential", "2", "0.5"],
+                    ["celery", "throughput", "1", "0.5"],
+                    ["celery threads", "8a. concurrency", "2", "600"]]  # fmt: skip
     assert "None" in report.lost_runs({"baton": [{"lost": {}}]}, {}, 300)
+
+
+def test_a_lost_group_chord_or_map_is_left_out_of_sections_8_and_10() -> None:
+    """A repeat of section 8 whose group or chord was lost is ``None``: its figures are
+    left out, and a bound judged on every repeat is not met; a section 10 run whose maps
+    and chords were all lost renders with no figures and fails its targets."""
+    conc = {"wall_s": 2.0, "rss_peak_mb": 100.0, "calls": 10, "per_s": 5.0, "max_in_flight": 10,
+            "cpu_s": 1.0, "api_cpu_s": 0.5}  # fmt: skip
+    lim = {"wall_s": 2.0, "calls": 40, "ideal_s": 2.0, "off_ideal": 0.01,
+           "max_sent_per_second": 20, "max_per_second": 20, "rejected_429": 0, "accepted": 40,
+           "span_s": 1.9, "close_sends": 0}  # fmt: skip
+    stream = {"emitted": 20, "seen": 20, "median_ms": 1.0, "p95_ms": 2.0, "max_ms": 3.0}
+    sizes = {"calls": 10, "delay": 1.0, "limit_calls": 40, "limit_workers": 3, "emits": 20,
+             "poll_ms": 5.0, "aio_concurrency": 10, "threads": 10, "prefork": 2,
+             "prefork_calls": 4, "warmup": 2, "limit_delay": 0.1, "limit_aio_concurrency": 5,
+             "limit_threads": 5, "emit_gap_ms": 5.0}  # fmt: skip
+    io = {"sizes": sizes,
+          "concurrency": {"baton": [None, conc], "threads": [conc, conc],
+                          "prefork": [conc, None], "floor": [conc, conc]},
+          "limit": {"baton": [None], "celery": [lim]},
+          "stream": {"baton": [stream, stream], "celery": [stream, stream]}}  # fmt: skip
+    targets = _table_rows(report.io_targets(io))
+    rss = next(r for r in targets if "peak RSS" in r[0])
+    assert rss[1] == "100" and rss[-1] == "**no**", rss  # one repeat lost: not every repeat
+    limit = [r for r in targets if r[0].startswith("Limit")]  # Baton's only repeat lost
+    assert len(limit) == 3 and all(r[1] == "–" and r[-1] == "**no**" for r in limit), limit
+    assert "8a. I/O-bound concurrency" in report.io_section(io)
+
+    maps_sizes = {"items": 1000, "batch_size": 100, "chunk": 100, "scale": [500, 2000]}
+    lost_run = {"sizes": maps_sizes, "cores": 2, "hash_compact_entries": 128,
+                "baton": {"timed": None, "scale": [None, None]},
+                "celery": {"chord": None, "chunked": None,
+                           "messages": {"chord": None, "chunked": None}}}  # fmt: skip
+    rows = _table_rows(report.maps_targets([lost_run]))
+    assert len(rows) == 5 and all(r[-1] == "**no**" for r in rows), rows
+    assert "## 10. Maps over run-time lists" in report.maps.section([lost_run])
