@@ -196,38 +196,23 @@ class MapBatchRun(StepRun):
                 return ItemResult(False, error=str(self.refused), attempt=attempt)
             if self.item_budgets:
                 self.engine.loop.run(self._take_turn(owner))
-            t0 = time.perf_counter()
+            t0, out = time.perf_counter(), None
+            error: BaseException | None = None
             try:
                 try:
                     out = tt.run(self._input(index, item))
                 finally:
                     self._release(owner)
-                res = self._checked(out)
-                timeout = self.task.timeout
-                if timeout and time.perf_counter() - t0 > timeout:
+                if self.task.timeout and time.perf_counter() - t0 > self.task.timeout:
                     raise SoftTimeLimitExceeded()
-                return ItemResult(
-                    True, res.output_json, seconds=time.perf_counter() - t0, attempt=attempt
-                )
             except SoftTimeLimitExceeded:
-                error: BaseException = TimeoutError(
-                    f"item exceeded its timeout of {self.task.timeout}s"
-                )
+                error = self._timed_out()
             except Exception as exc:  # an item's failure is its result, not the batch's
                 error = exc
-            if attempt <= self.task.retries and is_retryable(error):
-                time.sleep(backoff(self.task, attempt))
-                continue
-            log.warning(
-                "map %s of %s: item %d failed: %s",
-                self.node.step_id,
-                self.workflow_id,
-                index,
-                describe(error),
-            )
-            return ItemResult(
-                False, error=describe(error), seconds=time.perf_counter() - t0, attempt=attempt
-            )
+            done = self._settle(index, attempt, t0, out, error)
+            if isinstance(done, ItemResult):
+                return done
+            time.sleep(done)
 
     async def _run_async(self, tt: TaskType, todo: list[tuple[int, Any]]) -> dict[int, ItemResult]:
         """Every item of the batch on the loop at once (as many as the map lets run)."""
@@ -242,32 +227,54 @@ class MapBatchRun(StepRun):
                         return ItemResult(False, error=str(self.refused), attempt=attempt)
                     if self.item_budgets:
                         await self._take_turn(owner)
-                    t0 = time.perf_counter()
+                    t0, out = time.perf_counter(), None
+                    error: BaseException | None = None
                     try:
                         try:
                             async with asyncio.timeout(self.task.timeout):
                                 out = await tt.arun(self._input(index, item))
                         finally:
                             self._release(owner)
-                        res = self._checked(out)
-                        return ItemResult(
-                            True, res.output_json, seconds=time.perf_counter() - t0, attempt=attempt
-                        )
                     except TimeoutError:
-                        error: BaseException = TimeoutError(
-                            f"item exceeded its timeout of {self.task.timeout}s"
-                        )
+                        error = self._timed_out()
                     except Exception as exc:
                         error = exc
-                    if attempt <= self.task.retries and is_retryable(error):
-                        await asyncio.sleep(backoff(self.task, attempt))
-                        continue
-                    return ItemResult(
-                        False,
-                        error=describe(error),
-                        seconds=time.perf_counter() - t0,
-                        attempt=attempt,
-                    )
+                    done = self._settle(index, attempt, t0, out, error)
+                    if isinstance(done, ItemResult):
+                        return done
+                    await asyncio.sleep(done)
 
         outcomes = await asyncio.gather(*(one(k, item) for k, item in todo))
         return {k: r for (k, _), r in zip(todo, outcomes, strict=True)}
+
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(f"item exceeded its timeout of {self.task.timeout}s")
+
+    def _settle(
+        self,
+        index: int,
+        attempt: int,
+        t0: float,
+        out: StepOutput | None,
+        error: BaseException | None,
+    ) -> ItemResult | float:
+        """An attempt's outcome: the item's result, or (a transient failure with attempts
+        left) the seconds to wait before its next attempt."""
+        if error is None and out is not None:
+            try:
+                output_json = self._checked(out).output_json
+                return ItemResult(
+                    True, output_json, seconds=time.perf_counter() - t0, attempt=attempt
+                )
+            except Exception as exc:
+                error = exc
+        error = error or RuntimeError("the item returned nothing")
+        if attempt <= self.task.retries and is_retryable(error):
+            return backoff(self.task, attempt)
+        log.warning(
+            "map %s of %s: item %d failed: %s",
+            self.node.step_id, self.workflow_id, index, describe(error),
+        )  # fmt: skip
+        return ItemResult(
+            False, error=describe(error), seconds=time.perf_counter() - t0, attempt=attempt
+        )
