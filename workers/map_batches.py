@@ -32,6 +32,7 @@ from orchestration.model import (
     RunningStep,
 )
 from orchestration.state.decode import decode_results
+from orchestration.state.fields import batch_step
 from orchestration.state.limiter import Budget, check_turn
 from orchestration.state.maps import ItemResult, MapStore
 from workers.engine import Engine
@@ -78,7 +79,7 @@ class MapBatchRun(StepRun):
         if state.state != "ok":
             return self._not_run(state.state)
         base, n = state.base, state.n
-        step = f"{node.step_id}#{state.batch}"
+        step = batch_step(node.step_id, state.batch)
         first = state.batch * node.batch_size
         todo: list[tuple[int, Any]] = []
         earlier_failed = 0

@@ -34,6 +34,7 @@ from orchestration.model import (
 )
 from orchestration.model.aggregate import aggregators
 from orchestration.model.names import AGGREGATOR_AGENT, agent_queue
+from orchestration.state.fields import MetaField
 from orchestration.state.maps import ItemResult, MapStore
 from orchestration.state.scripts import Outgoing
 from workers.engine import Engine
@@ -52,7 +53,9 @@ def run_map_start(
     """Read the map's list (the first time), then send its batches' first messages."""
     store, maps = engine.store, MapStore(engine.store)
     node = store.plan(workflow_id).map(map_id)
-    status, run_now = store.redis.hmget(store.keys(workflow_id).meta, "status", "run")
+    status, run_now = store.redis.hmget(
+        store.keys(workflow_id).meta, [MetaField.STATUS, MetaField.RUN]
+    )
     if status is None or int(run_now or 0) != run or status.decode() != S.RUNNING:
         # (paused: the start script records where, and resume starts the map again)
         maps.start(workflow_id, node, "", run, 0, [], 0, Outgoing(), task_id=ctask.request.id)

@@ -21,6 +21,7 @@ from orchestration.errors import WorkflowNotFound
 from orchestration.flow.dispatch import ALL_SENT
 from orchestration.flow.resume import commit_wait
 from orchestration.model.waits import SubflowParams, child_id
+from orchestration.state.fields import MetaField
 from orchestration.state.keys import due_member
 from orchestration.state.scripts import SignalSpec
 from orchestration.state.timers import DueTimers
@@ -65,9 +66,12 @@ def settle_subflow(engine: Engine, workflow_id: str, step_id: str, run: int) -> 
         start_child(engine, workflow_id, step_id, run, params)
         timers.reschedule(workflow_id, step_id, run, time.time() + CHECK_SECONDS)
         return
-    child_run = int(store.redis.hget(store.keys(cid).meta, "parent_run") or 0)
+    child_run = int(store.redis.hget(store.keys(cid).meta, MetaField.PARENT_RUN) or 0)
     if status == "failed" and child_run < run:  # the parent was retried: so is the child
-        link = {"parent_run": str(run), "parent_due": due_member(workflow_id, step_id, run)}
+        link = {
+            MetaField.PARENT_RUN: str(run),
+            MetaField.PARENT_DUE: due_member(workflow_id, step_id, run),
+        }
         store.redis.hset(store.keys(cid).meta, mapping=link)  # type: ignore[arg-type]
         engine.dispatch.retry(cid)
         timers.reschedule(workflow_id, step_id, run, time.time() + CHECK_SECONDS)

@@ -12,6 +12,7 @@ from typing import Any
 from orchestration.errors import WorkflowNotFound
 from orchestration.model import CompensationOutcome, TaskResult, TaskStatus, WorkflowStatus
 from orchestration.state.connection import text
+from orchestration.state.fields import MetaField, VersionItem
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,11 @@ class Meta:
 
     @property
     def status(self) -> WorkflowStatus:
-        return WorkflowStatus(self.fields["status"])
+        return WorkflowStatus(self.fields[MetaField.STATUS])
 
     @property
     def compensation(self) -> CompensationOutcome | None:
-        raw = self.fields.get("compensation")
+        raw = self.fields.get(MetaField.COMPENSATION)
         return CompensationOutcome.model_validate_json(raw) if raw else None
 
     def number(self, name: str, default: int = 0) -> int:
@@ -81,12 +82,18 @@ def at_version(
     results: dict[bytes, bytes],
 ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
     """Live items written at or before ``version``, plus archived items alive at it."""
-    at_data = {k: v for k, v in data.items() if versions.get(f"d:{text(k)}", 0) <= version}
-    at_results = {k: v for k, v in results.items() if versions.get(f"r:{text(k)}", 0) <= version}
+    at_data = {
+        k: v for k, v in data.items() if versions.get(VersionItem.DATA.of(text(k)), 0) <= version
+    }
+    at_results = {
+        k: v
+        for k, v in results.items()
+        if versions.get(VersionItem.RESULT.of(text(k)), 0) <= version
+    }
     for raw_field, value in archive.items():
         item, _, span = text(raw_field).rpartition("@")
         written, removed = (int(x) for x in span.split("-"))
         if written <= version < removed:
             kind, name = item[0], item[2:].encode()
-            (at_data if kind == "d" else at_results)[name] = value
+            (at_data if kind == VersionItem.DATA else at_results)[name] = value
     return at_data, at_results

@@ -32,6 +32,7 @@ from orchestration.errors import LimitError, TurnMissed
 from orchestration.model.limits import Limit, LimitValues, Rate
 from orchestration.model.names import STREAM_MAXLEN
 from orchestration.state.connection import text
+from orchestration.state.fields import RateField
 from orchestration.state.keys import (
     BudgetKeys,
     WorkflowKeys,
@@ -207,7 +208,7 @@ class Limiter:
             for key in sorted(budgets[name]) or [""]:
                 tat_key, slots, waiting, _, reserved = self._keys(Budget(declared[name], key))
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.hget(tat_key, "tat")
+                pipe.hget(tat_key, RateField.TAT)
                 pipe.zcount(slots, now_ms, "+inf")
                 pipe.zrange(waiting, 0, 9)
                 pipe.zcard(waiting)
