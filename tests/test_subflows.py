@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from orchestration import DefinitionError, WorkflowStatus
+from orchestration import AmbiguousWorkflowId, DefinitionError, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
 from tests.helpers import eventually, open_gate, step, wait_gate_started
 
@@ -252,3 +252,23 @@ def test_of_different_definitions_registered_at_once_under_one_name_one_is_kept(
         kept = [i for i in pool.map(register, range(n)) if i is not None]
     assert len(kept) == 1
     assert orchestrator.definitions.get(name)["steps"][0]["parameters"] == {"value": kept[0]}
+
+
+def test_a_prefix_of_a_parents_id_names_the_parent_not_its_children(
+    orch: WorkflowOrchestrator,
+) -> None:
+    stem = f"nest-{uuid.uuid4().hex[:8]}"
+    wid = orch.run_workflow(parent(child(step("echo", "b"))), f"{stem}-parent")
+    assert orch.wait(wid, timeout=60).status == WorkflowStatus.COMPLETED
+    cid = f"{wid}.step_2"
+    assert orch.get_workflow_status(wid).children == [cid]
+
+    assert orch.resolve_id(wid) == wid  # the exact id
+    assert orch.resolve_id(cid) == cid
+    assert orch.resolve_id(f"{stem}-par") == wid  # the parent and only its children
+    assert orch.resolve_id(f"{wid}.st") == cid
+    other = orch.create_workflow({"steps": [step("echo")]}, f"{stem}-parent2")
+    assert orch.resolve_id(wid) == wid  # an exact id wins over the longer ones it begins
+    with pytest.raises(AmbiguousWorkflowId) as err:
+        orch.resolve_id(f"{stem}-par")
+    assert f"begins more than one workflow id: {wid}, {other};" in str(err.value)

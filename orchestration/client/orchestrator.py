@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,11 @@ log = logging.getLogger("baton.client")
 S = WorkflowStatus
 #: ``wait`` asks whether anyone serves the workflow's queues once it has waited this long.
 UNSERVED_CHECK_AFTER = 10.0
+
+
+def _inside(workflow_id: str, ids: set[str]) -> bool:
+    """Whether ``workflow_id`` is a sub-workflow's (at any depth) of one of ``ids``."""
+    return any(c == "." and workflow_id[:i] in ids for i, c in enumerate(workflow_id) if i)
 
 
 class WorkflowOrchestrator(Controls):
@@ -184,21 +190,26 @@ class WorkflowOrchestrator(Controls):
 
     def resolve_id(self, id_or_prefix: str) -> str:
         """The workflow id that ``id_or_prefix`` names, like git names commits: the id
-        itself, or the one id it begins. ``WorkflowNotFound`` if none,
-        ``AmbiguousWorkflowId`` (listing them) if several."""
+        itself (always, whatever longer ids it begins), or the one id it begins. A
+        sub-workflow's id is its parent's and more (``<parent>.<step>``): a prefix that
+        begins a parent and only its own sub-workflows names the parent.
+        ``WorkflowNotFound`` if none, ``AmbiguousWorkflowId`` (listing them) if several."""
         if not WORKFLOW_ID.match(id_or_prefix):
             raise WorkflowNotFound(id_or_prefix)
         if self.redis.exists(self.store.keys(id_or_prefix).meta):
             return id_or_prefix
-        found = self.store.index.starting_with(id_or_prefix, limit=6)
-        if not found:
+        # Every id it begins (the index is scanned whole anyway), its sub-workflows set apart.
+        found = self.store.index.starting_with(id_or_prefix, limit=sys.maxsize)
+        every = set(found)
+        tops = [wid for wid in found if not _inside(wid, every)]
+        if not tops:
             raise WorkflowNotFound(id_or_prefix)
-        if len(found) > 1:
-            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        if len(tops) > 1:
+            shown = ", ".join(tops[:5]) + (", ..." if len(tops) > 5 else "")
             raise AmbiguousWorkflowId(
                 f"{id_or_prefix!r} begins more than one workflow id: {shown}; give more of it"
             )
-        return found[0]
+        return tops[0]
 
     def get_workflow_status(self, workflow_id: str) -> WorkflowStatusReport:
         return self.store.get_status(workflow_id)
