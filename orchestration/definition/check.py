@@ -21,6 +21,12 @@ from orchestration.model import (
 )
 from orchestration.model.aggregate import aggregators
 
+#: What a planned task takes as written from its step.
+TASK_SETTINGS = {
+    "agent_id", "task_type", "output_key", "retries", "retry_backoff", "retry_backoff_max",
+    "timeout",
+}  # fmt: skip
+
 
 def plan_task(
     step: TaskStep,
@@ -59,23 +65,10 @@ def plan_task(
             if context_keys is None and reads:
                 context_keys = reads
     return PlannedTask(
-        step_id=step_id,
-        index=index,
-        agent_id=step.agent_id,
-        task_type=step.task_type,
-        output_key=step.output_key,
-        parameters=params,
-        group=group,
-        after=after,
-        branch=branch,
-        context_keys=context_keys,
-        retries=step.retries,
-        retry_backoff=step.retry_backoff,
-        retry_backoff_max=step.retry_backoff_max,
-        timeout=step.timeout,
-        compensation=compensation,
-        dynamic=dynamic,
-    )
+        **step.model_dump(include=TASK_SETTINGS),
+        step_id=step_id, index=index, parameters=params, group=group, after=after,
+        branch=branch, context_keys=context_keys, compensation=compensation, dynamic=dynamic,
+    )  # fmt: skip
 
 
 class Keys:

@@ -37,6 +37,9 @@ from orchestration.model import (
 )
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT
 
+#: What a planned group or map takes as written from its step.
+GROUP_SETTINGS = {"output_key", "aggregate", "on_failure", "min_success_rate"}
+
 
 def plan_step(
     step: TaskStep, where: str, step_id: str, index: int, reg: Catalog, problems: Problems,
@@ -92,18 +95,9 @@ def plan_map(
             update={"context_keys": sorted(available - {over_key}), "output_key": None}
         )
     return PlannedMap(
-        step_id=step_id,
-        index=index,
-        member=member,
-        over_key=over_key,
-        over_path=over_path,
-        output_key=step.output_key,
-        aggregate=step.aggregate,
-        batch_size=step.batch_size,
-        max_concurrency=step.max_concurrency,
-        on_failure=step.on_failure,
-        min_success_rate=step.min_success_rate,
-    )
+        **step.model_dump(include={*GROUP_SETTINGS, "batch_size", "max_concurrency"}),
+        step_id=step_id, index=index, member=member, over_key=over_key, over_path=over_path,
+    )  # fmt: skip
 
 
 def plan_branch(
@@ -273,13 +267,7 @@ def _compile(
         available |= produced
         nodes.append(
             PlannedGroup(
-                step_id=sid,
-                index=i,
-                branches=branches,
-                output_key=step.output_key,
-                aggregate=step.aggregate,
-                on_failure=step.on_failure,
-                min_success_rate=step.min_success_rate,
+                **step.model_dump(include=GROUP_SETTINGS), step_id=sid, index=i, branches=branches
             )
         )
     seen_waits: dict[str, str] = {}

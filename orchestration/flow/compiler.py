@@ -101,13 +101,7 @@ def batch_signature(app: Celery, workflow_id: str, node: PlannedMap, run: int) -
 
 
 def aggregate_signature(app: Celery, workflow_id: str, group_id: str, run: int) -> Signature:
-    return app.signature(
-        AGGREGATE_TASK,
-        args=(workflow_id, group_id, run),
-        immutable=True,
-        queue=CONTROL_QUEUE,
-        ignore_result=True,
-    )
+    return control_signature(app, AGGREGATE_TASK, workflow_id, group_id, run)
 
 
 def start_messages(
