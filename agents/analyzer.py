@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Literal
 
@@ -30,8 +29,6 @@ from agents.records import (
     values_of,
 )
 from agents.registry import Agent
-
-log = logging.getLogger("baton.agents.analyzer")
 
 analyzer = Agent("analyzer", description="Statistics and trends computed from the records")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,7 +46,7 @@ def extract_data(step: StepInput[ExtractParams]) -> ExtractOutput:
 
 
 Rule = Literal["remove_duplicates", "check_nulls"]
-ALL_RULES: list[Rule] = ["remove_duplicates", "check_nulls"]
+ALL_RULES: list[Rule] = list(get_args(Rule))
 
 
 class CleanParams(BaseModel):

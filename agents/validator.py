@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,14 +22,7 @@ RuleName = Literal[
     "date_parses",
     "discount_range",
 ]
-ALL_RULES: list[RuleName] = [
-    "email_format",
-    "revenue_consistency",
-    "positive_quantity",
-    "known_region",
-    "date_parses",
-    "discount_range",
-]
+ALL_RULES: list[RuleName] = list(get_args(RuleName))
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
 
 
