@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--repeats N] [--only io|waits|maps] [--out DIR]``: run every
-scenario on both sides, write the report.
+"""``python -m bench [--quick] [--repeats N] [--only io|waits|maps|map_limits] [--out DIR]``:
+run every scenario on both sides, write the report.
 
 Owns everything it starts: a private redis-server on a free port (never a shared Redis),
 and each side's worker processes, one side at a time.
@@ -228,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--only",
-        choices=["io", "waits", "maps"],
+        choices=["io", "waits", "maps", "map_limits"],
         help="only these scenarios (io: bench/io.py's, waits: bench/waits.py's, maps:"
-        " bench/maps.py's); the report goes to benchmarks-io.md, benchmarks-waits.md or"
-        " benchmarks-maps.md",
+        " bench/maps.py's, map_limits: bench/map_limits.py's); the report goes to"
+        " benchmarks-<that>.md",
     )
     args = parser.parse_args(argv)
     sz = Sizes.quick() if args.quick else Sizes()
@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "maps"):
             log("maps scenarios: a map vs chords, scaling with the count")
             maps_results = mapsbench.run(root / "maps", 1 if args.quick else 2, args.quick)
+        limits_results: dict[str, Any] = {}
+        if args.only in (None, "map_limits"):
+            log("map_limits scenarios: rate and concurrency limits inside maps")
+            limits_results = map_limits(args.quick)
         info = machine(server, r)
     finally:
         r.close()
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "io": io_results,
         "waits": waits_results,
         "maps": maps_results,
+        "map_limits": limits_results,
         "run_seconds": RUN_SECONDS,
         "elapsed_s": time.perf_counter() - t_start,
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -298,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         raw = f" (raw results: {root / 'results.json'})"
     log(f"wrote {written} in {data['elapsed_s']:.0f}s{raw}")
     return 0
+
+
+def map_limits(quick: bool) -> dict[str, Any]:
+    """Section 11 (bench/map_limits.py, imported here: it registers its agents)."""
+    from bench import map_limits as limits
+
+    sz = limits.LimitSizes.quick() if quick else limits.LimitSizes()
+    return limits.run(sz, log)
 
 
 def core_sessions(

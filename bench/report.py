@@ -216,7 +216,7 @@ def lost_runs(
 ) -> str:
     """The runs whose results never came within the bench's bound (a chain that never
     finishes): counted per side and scenario, left out of the figures above. ``bound``:
-    a run's (a fan-out's: ``GROUP_SECONDS``); ``more``: sections 8 and 10's lost runs,
+    a run's (a fan-out's: ``GROUP_SECONDS``); ``more``: sections 8, 10 and 11's lost runs,
     a record each (``bench.sides.counted``: side, scenario, ``bound_s``)."""
     counts: dict[tuple[str, str, float | None], int] = {}
     for side, runs in [*res.items(), *memory.items()]:
@@ -230,7 +230,12 @@ def lost_runs(
         key = (rec["side"], rec["scenario"], rec["bound_s"])
         counts[key] = counts.get(key, 0) + 1
     if not counts:
-        within = f" within {bound:g} s a run ({GROUP_SECONDS:g} s a fan-out)" if bound else ""
+        within = (
+            f" in time: within {bound:g} s a run, {GROUP_SECONDS:g} s a fan-out or one of"
+            " section 8's groups and chords, section 10's `timeout` a map or chord"
+            if bound
+            else ""
+        )
         return f"\n## Lost runs\n\nNone: every run's results came{within}.\n"
     rows = [
         [side, name, str(n), "–" if waited is None else f"{waited:g}"]
@@ -246,8 +251,8 @@ def lost_runs(
 
 
 def more_lost(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The lost runs of sections 8 and 10 (``bench.sides.counted``'s records)."""
-    found = list(data.get("io", {}).get("lost", []))
+    """The lost runs of sections 8, 10 and 11 (``bench.sides.counted``'s records)."""
+    found = [*data.get("io", {}).get("lost", []), *data.get("map_limits", {}).get("lost", [])]
     for run in data.get("maps", []):
         found += run.get("lost", [])
     return found
@@ -270,7 +275,7 @@ def markdown(data: dict[str, Any]) -> str:
         " one after the other, never at the same time, alternating which goes first; Redis"
         " is flushed between them. Section 8 (agents that call an outside API: async agents"
         " on the asyncio pool, rate limits, streamed output) has pools and sizes of its own,"
-        " described there.\n"
+        " described there; so have sections 9 to 11.\n"
     )
     add(
         f"Each figure is the median over {n_rep} repeat(s), with min–max in parentheses;"
@@ -321,7 +326,7 @@ def markdown(data: dict[str, Any]) -> str:
     add(table(["", ""], [[k, str(v)] for k, v in m.items()]))
     add("\n## How to run\n")
     add(
-        "```bash\n.venv/bin/python -m bench            # the full run (about 11 min on 2 cores);"
+        "```bash\n.venv/bin/python -m bench            # the full run (about 12 min on 2 cores);"
         " rewrites docs/benchmarks.{md,png}\n.venv/bin/python -m bench --quick"
         " --out /tmp/b  # tiny sizes, a minute or two; used by tests/test_bench_smoke.py\n"
         ".venv/bin/python -m bench --only io --out /tmp/b  # section 8's scenarios only:"
@@ -329,7 +334,9 @@ def markdown(data: dict[str, Any]) -> str:
         ".venv/bin/python -m bench --only waits --out /tmp/b  # section 9's:"
         " /tmp/b/benchmarks-waits.md\n"
         ".venv/bin/python -m bench --only maps --out /tmp/b  # section 10's:"
-        " /tmp/b/benchmarks-maps.md\n```\n"
+        " /tmp/b/benchmarks-maps.md\n"
+        ".venv/bin/python -m bench --only map_limits --out /tmp/b  # section 11's:"
+        " /tmp/b/benchmarks-map_limits.md\n```\n"
     )
     add(
         "It starts its own `redis-server` (`orchestration.embedded.RedisServer`, on a free port,"
@@ -570,6 +577,9 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("maps"):
         add("")
         add(maps.section(data["maps"]).rstrip("\n"))
+    if data.get("map_limits"):
+        add("")
+        add(map_limits_section(data["map_limits"]).rstrip("\n"))
     add("")
     add(profile_section(data["profile"], data.get("notes", "")))
     return "\n".join(out) + "\n"
@@ -909,26 +919,38 @@ def maps_targets(runs: list[dict[str, Any]]) -> str:
     )
 
 
+def map_limits_section(res: dict[str, Any]) -> str:
+    """Section 11 (bench/map_limits.py; imported here only: it registers its agents)."""
+    from bench import map_limits
+
+    return map_limits.section(res)
+
+
 def only_markdown(data: dict[str, Any], only: str) -> str:
-    """The report of ``python -m bench --only io|waits|maps``: those scenarios alone."""
+    """The report of ``python -m bench --only io|waits|maps|map_limits``: those scenarios
+    alone."""
     title = {
         "io": "agents that call the outside world",
         "waits": "signals and timers",
         "maps": "maps over run-time lists",
+        "map_limits": "limits inside maps",
     }[only]
+    sides = "Baton" if only == "map_limits" else "Baton vs bare Celery"
     out = [
-        f"# Benchmarks: {title} (Baton vs bare Celery)\n",
+        f"# Benchmarks: {title} ({sides})\n",
         f"Written by `python -m bench --only {only}` from a real run"
         f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}); the full report is"
         " `docs/benchmarks.md`.\n",
     ]
-    render: dict[str, tuple[Callable[[Any], str], Callable[[Any], str]]] = {
+    render: dict[str, tuple[Callable[[Any], str] | None, Callable[[Any], str]]] = {
         "io": (io_targets, io_section),
         "waits": (waits_targets, waits.section),
         "maps": (maps_targets, maps.section),
+        "map_limits": (None, map_limits_section),
     }
     targets, section = render[only]
-    out += ["## Targets\n", targets(data[only])]
+    if targets:
+        out += ["## Targets\n", targets(data[only])]
     if only != "waits":  # (section 9 counts its lost countdown tasks itself)
         out.append(lost_runs({}, {}, more=more_lost(data)).strip("\n"))
     out += [

@@ -275,7 +275,7 @@ class BareSide(_WorkerPids):
     name: str = "celery"
     app: Celery | None = None
     workers: LocalWorkers | None = None
-    client: redis.Redis | None = None
+    client: redis.Redis[bytes] | None = None
     pubsub: Any = None
     bound: float = RUN_SECONDS  # the most one run is waited for
     lost: int = 0

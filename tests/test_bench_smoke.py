@@ -18,6 +18,7 @@ import pytest
 from celery import chain
 
 from bench import report
+from bench.maps import section as maps_section
 from bench.scenarios import runs_of
 from bench.sides import BareSide, Lost, Workdir
 from orchestration.client.embedded import RedisServer
@@ -39,6 +40,7 @@ SECTIONS = [
     "## 8. Agents that call the outside world",
     "## 9. People and time in the loop",
     "## 10. Maps over run-time lists",
+    "## 11. Limits inside maps",
     "## Where a Baton step's time goes",
 ]
 #: Section 8's parts (bench/io.py), each with a table of figures.
@@ -116,6 +118,10 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     # Every side made its calls, and the API saw them in flight at once.
     assert all(NUMBER.fullmatch(c) for c in calls["calls"][1:]), calls["calls"]
     assert NUMBER.fullmatch(calls["the API's most requests in flight at once"][1])
+    # Section 11: the limits held inside maps (rate and concurrency), each judged.
+    limits = _table_rows(_section(text, "## 11. Limits inside maps"))
+    assert [r[-1] for r in limits if r[1] == "most running at once"] == ["yes", "yes"], limits
+    assert len([r for r in limits if r[0].startswith("no limit, a map of")]) == 1, limits
 
     png = tmp_path / "benchmarks.png"
     assert png.stat().st_size > 10_000
@@ -196,4 +202,4 @@ def test_a_lost_group_chord_or_map_is_left_out_of_sections_8_and_10() -> None:
                            "messages": {"chord": None, "chunked": None}}}  # fmt: skip
     rows = _table_rows(report.maps_targets([lost_run]))
     assert len(rows) == 5 and all(r[-1] == "**no**" for r in rows), rows
-    assert "## 10. Maps over run-time lists" in report.maps.section([lost_run])
+    assert "## 10. Maps over run-time lists" in maps_section([lost_run])
