@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 from celery import Celery
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def step(task_type: str, output_key: str | None = None, **parameters: Any) -> dict[str, Any]:
@@ -66,18 +69,18 @@ def redeliver(app: Celery, r: redis.Redis, workflow_id: str, step_id: str) -> No
         )  # fmt: skip
 
 
+def example_literal(path: str, name: str) -> Any:
+    """The literal bound to ``name`` in ``path`` (from the checkout's root), read, not run."""
+    tree = ast.parse((ROOT / path).read_text())
+    [value] = [
+        node.value for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == [name]
+    ]  # fmt: skip
+    return ast.literal_eval(value)
+
+
+# The original design's Data Analysis Pipeline, as the README's quickstart runs it.
+QUICKSTART_PIPELINE: dict[str, Any] = example_literal("examples/quickstart.py", "pipeline")
 # The first two steps of the original design's workflows, on the shipped dataset.
-EXTRACT_AND_CLEAN: list[dict[str, Any]] = [
-    {
-        "agent_id": "data_processor",
-        "task_type": "extract_data",
-        "output_key": "extracted_records",
-        "parameters": {"source": "business_db"},
-    },
-    {
-        "agent_id": "data_processor",
-        "task_type": "clean_data",
-        "output_key": "cleaned_records",
-        "parameters": {"validation_rules": ["remove_duplicates", "check_nulls"]},
-    },
-]
+EXTRACT_AND_CLEAN: list[dict[str, Any]] = QUICKSTART_PIPELINE["steps"][:2]

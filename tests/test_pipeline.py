@@ -16,36 +16,12 @@ import pytest
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from tests.helpers import EXTRACT_AND_CLEAN
+from tests.helpers import QUICKSTART_PIPELINE
 
 pytestmark = pytest.mark.workflow_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINE = {
-    "name": "Data Analysis Pipeline",
-    "description": "Extract, clean, analyze, and report on business data",
-    "steps": [
-        *EXTRACT_AND_CLEAN,
-        {
-            "agent_id": "analyzer",
-            "task_type": "statistical_analysis",
-            "output_key": "analysis_results",
-            "parameters": {"analysis_type": "comprehensive"},
-        },
-        {
-            "agent_id": "analyzer",
-            "task_type": "trend_analysis",
-            "output_key": "trend_results",
-            "parameters": {"period": "quarterly"},
-        },
-        {
-            "agent_id": "reporter",
-            "task_type": "generate_report",
-            "output_key": "final_report",
-            "parameters": {"format": "executive_summary"},
-        },
-    ],
-}
+PIPELINE = QUICKSTART_PIPELINE  # the README's, read from examples/quickstart.py
 
 
 def quarter(day: str) -> str | None:
