@@ -61,6 +61,13 @@ def _task(step_id: str, index: int, group: str | None = None) -> PlannedTask:
 
 PLAN = Plan(name="t", nodes=[_task("step_1", 0), _task("step_2", 1)],
             tasks={t: _task(t, i) for i, t in enumerate(["step_1", "step_2"])})  # fmt: skip
+# A workflow's status and a call's run under which a script does nothing, and its reply:
+# no workflow, a run other than the workflow's own (stale), or not running.
+NOT_RUNNING_IN_ITS_RUN = pytest.mark.parametrize(
+    ("status", "run", "expected"),
+    [("missing", 1, "missing"), ("running", 2, "stale"), ("created", 1, "created"),
+     ("cancelled", 1, "cancelled"), ("paused", 1, "paused")],
+)  # fmt: skip
 BRANCHES = ["step_1.1", "step_1.2"]
 GROUP_PLAN = Plan(
     name="g",
@@ -322,11 +329,7 @@ def test_begin_of_a_committed_step_replies_committed_and_drops_its_message(wf: W
     assert wf.store.outstanding(ID) == set()
 
 
-@pytest.mark.parametrize(
-    ("status", "run", "expected"),
-    [("missing", 1, "missing"), ("running", 2, "stale"), ("created", 1, "created"),
-     ("cancelled", 1, "cancelled"), ("paused", 1, "paused")],
-)  # fmt: skip
+@NOT_RUNNING_IN_ITS_RUN
 def test_begin_does_not_run_the_step_unless_running_in_its_run(
     wf: Workflow, status: str, run: int, expected: str
 ) -> None:
@@ -493,11 +496,7 @@ def test_send_of_a_group_whose_branches_all_ended_sends_its_aggregate_too(wf: Wo
     assert wf.store.outstanding(ID) == {"t0", "b1", "b2", "agg"}
 
 
-@pytest.mark.parametrize(
-    ("status", "run", "expected"),
-    [("missing", 1, "missing"), ("running", 2, "stale"), ("created", 1, "created"),
-     ("cancelled", 1, "cancelled"), ("paused", 1, "paused")],
-)  # fmt: skip
+@NOT_RUNNING_IN_ITS_RUN
 def test_send_sends_nothing_unless_running_in_its_run(
     wf: Workflow, status: str, run: int, expected: str
 ) -> None:
