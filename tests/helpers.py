@@ -5,12 +5,16 @@ from __future__ import annotations
 import ast
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from celery import Celery
+
+if TYPE_CHECKING:
+    from orchestration.client import WorkflowOrchestrator
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +57,17 @@ def eventually(check: Callable[[], T], timeout: float = 30.0, what: str = "condi
 
 def wait_gate_started(r: redis.Redis, name: str, count: int = 1, timeout: float = 30.0) -> None:
     eventually(lambda: r.llen(f"testlog:gate:{name}:started") >= count, timeout, f"gate {name}")
+
+
+def held_at_gate(
+    orch: WorkflowOrchestrator, r: redis.Redis, name: str, *after: dict[str, Any]
+) -> tuple[str, str]:
+    """Run ``gated`` at a new gate (``name`` and a random suffix) until its step is held
+    there: the gate and the workflow id."""
+    gate = f"{name}-{uuid.uuid4().hex[:8]}"
+    wid = orch.run_workflow(gated(gate, *after))
+    wait_gate_started(r, gate)
+    return gate, wid
 
 
 def open_gate(r: redis.Redis, name: str, times: int = 1) -> None:

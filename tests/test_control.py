@@ -9,13 +9,9 @@ import redis
 
 from orchestration import TaskStatus, WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from tests.helpers import eventually, gated, open_gate, redeliver, step, wait_gate_started
+from tests.helpers import eventually, held_at_gate, open_gate, redeliver, step
 
 pytestmark = pytest.mark.workflow_suite
-
-
-def gate_name() -> str:
-    return f"g-{uuid.uuid4().hex[:8]}"
 
 
 def events(orch: WorkflowOrchestrator, wid: str, event: str, step_id: str) -> int:
@@ -27,9 +23,7 @@ def events(orch: WorkflowOrchestrator, wid: str, event: str, step_id: str) -> in
 def test_a_step_delivered_twice_commits_once(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
-    g = gate_name()
-    wid = orch.run_workflow(gated(g))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(orch, raw_redis, "g")
 
     # Given step_2 running and step_1 committed, both messages are delivered again.
     redeliver(orch.app, raw_redis, wid, "step_1")
@@ -52,9 +46,7 @@ def test_a_step_delivered_twice_commits_once(
 def test_cancel_mid_run_revokes_what_is_queued_and_refuses_the_running_commit(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
-    g = gate_name()
-    wid = orch.run_workflow(gated(g))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(orch, raw_redis, "g")
 
     orch.cancel_workflow(wid)
     assert orch.get_workflow_status(wid).status == WorkflowStatus.CANCELLED
@@ -71,9 +63,7 @@ def test_cancel_mid_run_revokes_what_is_queued_and_refuses_the_running_commit(
 def test_pause_stops_before_the_next_step_and_resume_continues_from_there(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
-    g = gate_name()
-    wid = orch.run_workflow(gated(g, step("echo", "c"), step("echo", "d")))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(orch, raw_redis, "g", step("echo", "c"), step("echo", "d"))
 
     orch.pause_workflow(wid)
     open_gate(raw_redis, g)  # the running step finishes and commits while paused

@@ -30,7 +30,7 @@ from orchestration.model import WorkflowContext
 from orchestration.settings import BatonSettings
 from orchestration.state.keys import due_key
 from tests.conftest import PARALLEL_AGENTS, ROOT
-from tests.helpers import eventually, gated, open_gate, step, wait_gate_started
+from tests.helpers import eventually, gated, held_at_gate, open_gate, step, wait_gate_started
 
 
 @dataclass
@@ -62,6 +62,16 @@ class Harness:
         for pool in self.pools:
             pool.stop()
         self.pools.clear()
+
+    def finish(self, workflow_id: str, timeout: float = 60) -> WorkflowContext:
+        """The workflow waited for to its end, its invariants checked; this test's workers
+        are stopped either way."""
+        try:
+            ctx = self.orch.wait(workflow_id, timeout=timeout)
+            self.check_invariants(ctx)
+        finally:
+            self.stop_all()
+        return ctx
 
     def executions(self, workflow_id: str, step_id: str) -> int:
         with sqlite3.connect(self.ledger) as db:
@@ -153,9 +163,7 @@ def worker_running(pid: int, pools: tuple[LocalWorkers, ...]) -> subprocess.Pope
 def test_a_step_whose_pool_process_is_killed_is_redelivered_and_commits_once(
     harness: Harness, two_workers: object, raw_redis: redis.Redis
 ) -> None:
-    g = f"kill-child-{uuid.uuid4().hex[:6]}"
-    wid = harness.orch.run_workflow(gated(g))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(harness.orch, raw_redis, "kill-child")
 
     os.kill(gate_pid(raw_redis, g), signal.SIGKILL)  # the process running the agent
     wait_gate_started(raw_redis, g, count=2, timeout=60)  # redelivered once its lease lapsed
@@ -173,9 +181,7 @@ def test_a_step_whose_pool_process_is_killed_is_redelivered_and_commits_once(
 def test_a_worker_killed_outright_loses_nothing(
     harness: Harness, two_workers: tuple[LocalWorkers, LocalWorkers], raw_redis: redis.Redis
 ) -> None:
-    g = f"kill-worker-{uuid.uuid4().hex[:6]}"
-    wid = harness.orch.run_workflow(gated(g))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(harness.orch, raw_redis, "kill-worker")
     # SIGKILL the whole worker that runs it: main process and pool.
     os.killpg(worker_running(gate_pid(raw_redis, g), two_workers).pid, signal.SIGKILL)
 
@@ -193,9 +199,7 @@ def test_a_worker_killed_outright_loses_nothing(
 def test_a_worker_told_to_stop_mid_step_finishes_it_first(
     harness: Harness, two_workers: tuple[LocalWorkers, LocalWorkers], raw_redis: redis.Redis
 ) -> None:
-    g = f"term-{uuid.uuid4().hex[:6]}"
-    wid = harness.orch.run_workflow(gated(g))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(harness.orch, raw_redis, "term")
     owner = worker_running(gate_pid(raw_redis, g), two_workers)
 
     owner.terminate()  # SIGTERM: warm shutdown waits for the running task
@@ -209,18 +213,25 @@ def test_a_worker_told_to_stop_mid_step_finishes_it_first(
     harness.check_invariants(ctx)
 
 
-def aio_gates(name: str, n: int) -> dict[str, object]:
-    member = {"agent_id": "aio", "task_type": "await_gate", "parameters": {"name": name}}
-    return {"name": "async group", "steps": [{"parallel": [member] * n, "output_key": "g"}]}
+def held_async(
+    harness: Harness, r: redis.Redis, name: str, n: int
+) -> tuple[str, str, LocalWorkers]:
+    """A group of ``n`` async steps, all held at a new gate by an asyncio worker (20 wide)
+    of its own: the gate, the workflow id and that worker."""
+    gate = f"{name}-{uuid.uuid4().hex[:6]}"
+    pool = harness.worker(["aio"], name, "asyncio", 20)
+    member = {"agent_id": "aio", "task_type": "await_gate", "parameters": {"name": gate}}
+    wid = harness.orch.run_workflow(
+        {"name": "async group", "steps": [{"parallel": [member] * n, "output_key": "g"}]}
+    )
+    wait_gate_started(r, gate, count=n)
+    return gate, wid, pool
 
 
 def test_an_asyncio_worker_killed_mid_step_loses_nothing(
     harness: Harness, raw_redis: redis.Redis
 ) -> None:
-    g = f"aio-kill-{uuid.uuid4().hex[:6]}"
-    first = harness.worker(["aio"], "aio-a", "asyncio", 20)
-    wid = harness.orch.run_workflow(aio_gates(g, 10))
-    wait_gate_started(raw_redis, g, count=10)
+    g, wid, first = held_async(harness, raw_redis, "aio-kill", 10)
     [proc] = first.processes
     os.killpg(proc.pid, signal.SIGKILL)  # ten coroutines in flight, gone at once
     proc.wait()
@@ -243,10 +254,7 @@ def test_an_asyncio_worker_killed_mid_step_loses_nothing(
 def test_an_asyncio_worker_told_to_stop_finishes_its_running_steps(
     harness: Harness, raw_redis: redis.Redis
 ) -> None:
-    g = f"aio-term-{uuid.uuid4().hex[:6]}"
-    pool = harness.worker(["aio"], "aio-c", "asyncio", 20)
-    wid = harness.orch.run_workflow(aio_gates(g, 5))
-    wait_gate_started(raw_redis, g, count=5)
+    g, wid, pool = held_async(harness, raw_redis, "aio-term", 5)
     [proc] = pool.processes
 
     proc.terminate()  # SIGTERM: warm shutdown waits for the running steps
@@ -267,7 +275,7 @@ def test_an_asyncio_worker_told_to_stop_finishes_its_running_steps(
 
 def test_the_aggregate_survives_its_worker_dying(harness: Harness, raw_redis: redis.Redis) -> None:
     g = f"chord-{uuid.uuid4().hex[:6]}"
-    members = harness.worker(ALL, "members", BATON_WORKER_NO_CONTROL="1")
+    harness.worker(ALL, "members", BATON_WORKER_NO_CONTROL="1")
     holder = harness.worker(CONTROL_ONLY, "control-held", BATON_TEST_AGGREGATE_GATE=g)
     wid = harness.orch.run_workflow(
         {
@@ -283,13 +291,8 @@ def test_the_aggregate_survives_its_worker_dying(harness: Harness, raw_redis: re
 
     for proc in holder.processes:
         os.killpg(proc.pid, signal.SIGKILL)
-    spare = harness.worker(CONTROL_ONLY, "control-spare")  # the message comes back to it
-    try:
-        ctx = harness.orch.wait(wid, timeout=60)
-        harness.check_invariants(ctx)
-    finally:
-        members.stop()
-        spare.stop()
+    harness.worker(CONTROL_ONLY, "control-spare")  # the message comes back to it
+    ctx = harness.finish(wid)
 
     assert ctx.status == WorkflowStatus.COMPLETED
     assert ctx.shared_data["g"]["successful_tasks"] == 3
@@ -301,7 +304,7 @@ def test_the_aggregate_survives_its_worker_dying(harness: Harness, raw_redis: re
 def test_a_lost_chord_callback_is_found_by_the_reaper(
     harness: Harness, raw_redis: redis.Redis
 ) -> None:
-    members = harness.worker(ALL, "members", BATON_WORKER_NO_CONTROL="1")
+    harness.worker(ALL, "members", BATON_WORKER_NO_CONTROL="1")
     wid = harness.orch.run_workflow(
         {
             "steps": [
@@ -319,13 +322,8 @@ def test_a_lost_chord_callback_is_found_by_the_reaper(
         "the members and their callback message",
     )
     store.redis.delete("baton.control")  # ...and is lost
-    control = harness.worker(CONTROL_ONLY, "control")
-    try:
-        ctx = harness.orch.wait(wid, timeout=60)
-        harness.check_invariants(ctx)
-    finally:
-        members.stop()
-        control.stop()
+    harness.worker(CONTROL_ONLY, "control")
+    ctx = harness.finish(wid)
 
     assert ctx.status == WorkflowStatus.COMPLETED
     assert [h.step for h in ctx.execution_history if h.event == "reaper_redispatched"] == ["step_2"]
@@ -336,9 +334,7 @@ def test_a_lost_chord_callback_is_found_by_the_reaper(
 def test_redis_restart_mid_workflow_loses_no_handoff_state(
     harness: Harness, two_workers: object, raw_redis: redis.Redis
 ) -> None:
-    g = f"restart-{uuid.uuid4().hex[:6]}"
-    wid = harness.orch.run_workflow(gated(g))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(harness.orch, raw_redis, "restart")
 
     harness.server.stop()  # SIGTERM: the AOF is flushed
     harness.server.start()  # same port, same directory
@@ -412,9 +408,7 @@ def test_redis_down_at_submit_is_a_clear_error_and_leaves_nothing(
 def test_a_step_longer_than_the_visibility_timeout_runs_once(
     harness: Harness, two_workers: object, raw_redis: redis.Redis
 ) -> None:
-    g = f"long-{uuid.uuid4().hex[:6]}"
-    wid = harness.orch.run_workflow(gated(g))
-    wait_gate_started(raw_redis, g)
+    g, wid = held_at_gate(harness.orch, raw_redis, "long")
 
     # Past the 6 s visibility timeout the message is delivered again; the lease holds it off.
     def deferred() -> bool:
@@ -471,11 +465,7 @@ def test_a_map_whose_worker_is_killed_mid_batch_loses_no_item(
     # SIGKILL the whole worker running the first item held: its batch is taken, not done.
     os.killpg(worker_running(gate_pid(raw_redis, tag), (a, b)).pid, signal.SIGKILL)
     open_gate(raw_redis, tag, times=200)
-    try:
-        ctx = harness.orch.wait(wid, timeout=90)
-        harness.check_invariants(ctx)
-    finally:
-        harness.stop_all()
+    ctx = harness.finish(wid, 90)
 
     assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
     assert ctx.shared_data["squares"] == [{"index": i, "square": i * i} for i in range(16)]
@@ -498,11 +488,7 @@ def test_a_map_whose_messages_are_lost_is_sent_on_by_the_reaper(
     store.redis.delete("agent.testkit", "unacked", "unacked_index")  # every message lost
     open_gate(raw_redis, tag, times=200)
     harness.worker(ALL, "map-after")
-    try:
-        ctx = harness.orch.wait(wid, timeout=90)
-        harness.check_invariants(ctx)
-    finally:
-        harness.stop_all()
+    ctx = harness.finish(wid, 90)
 
     assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
     assert [h.step for h in ctx.execution_history if h.event == "reaper_redispatched"] == ["step_2"]
