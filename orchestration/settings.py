@@ -8,9 +8,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -24,6 +24,11 @@ class BatonSettings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None, description="Broker override (default: redis_url)."
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the Redis in redis_url (and of a redis:// broker_url) when "
+        "the URL has none of its own; any characters (percent-encoded into the URL here).",
     )
     key_prefix: str = Field(default="baton", description="Prefix of every Redis key Baton writes.")
     home: Path = Field(default=Path(".baton"), description="Embedded Redis files and reports.")
@@ -87,6 +92,16 @@ class BatonSettings(BaseSettings):
             raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not {redact(value)!r}")
         return value
 
+    @model_validator(mode="after")
+    def _add_password(self) -> BatonSettings:
+        """The one place BATON_REDIS_PASSWORD goes into the URLs every client connects with."""
+        secret = self.redis_password.get_secret_value() if self.redis_password else ""
+        if secret:
+            self.redis_url = with_password(self.redis_url, secret)
+            if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+                self.broker_url = with_password(self.broker_url, secret)
+        return self
+
     @property
     def reports_path(self) -> Path:
         return self.reports_dir or self.home / "reports"
@@ -95,6 +110,23 @@ class BatonSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> BatonSettings:
     return BatonSettings()
+
+
+def with_password(url: str | None, password: str) -> str | None:
+    """``url`` with ``password`` (percent-encoded) as its password, unless it has its own
+    (or does not parse: the URL check reports that, naming the setting)."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            return url
+    except ValueError:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]  # as written (already encoded)
+    netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redact(url: str) -> str:

@@ -73,7 +73,9 @@ def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
         env = services[agent]["environment"]
         assert env["BATON_WORKER_AGENTS"] == agent
         assert env["BATON_WORKER_HOSTNAME"] == "worker@%h"  # unique per replica (--scale)
-        assert env["BATON_REDIS_URL"].startswith("redis://:${BATON_REDIS_PASSWORD")
+        # The password goes on its own, not into the URL, where its characters would break it
+        assert env["BATON_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["BATON_REDIS_PASSWORD"].startswith("${BATON_REDIS_PASSWORD:?")
         assert services[agent]["command"] == ["baton", "worker"]
         assert "inspect ping" in services[agent]["healthcheck"]["test"][1]
     redis_cmd = " ".join(services["redis"]["command"])
@@ -97,13 +99,19 @@ def test_compose_file_validates_and_runs_a_worker_per_agent() -> None:
             "neither `docker compose` nor `docker-compose` is installed (.ci/run installs it)"
         )
     secrets = {
-        "BATON_REDIS_PASSWORD": "p4ss",
+        "BATON_REDIS_PASSWORD": "p@ss:w/rd#%? \"q'$x\\",  # (tests/test_passwords.py runs it)
         "BATON_FLOWER_BASIC_AUTH": "ops:f",
         "BATON_DASHBOARD_BASIC_AUTH": "ops:d",
     }
     bare = {k: v for k, v in os.environ.items() if k not in secrets}
     checked = subprocess.run(cmd, cwd=ROOT, env={**bare, **secrets}, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+    shown = subprocess.run(cmd[:-1], cwd=ROOT, env={**bare, **secrets}, capture_output=True,
+                           text=True, check=True)  # fmt: skip
+    resolved = yaml.safe_load(shown.stdout)["services"]  # (a literal $ shown as $$)
+    password = secrets["BATON_REDIS_PASSWORD"].replace("$", "$$")
+    assert resolved["redis"]["environment"]["REDISCLI_AUTH"] == password
+    assert all(resolved[a]["environment"]["BATON_REDIS_PASSWORD"] == password for a in agents)
     for name in secrets:  # no default passwords: each missing secret stops compose, named
         missing = {**bare, **{k: v for k, v in secrets.items() if k != name}}
         refused = subprocess.run(cmd, cwd=ROOT, env=missing, capture_output=True, text=True)

@@ -79,7 +79,7 @@ def failure_of(exc: BaseException) -> Failure | None:
         return Failure(
             UNREACHABLE,
             f"Redis refused the credentials: {exc}",
-            "check the user and password in BATON_REDIS_URL",
+            "check BATON_REDIS_PASSWORD, or the user and password in BATON_REDIS_URL",
         )
     if isinstance(exc, StateStoreError | redis.ConnectionError | redis.TimeoutError):
         return Failure(
