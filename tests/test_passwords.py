@@ -20,7 +20,7 @@ import yaml
 
 from orchestration import WorkflowStatus
 from orchestration.client import WorkflowOrchestrator
-from orchestration.client.embedded import LocalWorkers, free_port, redis_server_binary
+from orchestration.client.embedded import LocalWorkers, RedisServer, free_port, redis_server_binary
 from orchestration.settings import BatonSettings, redact
 from tests.conftest import ROOT
 from tests.helpers import eventually, step
@@ -197,3 +197,17 @@ def test_a_wrong_password_is_one_line_exit_3_showing_no_part_of_either(
     assert "Redis refused the credentials" in line and "BATON_REDIS_PASSWORD" in line
     shown = {line[i : i + 4] for i in range(len(line) - 3)}
     assert not shown & (pieces(PASSWORD) | pieces(WRONG)), line
+
+
+def test_the_embedded_redis_server_takes_any_password(tmp_path: Path) -> None:
+    """``RedisServer`` (the tests', the benchmark's, ``baton demo``'s) writes the password
+    into its configuration quoted: the server takes it exactly, and no other."""
+    server = RedisServer(tmp_path, password=PASSWORD).start()
+    try:
+        client = redis.Redis(port=server.port, password=PASSWORD)
+        assert client.config_get("requirepass")["requirepass"] == PASSWORD
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, password="wrong").ping()
+        client.close()
+    finally:
+        server.stop()

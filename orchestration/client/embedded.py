@@ -106,7 +106,9 @@ class RedisServer:
             'logfile ""',
         ]
         if self.password:
-            config.append(f"requirepass {self.password}")
+            # Quoted for redis.conf: any character may be in a password.
+            quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            config.append(f'requirepass "{quoted}"')
         self.process = subprocess.Popen(
             [redis_server_binary(), "-", *self.extra_args],
             stdin=subprocess.PIPE,
