@@ -19,7 +19,7 @@ from orchestration.client.embedded import RedisServer, free_port
 from orchestration.errors import BatonError
 from orchestration.settings import BatonSettings
 from tests.helpers import step
-from tests.test_client import baton
+from tests.test_client import baton, baton_run
 
 
 def one_line(stderr: str) -> str:
@@ -71,8 +71,9 @@ def test_a_yaml_error_names_the_file_line_and_column(
     worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     bad = tmp_path / "broken.yaml"
-    bad.write_text("name: x\nsteps:\n  - {agent_id: testkit, task_type: [echo\n")
-    ran = baton("run", str(bad), env=worker_env)
+    ran = baton_run(
+        bad, "name: x\nsteps:\n  - {agent_id: testkit, task_type: [echo\n", env=worker_env
+    )
     assert ran.returncode == 2
     line = one_line(ran.stderr)
     assert f"{bad}:4:1: not valid YAML: expected ',' or ']'" in line

@@ -28,6 +28,23 @@ def baton(
     )
 
 
+def baton_run(
+    file: Path, text: str, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``baton run`` on ``file``, written with ``text`` first."""
+    file.write_text(text)
+    return baton("run", str(file), *args, env=env)
+
+
+def run_one_step(
+    step: str, tmp_path: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``baton run --wait`` on a workflow "cli" of one testkit step: ``step``, the rest of
+    its YAML flow mapping."""
+    text = f"name: cli\nsteps:\n  - {{agent_id: testkit, {step}}}\n"
+    return baton_run(tmp_path / "cli.yaml", text, "--wait", env=env)
+
+
 def test_created_workflows_wait_for_start_and_are_visible_to_another_process(
     orch: WorkflowOrchestrator, worker_env: dict[str, str]
 ) -> None:
@@ -63,12 +80,9 @@ def test_created_workflows_wait_for_start_and_are_visible_to_another_process(
 def test_cli_runs_a_workflow_and_reports_its_status(
     worker_env: dict[str, str], workers: object, tmp_path: Path
 ) -> None:
-    good = tmp_path / "good.yaml"
-    good.write_text(
-        "name: cli\nsteps:\n  - {agent_id: testkit, task_type: echo, output_key: out,"
-        " parameters: {value: 42}}\n"
+    ran = run_one_step(
+        "task_type: echo, output_key: out, parameters: {value: 42}", tmp_path, worker_env
     )
-    ran = baton("run", str(good), "--wait", env=worker_env)
     assert ran.returncode == 0, ran.stderr
     wid = ran.stdout.splitlines()[0].strip()
     assert f"cli {wid}: completed in " in ran.stdout  # it ends with what it made
@@ -86,12 +100,8 @@ def test_cli_runs_a_workflow_and_reports_its_status(
 def test_cli_exits_non_zero_when_the_workflow_fails(
     worker_env: dict[str, str], workers: object, tmp_path: Path
 ) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        "name: cli\nsteps:\n  - {agent_id: testkit, task_type: fail,"
-        " parameters: {message: 'nope [deliberate failure]'}}\n"
-    )
-    ran = baton("run", str(bad), "--wait", env=worker_env)
+    failing = "task_type: fail, parameters: {message: 'nope [deliberate failure]'}"
+    ran = run_one_step(failing, tmp_path, worker_env)
     assert ran.returncode == 1
     assert "ValueError: nope [deliberate failure]" in ran.stderr  # verbatim, brackets too
 
@@ -99,9 +109,9 @@ def test_cli_exits_non_zero_when_the_workflow_fails(
 def test_cli_rejects_an_invalid_file_with_the_field(
     worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("steps:\n  - {agent_id: nobody, task_type: echo}\n")
-    ran = baton("run", str(bad), env=worker_env)
+    ran = baton_run(
+        tmp_path / "bad.yaml", "steps:\n  - {agent_id: nobody, task_type: echo}\n", env=worker_env
+    )
     assert ran.returncode == 2
     assert "steps[0].agent_id" in ran.stderr
 
