@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -114,20 +115,27 @@ def test_a_definition_must_map_over_an_earlier_output() -> None:
     assert "'nope' is not produced by any earlier step" in str(err.value)
 
 
-def held(n: int) -> list[dict[str, Any]]:
-    return [{"value": i, "hold": 30} for i in range(n)]
+def held_then(
+    orch: WorkflowOrchestrator, r: redis.Redis, n: int, act: Callable[[str], object]
+) -> tuple[str, str]:
+    """A map over ``n`` items that each wait at a gate, two at a time: ``act`` on the
+    workflow while the first two wait there, then the gate opened for every item. The gate
+    (the map's tag) and the workflow id."""
+    tag = uuid.uuid4().hex[:8]
+    items = [{"value": i, "hold": 30} for i in range(n)]
+    wid = orch.run_workflow(
+        {"steps": [source(items), mapping(max_concurrency=2, batch_size=1, tag=tag)]}
+    )
+    wait_gate_started(r, tag, count=2)
+    act(wid)
+    open_gate(r, tag, times=n)
+    return tag, wid
 
 
 def test_a_paused_map_stops_taking_items_and_resumes_with_the_rest(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    wid = orch.run_workflow(
-        {"steps": [source(held(12)), mapping(max_concurrency=2, batch_size=1, tag=tag)]}
-    )
-    wait_gate_started(raw_redis, tag, count=2)
-    orch.pause_workflow(wid)
-    open_gate(raw_redis, tag, times=12)
+    tag, wid = held_then(orch, raw_redis, 12, orch.pause_workflow)
 
     # The two items in flight commit; nothing else starts while paused.
     eventually(lambda: orch.get_workflow_status(wid).maps[0].done == 2, 30, "in-flight items")
@@ -166,13 +174,7 @@ def test_a_retried_map_runs_only_the_items_that_failed(
 def test_a_cancelled_map_commits_nothing_more(
     orch: WorkflowOrchestrator, raw_redis: redis.Redis
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    wid = orch.run_workflow(
-        {"steps": [source(held(10)), mapping(max_concurrency=2, batch_size=1, tag=tag)]}
-    )
-    wait_gate_started(raw_redis, tag, count=2)
-    orch.cancel_workflow(wid)
-    open_gate(raw_redis, tag, times=10)
+    tag, wid = held_then(orch, raw_redis, 10, orch.cancel_workflow)
     ctx = orch.wait(wid, timeout=30)
     assert ctx.status == WorkflowStatus.CANCELLED
     eventually(lambda: not orch.store.outstanding(wid), 30, "the drain")
