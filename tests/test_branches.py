@@ -87,15 +87,17 @@ def test_when_takes_then_only_on_an_equal_value(
     assert set(ctx.shared_data) == {"approval", key}  # 1 is not true: no code, no coercion
 
 
+def on_c(value: Any, cases: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """echo ``value`` as ``c``, then a branch on ``c.value`` between ``cases``."""
+    return {
+        "steps": [step("echo", "c", value=value), {"branch": {"on": "c.value", "cases": cases}}]
+    }
+
+
 def test_a_branch_with_no_way_for_the_value_runs_nothing_and_goes_on(
     orch: WorkflowOrchestrator,
 ) -> None:
-    definition = {
-        "steps": [
-            step("echo", "c", value="low"),
-            {"branch": {"on": "c.value", "cases": {"high": [step("echo", "x")]}}},
-        ]
-    }
+    definition = on_c("low", {"high": [step("echo", "x")]})
     ctx = orch.wait(orch.run_workflow(definition), timeout=60)
     assert ctx.status == WorkflowStatus.COMPLETED, ctx.error
     assert ctx.task_results["step_2"].result["taken"] is None
@@ -106,14 +108,9 @@ def test_a_branch_with_no_way_for_the_value_runs_nothing_and_goes_on(
 def test_a_failing_step_on_the_way_taken_fails_the_workflow_and_retry_goes_on_from_it(
     orch: WorkflowOrchestrator,
 ) -> None:
-    definition = {
-        "steps": [
-            step("echo", "c", value="go"),
-            {"branch": {"on": "c.value", "cases": {"go": [
-                step("echo", "one"), step("flaky", "two", failures=1, permanent=True),
-                step("echo", "three")]}}},
-        ]
-    }  # fmt: skip
+    definition = on_c("go", {"go": [step("echo", "one"),
+                                    step("flaky", "two", failures=1, permanent=True),
+                                    step("echo", "three")]})  # fmt: skip
     wid = orch.run_workflow(definition)
     failed = orch.wait(wid, timeout=60)
     assert (failed.status, failed.failed_step) == (WorkflowStatus.FAILED, "step_2.1.2")
