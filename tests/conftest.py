@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,19 +90,34 @@ def workers(
 
 
 @pytest.fixture(scope="session")
-def aio_worker(
+def asyncio_workers(
     orchestrator: WorkflowOrchestrator,
     workers: LocalWorkers,  # (the session's: they run the aggregates)
     worker_env: dict[str, str],
     settings: BatonSettings,
+) -> Callable[[list[list[str]], int, str], LocalWorkers]:
+    """Starts asyncio worker processes, one per list of queues, ``concurrency`` wide each,
+    logging under ``logs`` in BATON_HOME; they leave aggregates to the session's."""
+    assert settings.redis_url
+    url = settings.redis_url
+
+    def start(queues: list[list[str]], concurrency: int, logs: str) -> LocalWorkers:
+        pool = LocalWorkers(
+            url, queues, concurrency=concurrency, pool="asyncio", env=NO_CONTROL | worker_env,
+            log_dir=settings.home / logs,
+        )  # fmt: skip
+        pool.start(orchestrator.app)
+        return pool
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def aio_worker(
+    asyncio_workers: Callable[[list[list[str]], int, str], LocalWorkers],
 ) -> Iterator[LocalWorkers]:
     """ONE worker process for the async agent, asyncio pool, 100 wide."""
-    assert settings.redis_url
-    pool = LocalWorkers(
-        settings.redis_url, [["aio"]], concurrency=100, pool="asyncio", env=NO_CONTROL | worker_env,
-        log_dir=settings.home / "logs-aio",
-    )  # fmt: skip
-    pool.start(orchestrator.app)
+    pool = asyncio_workers([["aio"]], 100, "logs-aio")
     yield pool
     pool.stop()
 

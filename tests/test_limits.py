@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -16,8 +16,6 @@ import redis
 from agents import Agent, LimitError
 from orchestration import WorkflowOrchestrator, WorkflowStatus
 from orchestration.client.embedded import LocalWorkers
-from orchestration.settings import BatonSettings
-from tests.conftest import NO_CONTROL
 from tests.helpers import eventually, open_gate, wait_gate_started
 from workers.dashboard.views import DashboardReader
 
@@ -25,18 +23,11 @@ from workers.dashboard.views import DashboardReader
 @pytest.fixture(scope="module")
 def two_limited_workers(
     orchestrator: WorkflowOrchestrator,
-    workers: LocalWorkers,  # (the session's: they run the aggregates)
-    worker_env: dict[str, str],
-    settings: BatonSettings,
+    asyncio_workers: Callable[[list[list[str]], int, str], LocalWorkers],
 ) -> Iterator[LocalWorkers]:
     """Two asyncio worker processes for the limited agent, 50 wide each: far wider than
     its limits, so only the limits can hold steps back."""
-    assert settings.redis_url
-    pool = LocalWorkers(
-        settings.redis_url, [["throttle"], ["throttle"]], concurrency=50, pool="asyncio",
-        env=NO_CONTROL | worker_env, log_dir=settings.home / "logs-throttle",
-    )  # fmt: skip
-    pool.start(orchestrator.app)
+    pool = asyncio_workers([["throttle"], ["throttle"]], 50, "logs-throttle")
     yield pool
     orchestrator.reset_limit("throttle")
     pool.stop()
