@@ -168,11 +168,14 @@ def amqp_stack(
         pytest.skip(
             f"no RabbitMQ at {AMQP_URL} ({why}); set BATON_TEST_AMQP_URL to run the suite on it"
         )
-    amqp_settings = settings.model_copy(update={"broker_url": AMQP_URL})
+    # Its own key prefix: the Redis stack's workers must not fire its timers (a worker
+    # commits what it fires with its own broker's outbox).
+    prefix = f"{settings.key_prefix}-amqp"
+    amqp_settings = settings.model_copy(update={"broker_url": AMQP_URL, "key_prefix": prefix})
     orch = WorkflowOrchestrator(
         amqp_settings.redis_url, settings=amqp_settings, local_workers=False
     )
-    env = {**worker_env, "BATON_BROKER_URL": AMQP_URL}
+    env = {**worker_env, "BATON_BROKER_URL": AMQP_URL, "BATON_KEY_PREFIX": prefix}
     every = [a.agent_id for a in orch.registry if a.agent_id not in OWN_WORKERS]
     assert settings.redis_url
     pool = LocalWorkers(settings.redis_url, [every, PARALLEL_AGENTS], concurrency=2, env=env,

@@ -64,7 +64,7 @@ def settle_subflow(engine: Engine, workflow_id: str, step_id: str, run: int) -> 
         status = store.status_of(cid)
     except WorkflowNotFound:
         start_child(engine, workflow_id, step_id, run, params)
-        timers.reschedule(workflow_id, step_id, run, time.time() + CHECK_SECONDS)
+        look_later(engine, timers, workflow_id, step_id, run)
         return
     child_run = int(store.redis.hget(store.keys(cid).meta, MetaField.PARENT_RUN) or 0)
     if status == "failed" and child_run < run:  # the parent was retried: so is the child
@@ -74,10 +74,10 @@ def settle_subflow(engine: Engine, workflow_id: str, step_id: str, run: int) -> 
         }
         store.redis.hset(store.keys(cid).meta, mapping=link)  # type: ignore[arg-type]
         engine.dispatch.retry(cid)
-        timers.reschedule(workflow_id, step_id, run, time.time() + CHECK_SECONDS)
+        look_later(engine, timers, workflow_id, step_id, run)
         return
     if not status.is_terminal:
-        timers.reschedule(workflow_id, step_id, run, time.time() + CHECK_SECONDS)
+        look_later(engine, timers, workflow_id, step_id, run)
         return
     child = store.get_status(cid)
     output: Any = {"workflow_id": cid, "status": status.value}
@@ -101,6 +101,19 @@ def settle_subflow(engine: Engine, workflow_id: str, step_id: str, run: int) -> 
         timers.drop(workflow_id, step_id, run)
     elif reply.status == "compensating":
         engine.saga.fail_workflow(workflow_id, run)
+
+
+def look_later(engine: Engine, timers: DueTimers, workflow_id: str, step_id: str, run: int) -> None:
+    """Look at the child again in ``CHECK_SECONDS``, unless it has ended meanwhile: its
+    end woke the step's timer (``wake_parent``), which this must not push back; so, after
+    pushing it, a child found ended brings it back to now."""
+    timers.reschedule(workflow_id, step_id, run, time.time() + CHECK_SECONDS)
+    try:
+        ended = engine.store.status_of(child_id(workflow_id, step_id)).is_terminal
+    except WorkflowNotFound:  # (not created: a worker died before; the timer creates it)
+        return
+    if ended:
+        timers.reschedule(workflow_id, step_id, run, time.time())
 
 
 def start_child(
