@@ -2,7 +2,7 @@
 # (Celery's ``app.task`` is untyped; the tasks keep their own signatures' types.)
 """Bare Celery: the same no-op work as ``bench.agents``, as plain Celery tasks.
 
-The app is configured by ``orchestration.broker.celery_config`` -- the very settings
+The app is configured by ``orchestration.flow.broker.celery_config`` -- the very settings
 Baton's workers use (JSON, late acks, prefetch 1, events, routing), on the same Redis
 transport (``workers.transport``) -- so the only difference the
 benchmark sees is Baton's engine. ``bare.*`` routes to queue ``agent.bare``.

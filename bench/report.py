@@ -270,11 +270,12 @@ def markdown(data: dict[str, Any]) -> str:
         "Written by `python -m bench` from a real run"
         f" ({data['elapsed_s'] / 60:.1f} min, {data['finished']}). Both sides run the same"
         " no-op work on the same private `redis-server`, with worker processes started with"
-        " identical Celery settings (`orchestration.broker.celery_config`: JSON, `task_acks_late`,"
-        " `worker_prefetch_multiplier=1`, task events), prefork, concurrency 2; the sides run"
-        " one after the other, never at the same time, alternating which goes first; Redis"
-        " is flushed between them. Section 8 (agents that call an outside API: async agents"
-        " on the asyncio pool, rate limits, streamed output) has pools and sizes of its own,"
+        " identical Celery settings (`orchestration.flow.broker.celery_config`: JSON,"
+        " `task_acks_late`, `worker_prefetch_multiplier=1`, task events), prefork,"
+        " concurrency 2; the sides run one after the other, never at the same time,"
+        " alternating which goes first; Redis is flushed between them. Section 8 (agents"
+        " that call an outside API: async agents on the asyncio pool, rate limits, streamed"
+        " output) has pools and sizes of its own,"
         " described there; so have sections 9 to 11.\n"
     )
     add(
@@ -339,9 +340,10 @@ def markdown(data: dict[str, Any]) -> str:
         " /tmp/b/benchmarks-map_limits.md\n```\n"
     )
     add(
-        "It starts its own `redis-server` (`orchestration.embedded.RedisServer`, on a free port,"
-        " AOF on as Baton ships it), then per side: Baton workers via"
-        " `orchestration.embedded.LocalWorkers` (`python -m workers.cli worker --agents bench`,"
+        "It starts its own `redis-server` (`orchestration.client.embedded.RedisServer`, on a"
+        " free port, AOF on as Baton ships it), then per side: Baton workers via"
+        " `orchestration.client.embedded.LocalWorkers`"
+        " (`python -m workers.cli worker --agents bench`,"
         " agent `bench` from `bench/agents.py`, loaded with `BATON_AGENT_MODULES=bench.agents`)"
         " or `celery -A bench.bare worker -Q agent.bare -c 2 -P prefork` (tasks in"
         " `bench/bare.py`). Readiness is a Celery ping.\n"
