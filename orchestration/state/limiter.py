@@ -278,6 +278,10 @@ class Wake:
         return woken
 
 
+#: After a lost pub/sub connection, the wake-up listener subscribes again this much later.
+RELISTEN_BACKOFF = 0.5
+
+
 class Wakeups:
     """The steps of this process waiting for a concurrency slot, by owner, and one thread
     listening on the limiter's channel: a release names the owners its slots are for, and
@@ -335,7 +339,7 @@ class Wakeups:
                         self._wake(json.loads(msg["data"]))
             except Exception as exc:  # the connection: listen again, waiters look again
                 log.warning("limit wake-ups: %s; listening again", exc)
-                time.sleep(0.5)
+                time.sleep(RELISTEN_BACKOFF)
 
     def _wake(self, owners: list[str]) -> None:
         with self._lock:
