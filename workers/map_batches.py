@@ -130,17 +130,20 @@ class MapBatchRun(StepRun):
             update={"step_id": f"{self.node.step_id}[{index}]", "item": item, "index": index}
         )
 
-    def _checked(self, out: StepOutput) -> ItemResult:
+    def _checked(self, out: StepOutput, *, seconds: float = 0.0, attempt: int = 1) -> ItemResult:
         if out.handoff is not None:
             raise MapItemError("a map's items cannot hand off or wait: return the output")
         limit = self.engine.max_output_bytes
         if len(out.encoded) > limit:
             raise OutputTooLarge(f"an item's output is {len(out.encoded):,} bytes, over {limit:,}")
-        return ItemResult(True, out.encoded)
+        return ItemResult(True, out.encoded, seconds=seconds, attempt=attempt)
 
     # ------------------------------------------------------------------ an item's limits
 
     def _owner(self, index: int) -> str:
+        """Who holds the item's slots under its limits ("": it has none to hold)."""
+        if not self.item_budgets:
+            return ""
         return f"{self.workflow_id}:{self.node.step_id}[{index}]:{self.run_no}"
 
     async def _take_turn(self, owner: str) -> None:
@@ -263,10 +266,7 @@ class MapBatchRun(StepRun):
         left) the seconds to wait before its next attempt."""
         if error is None and out is not None:
             try:
-                output_json = self._checked(out).output_json
-                return ItemResult(
-                    True, output_json, seconds=time.perf_counter() - t0, attempt=attempt
-                )
+                return self._checked(out, seconds=time.perf_counter() - t0, attempt=attempt)
             except Exception as exc:
                 error = exc
         error = error or RuntimeError("the item returned nothing")

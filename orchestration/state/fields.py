@@ -14,6 +14,7 @@ metrics hash's are ``names.Metric``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Self
 
@@ -151,6 +152,12 @@ class MapField(_Kind):
     def at(self, base: str, *names: object) -> str:
         """The field of this kind of the map whose base is ``base``."""
         return base + (self.of(*names) if names else self.value)
+
+    def each(self, base: str, names: Iterable[object]) -> list[str]:
+        """``at(base, name)`` for each of ``names``: a map's per-item fields, built with the
+        prefix spelt once (there may be 100,000)."""
+        prefix = f"{base}{self.value}:"
+        return [f"{prefix}{name}" for name in names]
 
     @classmethod
     def parse_map(cls, field: str) -> tuple[MapField, str, str] | None:

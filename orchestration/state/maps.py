@@ -139,7 +139,7 @@ class MapStore:
     def _results(self, workflow_id: str, base: str, n: int) -> Iterator[bytes | None]:
         key = self.store.keys(workflow_id).maps
         for start in range(0, n, CHUNK):
-            fields = [MapField.RESULT.at(base, k) for k in range(start, min(n, start + CHUNK))]
+            fields = MapField.RESULT.each(base, range(start, min(n, start + CHUNK)))
             yield from self.redis.hmget(key, fields)
 
     def raw_results(self, workflow_id: str, base: str, n: int) -> list[bytes | None]:
