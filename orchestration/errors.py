@@ -122,6 +122,21 @@ class StateStoreError(BatonError):
     """The state store could not be reached or answered unexpectedly."""
 
 
+class NotReplicated(StateStoreError):
+    """A write reached the primary, but fewer replicas acknowledged it than
+    ``BATON_MIN_REPLICAS`` within ``BATON_REPLICA_TIMEOUT_MS``: a failover now could lose
+    it. It may or may not stand; repeating the call is safe (every write is a
+    compare-and-set)."""
+
+    def __init__(self, what: str, acks: int, wanted: int, timeout_ms: int) -> None:
+        self.acks, self.wanted = acks, wanted
+        super().__init__(
+            f"{what} reached the primary but {acks} of {wanted} replicas acknowledged it "
+            f"within {timeout_ms} ms, so it may or may not have been applied; "
+            "repeating it is safe"
+        )
+
+
 class SignalError(BatonError, ValueError):
     """A signal was refused: an unknown name, a payload that does not fit, a workflow that
     is not waiting for it. Nothing changed."""

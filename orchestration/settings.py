@@ -13,6 +13,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
 
 class BatonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
@@ -29,6 +31,25 @@ class BatonSettings(BaseSettings):
         default=None,
         description="Password of the Redis in redis_url (and of a redis:// broker_url) when "
         "the URL has none of its own; any characters (percent-encoded into the URL here).",
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the Sentinels of a redis+sentinel:// URL, when they have "
+        "their own (the URL's password is the data nodes').",
+    )
+    failover_timeout: float = Field(
+        default=30.0,
+        description="Seconds a command keeps trying through a failover (a refused, reset or "
+        "read-only primary) before it fails.",
+    )
+    min_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Replicas that must acknowledge a write (WAIT) before it counts; default "
+        "1 on a redis+sentinel:// URL, 0 on a redis:// one.",
+    )
+    replica_timeout_ms: int = Field(
+        default=1000, ge=1, description="How long a write waits for its replicas (ms)."
     )
     key_prefix: str = Field(default="baton", description="Prefix of every Redis key Baton writes.")
     home: Path = Field(default=Path(".baton"), description="Embedded Redis files and reports.")
@@ -88,8 +109,13 @@ class BatonSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not {redact(value)!r}")
+        if value is not None and not value.startswith(
+            ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
+        ):
+            raise ValueError(
+                "must be a redis://, rediss://, unix:// or redis+sentinel:// URL, "
+                f"not {redact(value)!r}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -98,9 +124,21 @@ class BatonSettings(BaseSettings):
         secret = self.redis_password.get_secret_value() if self.redis_password else ""
         if secret:
             self.redis_url = with_password(self.redis_url, secret)
-            if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            if self.broker_url and self.broker_url.startswith(
+                ("redis://", "rediss://", SENTINEL_SCHEME)
+            ):
                 self.broker_url = with_password(self.broker_url, secret)
         return self
+
+    @property
+    def sentinel(self) -> bool:
+        """Whether Redis is reached through Sentinels (a ``redis+sentinel://`` URL)."""
+        return bool(self.redis_url and self.redis_url.startswith(SENTINEL_SCHEME))
+
+    @property
+    def write_replicas(self) -> int:
+        """Replicas a write must reach before it counts (``min_replicas`` or its default)."""
+        return self.min_replicas if self.min_replicas is not None else int(self.sentinel)
 
     @property
     def reports_path(self) -> Path:

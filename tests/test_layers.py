@@ -155,7 +155,7 @@ def test_the_public_surface_is_the_documented_one() -> None:
         "AmbiguousWorkflowId", "BatonError", "BranchOn", "BranchStep", "BudgetUse",
         "Checkpoint", "CompensationOutcome", "DefinitionError", "HistoryEntry",
         "InputTooLarge", "LimitError", "LimitValues", "MapMember", "MapProgress", "MapStep",
-        "ParallelStep", "RunningStep", "SignalError", "SignalTooLarge", "SleepStep",
+        "NotReplicated", "ParallelStep", "RunningStep", "SignalError", "SignalTooLarge", "SleepStep",
         "StateStoreError", "StepError", "StreamEvent", "SubflowStep", "TaskResult",
         "TaskStatus", "TaskStep", "ThrottledStep", "UnknownAgent", "UnknownTaskType",
         "WaitStep", "WaitingStep", "WhenStep", "WhenTest", "WorkflowContext",

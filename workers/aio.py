@@ -208,6 +208,7 @@ class _Command:
     client: redis.Redis[bytes]
     args: tuple[Any, ...]
     options: dict[str, Any]
+    replicas: tuple[int, int] | None = None  # a write that WAITs: (replicas, timeout ms)
 
     def schedule(self, g: StepGreenlet) -> None:
         turns(g.loop).batch.add(g, self)
@@ -229,6 +230,18 @@ class LoopRedis(redis.Redis):  # type: ignore[type-arg]
         if isinstance(current, StepGreenlet) and str(args[0]).upper() not in BLOCKING:
             return current.parent.switch(_Command(self, args, options))
         return super().execute_command(*args, **options)
+
+    def execute_acked(self, args: Sequence[Any], replicas: int, timeout_ms: int) -> Any:
+        """A write and its ``WAIT`` (``state.connection.acked_call``): from a step's
+        greenlet, in the loop's next batch, whose one ``WAIT`` covers every write in it;
+        elsewhere, the pair in one pipeline."""
+        current = getcurrent()
+        if isinstance(current, StepGreenlet):
+            return current.parent.switch(_Command(self, tuple(args), {}, (replicas, timeout_ms)))
+        pipe = self.pipeline(transaction=False)
+        pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+        pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+        return pipe.execute(raise_on_error=False)
 
 
 class RedisBatch:
@@ -252,11 +265,18 @@ class RedisBatch:
             pipe = items[0][1].client.pipeline(transaction=False)
             for _, cmd in items:
                 pipe.execute_command(*cmd.args, **cmd.options)  # type: ignore[no-untyped-call]
+            waits = [cmd.replicas for _, cmd in items if cmd.replicas]
+            if waits:  # one WAIT after every write of the batch covers them all
+                most, longest = max(n for n, _ in waits), max(ms for _, ms in waits)
+                pipe.execute_command("WAIT", most, longest)  # type: ignore[no-untyped-call]
             try:
                 replies: list[Any] = pipe.execute(raise_on_error=False)
             except Exception as exc:  # the connection: each step sees it, as from redis-py
-                replies = [exc] * len(items)
-            for (g, _), reply in zip(items, replies, strict=True):
+                replies = [exc] * (len(items) + bool(waits))
+            acks = replies.pop() if waits else None
+            for (g, cmd), reply in zip(items, replies, strict=True):
+                if cmd.replicas is not None and not isinstance(reply, Exception):
+                    reply = [reply, acks]  # (acks: a count, or the WAIT's own error)
                 if isinstance(reply, Exception):
                     turns(self.loop).resume(g.resume, g.throw, reply)
                 else:

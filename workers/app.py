@@ -20,7 +20,7 @@ from orchestration.flow.broker import producer_app
 from orchestration.model.names import AGGREGATE_TASK, BRANCH_TASK, FINISH_FAILURE_TASK, MAP_TASK
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT, WAIT_TASK
 from orchestration.settings import BatonSettings, get_settings
-from orchestration.state.connection import connect
+from orchestration.state.connection import connect, replicas_of
 from orchestration.state.store import StateStore
 from workers.aio import LoopRedis
 from workers.aio import register as register_asyncio_pool
@@ -115,9 +115,12 @@ def engine_for(app: Celery, reg: AgentRegistry) -> Engine:
 
 
 def _make_engine(app: Celery, reg: AgentRegistry) -> Engine:
-    client = connect(app.conf.baton_redis_url, client=LoopRedis)  # (batched on the loop)
-    store = StateStore(client, prefix=app.conf.baton_prefix, retention=app.conf.baton_retention)
     settings = get_settings()
+    client = connect(app.conf.baton_redis_url, client=LoopRedis, settings=settings)  # (batched)
+    store = StateStore(
+        client, prefix=app.conf.baton_prefix, retention=app.conf.baton_retention,
+        replicas=replicas_of(settings),
+    )  # fmt: skip
     engine = _engines[id(app)] = Engine(
         app, store, reg, lease_seconds=settings.step_lease_seconds,
         max_output_bytes=settings.max_output_bytes,

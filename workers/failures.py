@@ -26,10 +26,11 @@ from orchestration.errors import (
     WorkflowTimeout,
 )
 from orchestration.settings import BatonSettings, get_settings, redact
+from orchestration.state.connection import sentinel_target
 
 OK, FAILED, REFUSED, UNREACHABLE, TIMED_OUT = 0, 1, 2, 3, 4
 URL_FIELDS = {"redis_url": "BATON_REDIS_URL", "broker_url": "BATON_BROKER_URL"}
-URL_HINT = "use redis://[:password@]host:port/db"
+URL_HINT = "use redis://[:password@]host:port/db or redis+sentinel://host:26379,.../service/db"
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ def check_urls(settings: BatonSettings) -> None:
     for field, name in URL_FIELDS.items():
         url = getattr(settings, field)
         try:
-            parts = urlsplit(url or "")
-            parts.port  # noqa: B018  (parsing the port is the check)
+            if sentinel_target(url or "") is None:
+                urlsplit(url or "").port  # noqa: B018  (parsing the port is the check)
         except ValueError as exc:
             raise CommandRefused(
                 f"{name} is not a valid URL: {exc}", URL_HINT, UNREACHABLE

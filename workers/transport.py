@@ -89,7 +89,10 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
 
 
-class Channel(kombu_redis.Channel):
+class _Batching(kombu_redis.Channel):
+    """What this transport changes of kombu's Redis channel, for its plain and its Sentinel
+    channel alike (mixed in before the kombu class)."""
+
     Message = Message
     QoS = QoS
 
@@ -172,15 +175,29 @@ class Channel(kombu_redis.Channel):
             raise Empty() from None
 
 
+class Channel(_Batching):
+    pass
+
+
+class SentinelChannel(_Batching, kombu_redis.SentinelChannel):
+    """On Sentinel: each new connection asks the Sentinels for the primary, so after a
+    failover the consumer's reconnect reaches the new one."""
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """Make ``redis://`` mean this transport in this process.
+    """Make ``redis://`` (and ``sentinel://``) mean this transport in this process.
 
     Registered under kombu's own ``redis`` alias rather than set as Celery's
     ``broker_transport``, so connection URIs keep their ``redis://`` scheme (Flower, for
     one, picks its broker client by that scheme).
     """
     TRANSPORT_ALIASES["redis"] = "workers.transport:Transport"
+    TRANSPORT_ALIASES["sentinel"] = "workers.transport:SentinelTransport"

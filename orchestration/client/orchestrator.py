@@ -38,7 +38,7 @@ from orchestration.model import (
 from orchestration.model.bounds import over_input_cap
 from orchestration.model.names import Event
 from orchestration.settings import BatonSettings, get_settings, redact
-from orchestration.state.connection import connect
+from orchestration.state.connection import connect, replicas_of
 from orchestration.state.definitions import Definitions
 from orchestration.state.limiter import Limiter
 from orchestration.state.store import StateStore
@@ -83,9 +83,12 @@ class WorkflowOrchestrator(Controls):
             local_workers = True if local_workers is None else local_workers
         self.redis_url = url
         # A caller is told quickly when Redis is away (workers, not callers, wait it out).
-        self.redis = connect(url, retries=3)
+        self.redis = connect(url, retries=3, settings=self.settings)
         self.store = StateStore(
-            self.redis, prefix=self.settings.key_prefix, retention=self.settings.retention_seconds
+            self.redis,
+            prefix=self.settings.key_prefix,
+            retention=self.settings.retention_seconds,
+            replicas=replicas_of(self.settings),
         )
         self.app = producer_app(url, self.settings)
         self.dispatch = Dispatcher(self.app, self.store)

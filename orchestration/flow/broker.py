@@ -8,6 +8,7 @@ app (:func:`producer_app`) only sends; ``workers.app.create_app`` adds the tasks
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 
@@ -18,6 +19,7 @@ from orchestration.model.names import (
     agents_of,
 )
 from orchestration.settings import BatonSettings
+from orchestration.state.connection import SENTINEL_SOCKET_TIMEOUT, sentinel_target
 
 CONTROL_PREFIXES = frozenset({ENGINE, "celery"})  # the engine's tasks, and Celery's own
 
@@ -50,14 +52,18 @@ def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
     # A message whose worker died unacknowledged is restored after visibility_timeout;
     # sweep for such messages often enough that the timeout is the only delay (kombu 5.7+).
     sweep = max(1, min(10, int(settings.visibility_timeout // 4)))
-    transport = {
+    transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": sweep,
         "unacked_restore_throttle": 1,
     }
+    broker_url = settings.broker_url or redis_url
+    broker, broker_options = kombu_url(broker_url, settings)
+    backend, backend_options = kombu_url(redis_url, settings)
     return {
-        "broker_url": settings.broker_url or redis_url,
-        "result_backend": redis_url,
+        "broker_url": broker,
+        "baton_broker_url": broker_url,  # as written: the outbox compares it with redis_url
+        "result_backend": backend,
         # Security: JSON only, both ways; a pickle message is refused by the worker.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -69,8 +75,8 @@ def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
+        "broker_transport_options": {**transport, **broker_options},
+        "result_backend_transport_options": {**transport, **backend_options},
         "result_expires": settings.result_expires,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # ride out a broker restart, however long
@@ -83,6 +89,29 @@ def celery_config(settings: BatonSettings, redis_url: str) -> dict[str, Any]:
         "task_default_queue": CONTROL_QUEUE,
         "task_create_missing_queues": True,
     }
+
+
+def kombu_url(url: str, settings: BatonSettings) -> tuple[str, dict[str, Any]]:
+    """``url`` as kombu and Celery's result backend spell it, and the transport options it
+    needs: a ``redis+sentinel://`` URL becomes their ``sentinel://`` list (one entry per
+    Sentinel, each with the data nodes' password) with the service as ``master_name``."""
+    target = sentinel_target(url)
+    if target is None:
+        return url, {}
+    auth = ""
+    if target.password is not None:
+        auth = f"{quote(target.username or '', safe='')}:{quote(target.password, safe='')}@"
+    hosts = ";".join(f"sentinel://{auth}{h}:{p}/{target.db}" for h, p in target.sentinels)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    if settings.sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
+    options = {
+        "master_name": target.service,
+        "sentinel_kwargs": sentinel_kwargs,
+        "socket_timeout": SENTINEL_SOCKET_TIMEOUT,
+        "socket_connect_timeout": 1.0,
+    }
+    return hosts, options
 
 
 def producer_app(redis_url: str, settings: BatonSettings) -> Celery:

@@ -26,6 +26,8 @@ from celery.utils.time import utcoffset
 from kombu.utils.json import dumps as _kombu_dumps
 from redis.connection import parse_url
 
+from orchestration.settings import SENTINEL_SCHEME
+from orchestration.state.connection import sentinel_target
 from orchestration.state.scripts import Push
 
 
@@ -73,7 +75,15 @@ def decode(payload: str) -> Sent:
 
 
 def same_redis(a: str, b: str) -> bool:
-    """Whether two redis:// URLs name the same server and database."""
+    """Whether two redis:// URLs name the same server and database (two
+    redis+sentinel:// URLs: the same service and database of the same Sentinels)."""
+    if a.startswith(SENTINEL_SCHEME) or b.startswith(SENTINEL_SCHEME):
+        ta, tb = sentinel_target(a), sentinel_target(b)
+        return (
+            ta is not None
+            and tb is not None
+            and ((set(ta.sentinels), ta.service, ta.db) == (set(tb.sentinels), tb.service, tb.db))
+        )
     if not (a.startswith(("redis://", "rediss://")) and b.startswith(("redis://", "rediss://"))):
         return False
     pa, pb = parse_url(a), parse_url(b)
@@ -87,7 +97,7 @@ class Encoder:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        broker = str(app.conf.broker_url or "")
+        broker = str(app.conf.get("baton_broker_url") or app.conf.broker_url or "")
         #: Whether the broker is the state Redis: only then can a script push messages.
         self.inline = same_redis(broker, str(app.conf.baton_redis_url))
         options = app.conf.broker_transport_options or {}

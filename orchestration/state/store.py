@@ -25,6 +25,7 @@ from orchestration.model import (
 )
 from orchestration.model.names import STREAM_MAXLEN, Event
 from orchestration.state.commit import CommitRequest
+from orchestration.state.connection import NO_REPLICAS, Replicas
 from orchestration.state.decode import StepState, decode_results
 from orchestration.state.fields import STREAM_FIELD, MetaField, StepField
 from orchestration.state.keys import WorkflowKeys, due_member
@@ -61,11 +62,16 @@ class StateStore(StateReader):
     """
 
     def __init__(
-        self, client: redis.Redis[bytes], *, prefix: str = "baton", retention: int = 0
+        self,
+        client: redis.Redis[bytes],
+        *,
+        prefix: str = "baton",
+        retention: int = 0,
+        replicas: Replicas = NO_REPLICAS,
     ) -> None:
         super().__init__(client, prefix=prefix)
         self.retention = retention
-        self.scripts = Scripts(client, prefix, retention)
+        self.scripts = Scripts(client, prefix, retention, replicas)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -10,9 +10,11 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from orchestration.model import utcnow
 from orchestration.model.names import lua_prelude
+from orchestration.state.connection import NO_REPLICAS, Replicas, acked_call, check_acks
 from orchestration.state.keys import WorkflowKeys, active_key, due_key, index_key, metrics_key
 from orchestration.state.scripts.specs import NOTHING, Outgoing, Spec
 
@@ -20,6 +22,14 @@ SCRIPTS = (
     "create", "transition", "begin", "commit", "restore", "lease", "send", "park",
     "mapstart", "mapbegin", "mapcommit",
 )  # fmt: skip
+
+#: What each script's write is, for the one line a write no replica took says.
+WHAT = {
+    "create": "the creation", "transition": "the status change", "restore": "the restore",
+    "begin": "a step's start", "commit": "a step's commit", "lease": "a step's lease",
+    "send": "the send", "park": "a step's wait", "mapstart": "a map's start",
+    "mapbegin": "a map batch's start", "mapcommit": "a map batch's commit",
+}  # fmt: skip
 
 
 def _lua(name: str) -> str:
@@ -42,8 +52,15 @@ def standalone(client: redis.Redis[bytes], name: str) -> Script:
 class Scripts:
     """The scripts registered on one Redis client, called with typed specs."""
 
-    def __init__(self, client: redis.Redis[bytes], prefix: str, retention: int) -> None:
-        self.prefix, self.retention = prefix, retention
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        prefix: str,
+        retention: int,
+        replicas: Replicas = NO_REPLICAS,
+    ) -> None:
+        self.client, self.prefix, self.retention = client, prefix, retention
+        self.replicas = replicas
         self._fixed = [index_key(prefix), metrics_key(prefix), active_key(prefix), due_key(prefix)]
         self._scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
 
@@ -74,10 +91,26 @@ class Scripts:
                 "arm": send.group,
             }
         )
-        return self._scripts[name](
-            keys=[*keys.all(), *self._fixed, *(p.key for p in pushes)],
-            # None is left out: cjson's null is truthy in Lua.
-            args=[full.model_dump_json(by_alias=True, exclude_none=True), *args,
-                  *(p.payload for p in pushes)],
-            client=client,
-        )  # fmt: skip
+        script = self._scripts[name]
+        all_keys = [*keys.all(), *self._fixed, *(p.key for p in pushes)]
+        # None is left out: cjson's null is truthy in Lua.
+        all_args = [full.model_dump_json(by_alias=True, exclude_none=True), *args,
+                    *(p.payload for p in pushes)]  # fmt: skip
+        if client is not None or self.replicas.min_replicas <= 0:
+            return script(keys=all_keys, args=all_args, client=client)
+        what = f"{WHAT.get(name, name)} of workflow {keys.workflow_id}"
+        return self._acked(script, all_keys, all_args, what)
+
+    def _acked(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
+        """The script and its ``WAIT`` in one round trip; :class:`NotReplicated` if fewer
+        replicas than asked have its writes. A server that has lost the script (a restart,
+        a new primary) gets it loaded, and it runs again: NOSCRIPT ran nothing."""
+        source: Any = script  # (redis-py's Script: its sha and source, untyped)
+        command = ["EVALSHA", source.sha, len(keys), *keys, *args]
+        try:
+            reply, acks = acked_call(self.client, command, self.replicas)
+        except NoScriptError:
+            source.sha = command[1] = self.client.script_load(source.script)  # type: ignore[no-untyped-call]
+            reply, acks = acked_call(self.client, command, self.replicas)
+        check_acks(acks, self.replicas, what)
+        return reply
