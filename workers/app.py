@@ -6,16 +6,22 @@ the module attribute ``app`` is built on first access from ``BATON_*`` settings.
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import worker_ready
 
 from agents.registry import AgentRegistry, load_agents
 from orchestration.client.embedded import resolve_redis_url
 from orchestration.definition.plan import PlannedMap
+from orchestration.errors import StateStoreError
 from orchestration.flow.broker import producer_app
 from orchestration.model.names import AGGREGATE_TASK, BRANCH_TASK, FINISH_FAILURE_TASK, MAP_TASK
 from orchestration.model.waits import SUBFLOW_TASK, WAIT_AGENT, WAIT_TASK
@@ -36,11 +42,30 @@ from workers.subflows import SubflowRun
 from workers.transport import install as install_safe_redis_transport
 from workers.waits import TimerSweep, WaitRun
 
+log = logging.getLogger("baton.worker")
+R = TypeVar("R")
 WAIT_CELERY_NAME = f"{WAIT_AGENT}.{WAIT_TASK}"
 SUBFLOW_CELERY_NAME = f"{WAIT_AGENT}.{SUBFLOW_TASK}"
 _engines: dict[int, Engine] = {}
 _engines_lock = threading.Lock()
 register_asyncio_pool()
+
+
+def redelivered(body: Callable[..., R]) -> Callable[..., R]:
+    """A task body whose state write the store did not take for sure (no primary answered
+    within ``BATON_FAILOVER_TIMEOUT``, or too few replicas acknowledged it): its message is
+    not acknowledged but given back to its queue, to be delivered again. Every write is a
+    compare-and-set, so the redelivery finds what did land and does only the rest."""
+
+    @functools.wraps(body)
+    def task(ctask: Task, *args: Any, **kwargs: Any) -> R:
+        try:
+            return body(ctask, *args, **kwargs)
+        except (StateStoreError, redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("%s %s: given back to its queue: %s", ctask.name, ctask.request.id, exc)
+            raise Reject(str(exc), requeue=True) from exc
+
+    return task
 
 
 def create_app(
@@ -97,11 +122,13 @@ def create_app(
         app.task(
             name=tt.celery_name, bind=True, shared=False, max_retries=None,
             baton_async=tt.is_async,
-        )(step)  # fmt: skip
-    app.task(name=AGGREGATE_TASK, bind=True, shared=False, ignore_result=True)(aggregate)
-    app.task(name=FINISH_FAILURE_TASK, bind=True, shared=False, ignore_result=True)(finish_failure)
-    app.task(name=MAP_TASK, bind=True, shared=False, ignore_result=True)(start_map)
-    app.task(name=BRANCH_TASK, bind=True, shared=False, ignore_result=True)(branch)
+        )(redelivered(step))  # fmt: skip
+    control: dict[str, Callable[..., Any]] = {
+        AGGREGATE_TASK: aggregate, FINISH_FAILURE_TASK: finish_failure, MAP_TASK: start_map,
+        BRANCH_TASK: branch,
+    }  # fmt: skip
+    for name, body in control.items():
+        app.task(name=name, bind=True, shared=False, ignore_result=True)(redelivered(body))
     return app
 
 

@@ -74,6 +74,8 @@ class Metric(StrEnum):
     STEPS_TOTAL = "steps_total"
     STEP_SECONDS_SUM = "step_seconds_sum"
     STEP_SECONDS_IN = "step_seconds_in"
+    #: ``writes_not_replicated|<script>``: writes fewer replicas acknowledged than asked
+    WRITES_NOT_REPLICATED = "writes_not_replicated"
 
 
 #: Events kept per workflow stream (approximately: Redis trims whole nodes); a reader that

@@ -5,6 +5,7 @@ the queues and channels of the messages the call sends (:class:`Outgoing`)."""
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from typing import Any
 
@@ -13,11 +14,12 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from orchestration.model import utcnow
-from orchestration.model.names import lua_prelude
+from orchestration.model.names import Metric, lua_prelude
 from orchestration.state.connection import NO_REPLICAS, Replicas, acked_call, check_acks
 from orchestration.state.keys import WorkflowKeys, active_key, due_key, index_key, metrics_key
 from orchestration.state.scripts.specs import NOTHING, Outgoing, Spec
 
+log = logging.getLogger("baton.state")
 SCRIPTS = (
     "create", "transition", "begin", "commit", "restore", "lease", "send", "park",
     "mapstart", "mapbegin", "mapcommit",
@@ -99,9 +101,9 @@ class Scripts:
         if client is not None or self.replicas.min_replicas <= 0:
             return script(keys=all_keys, args=all_args, client=client)
         what = f"{WHAT.get(name, name)} of workflow {keys.workflow_id}"
-        return self._acked(script, all_keys, all_args, what)
+        return self._acked(name, script, all_keys, all_args, what)
 
-    def _acked(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
+    def _acked(self, name: str, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
         """The script and its ``WAIT`` in one round trip; :class:`NotReplicated` if fewer
         replicas than asked have its writes. A server that has lost the script (a restart,
         a new primary) gets it loaded, and it runs again: NOSCRIPT ran nothing."""
@@ -112,5 +114,14 @@ class Scripts:
         except NoScriptError:
             source.sha = command[1] = self.client.script_load(source.script)  # type: ignore[no-untyped-call]
             reply, acks = acked_call(self.client, command, self.replicas)
+        if acks < self.replicas.min_replicas:
+            self._count_not_replicated(name)
         check_acks(acks, self.replicas, what)
         return reply
+
+    def _count_not_replicated(self, name: str) -> None:
+        """Count it for ``/metrics`` (best effort: the primary may be the one going away)."""
+        try:
+            self.client.hincrby(self._fixed[1], f"{Metric.WRITES_NOT_REPLICATED}|{name}", 1)
+        except redis.RedisError as exc:
+            log.warning("could not count a write no replica took: %s", exc)
