@@ -8,19 +8,25 @@ before it, and leaves one behind.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from orchestration.client.embedded import free_port, redis_server_binary
 from tests.ha import RedisHA
-from tests.helpers import eventually
+from tests.helpers import ROOT, eventually
 
 pytestmark = pytest.mark.timeout(90)  # (a hung failover fails here, not at the suite's 300 s)
 
@@ -172,3 +178,153 @@ def test_passwords_and_a_stop_that_leaves_nothing_running(tmp_path: Path) -> Non
         ha.stop()
     assert harness_processes(ha) == []
     assert not any(n.frozen for n in ha.nodes)
+
+
+# -- the compose file's HA profile -------------------------------------------------------
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+DATA = ["redis-primary", "redis-replica-1", "redis-replica-2"]
+SENTINELS = ["sentinel-1", "sentinel-2", "sentinel-3"]
+PASSWORD = "p@ss:w/rd#%? \"q'$x\\"  # (as tests/test_passwords.py: every awkward character)
+
+
+def test_the_compose_ha_profile_fences_its_primary_and_points_baton_at_the_sentinels() -> None:
+    ha = {name: s for name, s in COMPOSE.items() if "ha" in s.get("profiles", [])}
+    clients = set(ha) - set(DATA) - set(SENTINELS)
+    assert set(ha) == {*DATA, *SENTINELS, "worker-ha", "dashboard-ha"} and clients
+    for name in DATA:
+        script = ha[name]["command"][2]
+        assert "min-replicas-to-write 1" in script and "min-replicas-max-lag 10" in script
+        assert "requirepass" in script and "masterauth" in script
+        replica_of = ha[name]["environment"].get("HA_REPLICAOF")
+        assert replica_of == (None if name == "redis-primary" else "redis-primary 6379")
+    for name in SENTINELS:
+        script = ha[name]["command"][2]
+        assert "sentinel monitor baton redis-primary 6379 2" in script
+        assert "sentinel down-after-milliseconds baton 5000" in script
+        assert "resolve-hostnames yes" in script and "announce-hostnames yes" in script
+        assert "auth-pass baton" in script and script.endswith("--sentinel")
+        assert ha[name]["environment"]["HA_NAME"] == name
+    for name in [*DATA, *SENTINELS]:  # the password is on no command line
+        assert "BATON_REDIS_PASSWORD" not in " ".join(ha[name]["command"])
+        assert ha[name]["environment"]["REDISCLI_AUTH"].startswith("${BATON_REDIS_PASSWORD:?")
+    url = "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/baton/0"
+    for name in clients:
+        env = ha[name]["environment"]
+        assert env["BATON_REDIS_URL"] == url
+        assert env["BATON_REDIS_PASSWORD"] == env["BATON_SENTINEL_PASSWORD"]
+        assert set(ha[name]["depends_on"]) == set(SENTINELS)
+    assert ha["dashboard-ha"]["ports"] == ["8766:8765"]  # (beside the other one's 8765)
+    assert ha["worker-ha"]["command"] == ["baton", "worker"]
+
+
+@dataclass
+class ComposeNode:
+    """One HA service's own ``command`` (compose's ``$$`` made ``$``), run by sh in a
+    directory of its own (its /data), on a free loopback port; names become 127.0.0.1."""
+
+    name: str
+    directory: Path
+    port: int
+    primary_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        service = COMPOSE[self.name]
+        script = service["command"][2].replace("$$", "$")
+        script = script.replace("redis-primary 6379", f"127.0.0.1 {self.primary_port}")
+        here = f" --port {self.port} --bind 127.0.0.1"
+        script = re.sub(r"(exec redis-server \S+( --sentinel)?)$", rf"\1{here}", script)
+        env = {k: str(v) for k, v in service["environment"].items()}
+        env |= {"REDISCLI_AUTH": PASSWORD, "HA_NAME": "127.0.0.1"}
+        if "HA_REPLICAOF" in env:
+            env["HA_REPLICAOF"] = f"127.0.0.1 {self.primary_port}"
+        self.directory.mkdir(exist_ok=True)
+        with (self.directory / "out.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                ["sh", "-c", script],
+                cwd=self.directory,
+                env=env | {"PATH": f"{Path(redis_server_binary()).parent}:/usr/bin:/bin"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def client(self) -> redis.Redis[str]:
+        return redis.Redis(port=self.port, password=PASSWORD, decode_responses=True,
+                           socket_timeout=1, retry=Retry(NoBackoff(), 0))  # fmt: skip
+
+    def conf(self) -> list[str]:
+        return next(self.directory.glob("*.conf")).read_text().splitlines()
+
+
+def test_the_compose_ha_profile_runs_and_restarts_into_the_same_topology(
+    tmp_path: Path,
+) -> None:
+    """Its commands for real (Redis 6.2 here): the replicas and Sentinels find the
+    primary with the password, and a node restarted on its volume keeps what it had."""
+    primary_port = free_port()
+    nodes = {
+        name: ComposeNode(name, tmp_path / name, primary_port if name == DATA[0] else free_port(),
+                          primary_port)
+        for name in [*DATA, *SENTINELS]
+    }  # fmt: skip
+    data, sentinels = [nodes[n] for n in DATA], [nodes[n] for n in SENTINELS]
+    try:
+        for node in data:
+            node.start()
+        primary = data[0]
+
+        def replicas_online() -> bool:
+            info = primary.client().info("replication")
+            return info.get("min_slaves_good_slaves") == 2
+
+        eventually(replicas_online, 15, "the compose replicas to sync")
+        for node in sentinels:
+            node.start()
+
+        def sentinels_agree() -> bool:
+            for node in sentinels:
+                master = node.client().execute_command("SENTINEL MASTER", "baton")
+                if (master["port"], master["flags"]) != (primary_port, "master"):
+                    return False
+                if (master["num-slaves"], master["num-other-sentinels"]) != (2, 2):
+                    return False
+            return True
+
+        eventually(sentinels_agree, 15, "the compose Sentinels to know each other")
+        for node in data:
+            assert node.client().config_get("min-replicas-*") == {
+                "min-replicas-to-write": "1",
+                "min-replicas-max-lag": "10",
+            }
+
+        # Restarted on its own files: the same role and identity, one password line.
+        replica, sentinel = data[1], sentinels[0]
+        myid = sentinel.client().execute_command("SENTINEL MYID")
+        for node in (replica, sentinel):
+            node.kill()
+            node.start()
+
+        def replica_synced() -> bool:  # (asked of the new process itself)
+            info = replica.client().info("replication")
+            return (info["role"], info["master_link_status"]) == ("slave", "up")
+
+        eventually(replica_synced, 15, "the restarted replica to sync")
+        eventually(replicas_online, 15, "the primary to see it online")
+        eventually(sentinels_agree, 15, "the restarted Sentinel to rejoin")
+        assert sentinel.client().execute_command("SENTINEL MYID") == myid
+        for node in (replica, sentinel):  # (the password's lines replaced, not added to)
+            conf = node.conf()
+            assert sum(line.startswith("requirepass ") for line in conf) == 1
+            assert conf[-1].startswith(("masterauth ", "sentinel auth-pass "))
+        assert f"replicaof 127.0.0.1 {primary_port}" in replica.conf()
+        assert sum(line.startswith("sentinel auth-pass ") for line in sentinel.conf()) == 1
+    finally:
+        for node in nodes.values():
+            node.kill()
