@@ -16,6 +16,7 @@ from orchestration.errors import BatonError
 from orchestration.model import WorkflowStatus
 from orchestration.settings import get_settings, redact
 from workers.cli_common import show
+from workers.doctor import doctor
 from workers.render import console, outcome_lines, render_progress
 from workers.render_tables import agents_table
 
@@ -217,4 +218,4 @@ def dashboard(host: str, port: int, flower_url: str, insecure: bool) -> None:
     serve(host, port, flower_url)
 
 
-COMMANDS = (worker, agents, flower, demo, dashboard)
+COMMANDS = (worker, agents, flower, demo, dashboard, doctor)
