@@ -1,15 +1,30 @@
-"""``/metrics``: the state store's counters in Prometheus' text exposition format."""
+"""``/metrics``: the state store's counters in Prometheus' text exposition format, and
+gauges of the Redis behind it, read live at each scrape (``workers.doctor.LiveProbe``)."""
 
 from __future__ import annotations
 
 import math
 
 from orchestration.model.names import STEP_BUCKETS, Metric
+from workers.doctor import Gauges
 
 _HELP = {
     "baton_workflows_total": ("counter", "Workflows by lifecycle event (started) or end status."),
     "baton_steps_total": ("counter", "Steps committed, by agent, task type and status."),
     "baton_step_duration_seconds": ("histogram", "Time an agent spent on a step, in seconds."),
+    "baton_writes_not_replicated_total": (
+        "counter",
+        "Writes fewer replicas acknowledged than BATON_MIN_REPLICAS asks, by script.",
+    ),
+    "baton_redis_replicas_online": ("gauge", "Replicas online at the Redis primary."),
+    "baton_redis_replica_lag_seconds": (
+        "gauge",
+        "Seconds since each online replica last acknowledged the primary's stream.",
+    ),
+    "baton_redis_failovers_total": (
+        "counter",
+        "Failovers of the Sentinels' service (its config-epoch, bumped by each).",
+    ),
 }
 
 
@@ -34,8 +49,9 @@ def _le(raw: str) -> float:
         return math.inf
 
 
-def render_metrics(counters: dict[str, float]) -> str:
-    """The metrics hash in Prometheus' text exposition format (version 0.0.4).
+def render_metrics(counters: dict[str, float], gauges: Gauges | None = None) -> str:
+    """The metrics hash in Prometheus' text exposition format (version 0.0.4), then the
+    live ``gauges`` of the Redis, if given.
 
     Each observation is stored in one bucket only (the first whose ``le`` holds it, or
     ``+Inf``: one increment per step instead of one per bucket); Prometheus' cumulative
@@ -46,6 +62,7 @@ def render_metrics(counters: dict[str, float]) -> str:
     sums: dict[tuple[str, str], float] = {}
     buckets: dict[tuple[str, str], dict[str, float]] = {}
     bounds: set[str] = set()
+    not_replicated: dict[str, float] = {}
     for name, value in counters.items():
         kind, *parts = name.split("|")
         if kind == Metric.WORKFLOWS_TOTAL and len(parts) == 1:
@@ -57,6 +74,8 @@ def render_metrics(counters: dict[str, float]) -> str:
         elif kind == Metric.STEP_SECONDS_IN and len(parts) == 3:
             buckets.setdefault((parts[0], parts[1]), {})[parts[2]] = value
             bounds.add(parts[2])
+        elif kind == Metric.WRITES_NOT_REPLICATED and len(parts) == 1:
+            not_replicated[parts[0]] = value
     bounds |= {_num(b) for b in STEP_BUCKETS}
     les = sorted((b for b in bounds if math.isfinite(_le(b))), key=_le)
 
@@ -89,4 +108,16 @@ def render_metrics(counters: dict[str, float]) -> str:
         labels = _labels(agent=agent, task_type=task)
         out.append(f"{metric}_sum{labels} {_num(sums.get((agent, task), 0.0))}")
         out.append(f"{metric}_count{labels} {_num(count)}")
+    head("baton_writes_not_replicated_total")
+    for script, value in sorted(not_replicated.items()):
+        out.append(f"baton_writes_not_replicated_total{_labels(script=script)} {_num(value)}")
+    if gauges is not None:
+        head("baton_redis_replicas_online")
+        out.append(f"baton_redis_replicas_online {gauges.replicas_online}")
+        head("baton_redis_replica_lag_seconds")
+        for replica, lag in sorted(gauges.replica_lags.items()):
+            out.append(f"baton_redis_replica_lag_seconds{_labels(replica=replica)} {lag}")
+        if gauges.failovers is not None:
+            head("baton_redis_failovers_total")
+            out.append(f"baton_redis_failovers_total {gauges.failovers}")
     return "\n".join(out) + "\n"

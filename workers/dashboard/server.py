@@ -9,7 +9,8 @@ ships with Flower, so nothing new to install) that reads the state store and ser
   status, attempts and timing, its checkpoints, error and compensation;
 - ``/api/workflows/<id>/events``: the same document as server-sent events, one per change,
   driven by the workflow's Redis pub/sub channel (``Subscriptions.subscribe``);
-- ``/metrics``: the Prometheus counters kept by the Lua scripts (``names.Metric``);
+- ``/metrics``: the Prometheus counters kept by the Lua scripts (``names.Metric``), and
+  gauges of the Redis read at each scrape (replicas online, their lag, failovers);
 - ``/healthz``: liveness, and Redis reachability;
 - ``POST /api/workflows/<id>/signals/<name>``: a signal for a waiting step (its JSON body is
   the payload), from the page's form: behind the same authentication, and with Tornado's
@@ -43,9 +44,11 @@ from orchestration.errors import BatonError, SignalError, WorkflowNotFound
 from orchestration.model import WORKFLOW_ID, WorkflowStatus
 from orchestration.model.names import Event
 from orchestration.settings import BatonSettings, get_settings, redact
+from orchestration.state.connection import connect
 from orchestration.state.reads import StateReader
 from workers.dashboard.prometheus import render_metrics
 from workers.dashboard.views import DEFAULT_FLOWER_URL, DashboardReader
+from workers.doctor import Gauges, LiveProbe
 
 MIN_INTERVAL = 0.2  # seconds between two documents sent for a running step's output
 LIVE_EVENTS = (Event.EMITTED, Event.PROGRESS, Event.MAP_PROGRESS)
@@ -257,10 +260,17 @@ class SignalHandler(_Base):
 
 
 class MetricsHandler(_Base):
+    def initialize(  # type: ignore[override]
+        self, live: Callable[[], Gauges] | None = None, **kw: Any
+    ) -> None:
+        super().initialize(**kw)
+        self.live = live
+
     async def get(self) -> None:
         counters = await self.blocking(self.reader.store.metrics)
+        gauges = await self.blocking(self.live) if self.live else None
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish(render_metrics(counters))
+        self.finish(render_metrics(counters, gauges))
 
 
 class HealthHandler(_Base):
@@ -278,9 +288,11 @@ def make_app(
     threads: int = 16,
     credentials: str | None = None,
     signal: Signaller | None = None,
+    live: Callable[[], Gauges] | None = None,
 ) -> tornado.web.Application:
     """``credentials``: ``user:password`` that every request but ``/healthz`` must give;
-    ``signal``: what sends a signal (``WorkflowOrchestrator.signal``)."""
+    ``signal``: what sends a signal (``WorkflowOrchestrator.signal``); ``live``: the
+    Redis' gauges for ``/metrics`` (``LiveProbe``)."""
     reader = DashboardReader(store, flower_url)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dashboard")
     secret = credentials.encode() if credentials else None
@@ -298,7 +310,7 @@ def make_app(
                 SignalHandler,
                 {**args, "signal": signal},
             ),
-            (r"/metrics", MetricsHandler, args),
+            (r"/metrics", MetricsHandler, {**args, "live": live}),
             (r"/healthz", HealthHandler, args),
         ],
         compress_response=False,  # a gzip stream would hold server-sent events back
@@ -329,11 +341,12 @@ def serve(
     credentials = auth.get_secret_value() if auth else None
     check_basic_auth("BATON_DASHBOARD_BASIC_AUTH", credentials)
     url = resolve_redis_url(settings)
-    client = redis.Redis.from_url(url, health_check_interval=30)
+    client = connect(url, settings=settings)  # (on Sentinel, follows the primary)
     store = StateReader(client, prefix=settings.key_prefix)
     orch = WorkflowOrchestrator(url, settings=settings, local_workers=False)
+    live = LiveProbe(client, url, settings)
     app = make_app(
-        store, flower_url, credentials=credentials,
+        store, flower_url, credentials=credentials, live=live,
         signal=lambda wid, name, payload, sid, by: orch.signal(wid, name, payload, sid, by=by),
     )  # fmt: skip
 
@@ -356,4 +369,5 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
+        live.close()
         client.close()
