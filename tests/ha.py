@@ -7,6 +7,7 @@ fence (``min-replicas-to-write 1``, ``min-replicas-max-lag 10``: any node may be
 primary, and a primary cut off from its replicas must refuse writes). The Sentinels are
 seeded with each other and with the replicas (as Sentinel itself records them), so the
 cluster is ready without waiting for discovery, and readiness is polled, never slept for.
+``stop`` kills everything; a small reaper process does it if the owner dies without it.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ class RedisHA:
     failover_timeout_ms: int = 5000
     nodes: list[DataNode] = field(default_factory=list)
     sentinels: list[SentinelNode] = field(default_factory=list)
+    reaper: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -190,6 +192,8 @@ class RedisHA:
         return self
 
     def _start(self, timeout: float) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._start_reaper()
         self.nodes = [
             DataNode(self.directory / f"node-{i}", port=free_port(), password=self.password,
                      name=f"node-{i}")
@@ -201,6 +205,7 @@ class RedisHA:
         for node in replicas:
             node.configure(primary.addr)
             node.start(timeout)
+        self._record_pids()
         ports = [free_port() for _ in range(3)]
         ids = [secrets.token_hex(20) for _ in ports]
         for i, (port, myid) in enumerate(zip(ports, ids, strict=True)):
@@ -232,6 +237,7 @@ class RedisHA:
             )
         for sentinel in self.sentinels:
             sentinel.start()
+        self._record_pids()
         self._wait(self._ready, timeout, "the primary's replicas and the Sentinels")
 
     def _ready(self) -> bool:
@@ -252,8 +258,39 @@ class RedisHA:
                 return False  # (a replica's INFO not read yet: it could not be promoted)
         return True
 
+    def _start_reaper(self) -> None:
+        """A watchdog that kills the cluster if this process dies without ``stop`` (a
+        SIGKILL, a timeout's exit): no redis-server outlives its test run."""
+        # Its parent changes the moment this process exits, reaped or not (kill -0 would
+        # still find an unreaped one). (dash's kill takes no "--": "-$g" is the group.)
+        script = (
+            'o=$PPID; while [ "$(cut -d" " -f4 /proc/$$/stat)" = "$o" ]; do sleep 1; done; '
+            'for g in $(cat "$0"); do kill -CONT "-$g"; kill -KILL "-$g"; done'
+        )
+        self._pids_file.write_text("")
+        self.reaper = subprocess.Popen(
+            ["sh", "-c", script, str(self._pids_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # (holding no pipe of this process's owner open)
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # (not in this process's group: it outlives it)
+        )
+
+    @property
+    def _pids_file(self) -> Path:
+        return self.directory / "pids"
+
+    def _record_pids(self) -> None:
+        """Tell the reaper which process groups to kill (each process leads its own)."""
+        running = [p.pid for p in self._processes() if p.poll() is None]
+        self._pids_file.write_text(" ".join(map(str, running)) + "\n")
+
     def stop(self) -> None:
         """Kill every process (a frozen one is continued first) and wait for it to exit."""
+        if self.reaper:
+            self.reaper.kill()
+            self.reaper.wait()
+            self.reaper = None
         for proc in self._processes():
             if proc.poll() is None:  # (its own session: the group is it and its children)
                 os.killpg(proc.pid, signal.SIGCONT)
@@ -327,6 +364,7 @@ class RedisHA:
         node.signal(signal.SIGKILL)
         assert node.process is not None
         node.process.wait()
+        self._record_pids()
         return node
 
     def freeze_primary(self) -> DataNode:
@@ -348,6 +386,7 @@ class RedisHA:
         current = self.primary()
         node.configure(None if current == node.addr else current)
         node.start(timeout)
+        self._record_pids()
 
     # -- waits -------------------------------------------------------------------------
 

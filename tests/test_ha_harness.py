@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,15 +56,26 @@ def harness_processes(ha: RedisHA) -> list[str]:
     ).stdout.splitlines()
     found = {int(line.split()[0]): line for line in listed}
     groups = set(ha.pids)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # (gone meanwhile)
-        state, pgid, pid = fields[0], int(fields[2]), int(stat.parent.name)
-        if pgid in groups and state != "Z" and pid not in found:  # (a zombie has exited)
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        state, pgid = stat(pid)
+        if pgid in groups and state not in "Z-" and pid not in found:
             found[pid] = f"{pid} in process group {pgid}, state {state}"
     return sorted(found.values())
+
+
+def stat(pid: int) -> tuple[str, int]:
+    """A process's state and process group; ("-", 0) if it is gone. A zombie ("Z") has
+    exited: init reaps it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return "-", 0
+    return fields[0], int(fields[2])
+
+
+def running(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if stat(pid)[0] not in "Z-"]
 
 
 def test_one_primary_two_online_replicas_and_three_sentinels(synced: RedisHA) -> None:
@@ -174,10 +186,33 @@ def test_passwords_and_a_stop_that_leaves_nothing_running(tmp_path: Path) -> Non
         assert {int(line.split()[0]) for line in harness_processes(ha)} >= set(ha.pids)
         assert node.client().ping() and sentinel.client().ping()
         ha.freeze_primary()
+        assert ha.reaper is not None
+        reaper = ha.reaper.pid
     finally:
         ha.stop()
-    assert harness_processes(ha) == []
+    assert harness_processes(ha) == [] and running([reaper]) == []
     assert not any(n.frozen for n in ha.nodes)
+
+
+def test_a_cluster_whose_owner_dies_is_killed_by_its_reaper(tmp_path: Path) -> None:
+    """A test process killed outright (SIGKILL, a timeout) runs no teardown: the cluster's
+    reaper kills it, a frozen primary included."""
+    owner = f"""if True:
+        import os, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.ha import RedisHA
+        ha = RedisHA(Path({str(tmp_path)!r})).start()
+        ha.freeze_primary()
+        print(*ha.pids, flush=True)
+        os.kill(os.getpid(), 9)
+    """
+    ran = subprocess.run([sys.executable, "-c", owner], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert ran.returncode == -9, ran.stderr
+    pids = [int(pid) for pid in ran.stdout.split()]
+    assert len(pids) == 6
+    eventually(lambda: not running(pids), 10, f"the reaper to kill {pids}")
 
 
 # -- the compose file's HA profile -------------------------------------------------------
