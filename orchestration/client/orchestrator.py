@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 import redis
+from kombu.exceptions import OperationalError
 
 from orchestration.client.agents import load_catalog
 from orchestration.client.controls import Controls
@@ -317,7 +318,13 @@ class WorkflowOrchestrator(Controls):
         raise AssertionError("unreachable: the subscription never ends")
 
     def _warn_if_unserved(self, workflow_id: str) -> None:
-        unserved = self.unserved_queues(workflow_id)
+        try:
+            unserved = self.unserved_queues(workflow_id)
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            # (a broadcast on a connection a failover closed: the wait goes on, the next
+            # quiet second asks again on a new one)
+            log.info("could not ask the workers which queues they consume: %s", exc)
+            return
         if unserved:
             log.warning(
                 "workflow %s waits on %s, which no live worker consumes: start one with `%s`",

@@ -109,7 +109,8 @@ class Encoder:
         self.sent_events = bool(app.conf.task_send_sent_event)
         fanout = options.get("fanout_prefix", True)
         prefix = fanout if isinstance(fanout, str) else "/{db}." if fanout else ""
-        db = parse_url(broker).get("db", 0) if self.inline else 0
+        target = sentinel_target(broker)
+        db = (target.db if target else parse_url(broker).get("db", 0)) if self.inline else 0
         self.event_channel = self.key_prefix + prefix.format(db=db) + "celeryev"
         if options.get("fanout_patterns", True):
             self.event_channel += "/task.sent"

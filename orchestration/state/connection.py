@@ -161,7 +161,40 @@ def connect(
 
 def replicas_of(settings: BatonSettings) -> Replicas:
     """What a write waits for under ``settings`` (``BATON_MIN_REPLICAS``, its timeout)."""
-    return Replicas(min_replicas=settings.write_replicas, timeout_ms=settings.replica_timeout_ms)
+    return Replicas(
+        min_replicas=settings.write_replicas,
+        timeout_ms=settings.replica_timeout_ms,
+        failover_timeout=settings.failover_timeout if settings.sentinel else 0.0,
+    )
+
+
+#: Refusals of a node that is not (or not yet, or no longer safely) the primary. A script's
+#: write on a replica comes back as a script error that carries ``READONLY``, which redis-py's
+#: Sentinel connection does not see as its ``ReadOnlyError``.
+NOT_PRIMARY = ("READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING")
+
+
+def not_primary(exc: BaseException) -> bool:
+    """Whether ``exc`` is a node's refusal while a failover settles."""
+    return isinstance(exc, redis.ResponseError) and any(w in str(exc) for w in NOT_PRIMARY)
+
+
+def through_failover(client: redis.Redis[bytes], call: Callable[[], T], timeout: float) -> T:
+    """``call()``, tried again while a demoted or fenced node refuses it (for up to
+    ``timeout`` seconds): the pool's connections are dropped, so the next one asks the
+    Sentinels where the primary is now."""
+    deadline = time.monotonic() + timeout
+    failures = 0
+    while True:
+        try:
+            return call()
+        except redis.ResponseError as exc:
+            failures += 1
+            pause = min(1.0, 0.05 * 2**failures)
+            if not not_primary(exc) or time.monotonic() + pause > deadline:
+                raise
+            client.connection_pool.disconnect()
+            time.sleep(pause)
 
 
 def reached(call: Callable[[], T], what: str) -> T:
@@ -184,6 +217,9 @@ class Replicas(BaseModel):
 
     min_replicas: int = 0
     timeout_ms: int = 1000
+    #: How long a script refused by a demoted or fenced primary keeps trying (s): on
+    #: Sentinel, ``BATON_FAILOVER_TIMEOUT``; standalone, 0 (a refusal is final).
+    failover_timeout: float = 0.0
 
 
 #: Writes count once the primary has them (a standalone server's only choice).

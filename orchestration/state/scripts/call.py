@@ -15,7 +15,13 @@ from redis.exceptions import NoScriptError
 
 from orchestration.model import utcnow
 from orchestration.model.names import Metric, lua_prelude
-from orchestration.state.connection import NO_REPLICAS, Replicas, acked_call, check_acks
+from orchestration.state.connection import (
+    NO_REPLICAS,
+    Replicas,
+    acked_call,
+    check_acks,
+    through_failover,
+)
 from orchestration.state.keys import WorkflowKeys, active_key, due_key, index_key, metrics_key
 from orchestration.state.scripts.specs import NOTHING, Outgoing, Spec
 
@@ -98,15 +104,21 @@ class Scripts:
         # None is left out: cjson's null is truthy in Lua.
         all_args = [full.model_dump_json(by_alias=True, exclude_none=True), *args,
                     *(p.payload for p in pushes)]  # fmt: skip
-        if client is not None or self.replicas.min_replicas <= 0:
+        if client is not None:
             return script(keys=all_keys, args=all_args, client=client)
         what = f"{WHAT.get(name, name)} of workflow {keys.workflow_id}"
-        return self._acked(name, script, all_keys, all_args, what)
+        return through_failover(
+            self.client,
+            lambda: self._acked(name, script, all_keys, all_args, what),
+            self.replicas.failover_timeout,
+        )
 
     def _acked(self, name: str, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
         """The script and its ``WAIT`` in one round trip; :class:`NotReplicated` if fewer
         replicas than asked have its writes. A server that has lost the script (a restart,
         a new primary) gets it loaded, and it runs again: NOSCRIPT ran nothing."""
+        if self.replicas.min_replicas <= 0:
+            return script(keys=keys, args=args)
         source: Any = script  # (redis-py's Script: its sha and source, untyped)
         command = ["EVALSHA", source.sha, len(keys), *keys, *args]
         try:
