@@ -26,6 +26,7 @@ server is 6.2.)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from queue import Empty
 from typing import Any
@@ -34,6 +35,8 @@ from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+
+from orchestration.state.connection import FailoverConnection
 
 log = logging.getLogger("baton.transport")
 #: The most messages taken from a queue in one round trip (the prefetch window bounds it).
@@ -57,19 +60,61 @@ class Message(virtual.Message):
             raise ValueError(f"JSON {what} without envelope properties")
 
 
+class Taken:
+    """The delivery tags this process took and has not yet acknowledged or rejected.
+
+    When the broker connection is lost (a failover), Celery's consumer drops the messages
+    it held but had not started, and a message whose task ends meanwhile cannot be
+    acknowledged on the dead channel. kombu would give them back only after
+    ``visibility_timeout`` (an hour by default). The first consumer on the new connection
+    gives back every one at once instead (:meth:`_Batching.basic_consume`): a copy of a
+    step still running finds its lease held, a copy of one that committed finds it done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: set[str] = set()
+
+    def add(self, tag: str) -> None:
+        with self._lock:
+            self._tags.add(tag)
+
+    def discard(self, tag: str) -> None:
+        with self._lock:
+            self._tags.discard(tag)
+
+    def take_all(self) -> list[str]:
+        with self._lock:
+            tags, self._tags = list(self._tags), set()
+        return tags
+
+
+TAKEN = Taken()
+
+
 class QoS(kombu_redis.QoS):
-    """kombu's unacked bookkeeping, with room for a batch recorded ahead (``recorded``)."""
+    """kombu's unacked bookkeeping, with room for a batch recorded ahead (``recorded``),
+    and the tags this process holds kept in :data:`TAKEN`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.recorded: set[str] = set()
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        TAKEN.add(delivery_tag)
         if delivery_tag in self.recorded:  # written with its batch: only the local state
             self.recorded.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
         else:
             super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        super().ack(delivery_tag)
+        TAKEN.discard(delivery_tag)  # (not if the ack failed: then it is given back)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        super().reject(delivery_tag, requeue)
+        TAKEN.discard(delivery_tag)
 
     def record(self, envelopes: list[dict[str, Any]]) -> None:
         """Write a batch's unacked entries (what kombu's ``append`` writes for one) in
@@ -114,7 +159,26 @@ class _Batching(kombu_redis.Channel):
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         self._no_ack = (self._no_ack - {queue}) | ({queue} if no_ack else set())
+        self._give_back_taken()
         return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _give_back_taken(self) -> None:
+        """Messages this process held when its last connection was lost, back to their
+        queues' heads (see :class:`Taken`); nothing on a first start."""
+        tags = TAKEN.take_all()
+        given = 0
+        for tag in tags:
+            try:
+                self.qos.restore_by_tag(tag, leftmost=True)
+                given += 1
+            except self.connection_errors as exc:  # gone again: the visibility timeout's
+                log.warning("could not give back message %s: %s", tag, exc)
+        if given:
+            log.warning(
+                "gave back %d message(s) this worker held when its broker connection was "
+                "lost (a copy of a step that went on meanwhile finds it leased or done)",
+                given,
+            )
 
     _no_ack: set[str] = set()  # queues consumed without acks: nothing of theirs is unacked
 
@@ -181,7 +245,11 @@ class Channel(_Batching):
 
 class SentinelChannel(_Batching, kombu_redis.SentinelChannel):
     """On Sentinel: each new connection asks the Sentinels for the primary, so after a
-    failover the consumer's reconnect reaches the new one."""
+    failover the consumer's reconnect reaches the new one; a node refusing writes while
+    the failover settles is a lost connection (``FailoverConnection``), not an error that
+    stops the worker."""
+
+    connection_class = FailoverConnection
 
 
 class Transport(kombu_redis.Transport):

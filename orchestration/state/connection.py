@@ -22,9 +22,9 @@ import redis
 from pydantic import BaseModel, ConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
-from orchestration.errors import NotReplicated, StateStoreError
+from orchestration.errors import NotReplicated
 from orchestration.settings import SENTINEL_SCHEME, BatonSettings, get_settings
 
 T = TypeVar("T")
@@ -148,6 +148,7 @@ def connect(
     return sentinels.master_for(
         target.service,
         redis_class=client,
+        connection_class=FailoverConnection,
         db=target.db,
         username=target.username,
         password=target.password,
@@ -164,7 +165,6 @@ def replicas_of(settings: BatonSettings) -> Replicas:
     return Replicas(
         min_replicas=settings.write_replicas,
         timeout_ms=settings.replica_timeout_ms,
-        failover_timeout=settings.failover_timeout if settings.sentinel else 0.0,
     )
 
 
@@ -179,31 +179,43 @@ def not_primary(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and any(w in str(exc) for w in NOT_PRIMARY)
 
 
-def through_failover(client: redis.Redis[bytes], call: Callable[[], T], timeout: float) -> T:
-    """``call()``, tried again while a demoted or fenced node refuses it (for up to
-    ``timeout`` seconds): the pool's connections are dropped, so the next one asks the
-    Sentinels where the primary is now."""
-    deadline = time.monotonic() + timeout
-    failures = 0
-    while True:
+class FailoverConnection(SentinelManagedConnection):
+    """A connection to the primary the Sentinels name, for which a node's refusal while a
+    failover settles (:data:`NOT_PRIMARY`, also inside a script's error) is a lost
+    connection: it is dropped, and the client's retry (or Celery's reconnect) asks the
+    Sentinels again. Without this, a ``READONLY`` from a script, or ``NOREPLICAS`` from a
+    primary promoted a moment ago, is an error no retry sees, and Celery's consumer treats
+    it as unrecoverable and stops the worker (celery#7946)."""
+
+    _addressed = False  # (connecting to an address the Sentinels just gave)
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        self._addressed = True
         try:
-            return call()
+            super().connect_to(address)
+        finally:
+            self._addressed = False
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py reconnects a dropped connection here (sending a command on it), to the
+        # host and port it had, not through the Sentinels: after a failover that is the old
+        # primary, again and again. Ask the Sentinels first.
+        if (
+            getattr(self, "_sock", None) is None
+            and not self._addressed
+            and self.connection_pool.is_master
+        ):
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
         except redis.ResponseError as exc:
-            failures += 1
-            pause = min(1.0, 0.05 * 2**failures)
-            if not not_primary(exc) or time.monotonic() + pause > deadline:
-                raise
-            client.connection_pool.disconnect()
-            time.sleep(pause)
-
-
-def reached(call: Callable[[], T], what: str) -> T:
-    """``call()``, its connection failure (after the client's retries) as one
-    :class:`StateStoreError` naming ``what`` was being done."""
-    try:
-        return call()
-    except RETRIED as exc:
-        raise StateStoreError(f"cannot reach the Redis primary to {what}: {exc}") from exc
+            if not_primary(exc):
+                self.disconnect()
+                raise redis.ConnectionError(f"not the primary now: {exc}") from exc
+            raise
 
 
 # --------------------------------------------------------------------------- replicas
@@ -217,9 +229,6 @@ class Replicas(BaseModel):
 
     min_replicas: int = 0
     timeout_ms: int = 1000
-    #: How long a script refused by a demoted or fenced primary keeps trying (s): on
-    #: Sentinel, ``BATON_FAILOVER_TIMEOUT``; standalone, 0 (a refusal is final).
-    failover_timeout: float = 0.0
 
 
 #: Writes count once the primary has them (a standalone server's only choice).

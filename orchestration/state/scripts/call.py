@@ -20,7 +20,6 @@ from orchestration.state.connection import (
     Replicas,
     acked_call,
     check_acks,
-    through_failover,
 )
 from orchestration.state.keys import WorkflowKeys, active_key, due_key, index_key, metrics_key
 from orchestration.state.scripts.specs import NOTHING, Outgoing, Spec
@@ -107,11 +106,7 @@ class Scripts:
         if client is not None:
             return script(keys=all_keys, args=all_args, client=client)
         what = f"{WHAT.get(name, name)} of workflow {keys.workflow_id}"
-        return through_failover(
-            self.client,
-            lambda: self._acked(name, script, all_keys, all_args, what),
-            self.replicas.failover_timeout,
-        )
+        return self._acked(name, script, all_keys, all_args, what)
 
     def _acked(self, name: str, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
         """The script and its ``WAIT`` in one round trip; :class:`NotReplicated` if fewer
