@@ -13,6 +13,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from orchestration.errors import StateStoreError
 from orchestration.model import utcnow
 from orchestration.model.names import Metric, lua_prelude
 from orchestration.state.connection import (
@@ -106,7 +107,10 @@ class Scripts:
         if client is not None:
             return script(keys=all_keys, args=all_args, client=client)
         what = f"{WHAT.get(name, name)} of workflow {keys.workflow_id}"
-        return self._acked(name, script, all_keys, all_args, what)
+        try:
+            return self._acked(name, script, all_keys, all_args, what)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # (after the retries)
+            raise StateStoreError(f"cannot reach Redis for {what}: {exc}") from exc
 
     def _acked(self, name: str, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
         """The script and its ``WAIT`` in one round trip; :class:`NotReplicated` if fewer
