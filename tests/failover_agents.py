@@ -9,6 +9,9 @@ what it returned. A step's commit was acknowledged exactly when its task ended
 after its commit script ran and enough replicas acknowledged it. Lines are single
 ``write`` calls on an ``O_APPEND`` file, so processes never interleave them. A process runs
 one task at a time, so a run and its message's end are paired by task id and process.
+Both kinds carry ``t`` (epoch seconds when written): an acknowledged end's ``t`` is just
+after its commit was acknowledged, which is how ``bench/failover.py`` times a failover
+(kill to the first commit on the new primary) and tells which fault caused a re-run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from typing import Any
 
@@ -56,7 +60,7 @@ def digest(step: StepInput[DigestParams]) -> dict[str, Any]:
     _append(
         {
             "run": token, "wf": step.workflow_id, "step": step.step_id,
-            "task": getattr(request, "id", None), "pid": os.getpid(),
+            "task": getattr(request, "id", None), "pid": os.getpid(), "t": time.time(),
         }
     )  # fmt: skip
     return {"token": token, "digest": key.hex(), "total": sum(step.parameters.values)}
@@ -64,4 +68,5 @@ def digest(step: StepInput[DigestParams]) -> dict[str, Any]:
 
 @task_postrun.connect(weak=False)  # type: ignore[untyped-decorator]
 def _ended(task_id: str, state: str | None = None, retval: Any = None, **_: Any) -> None:
-    _append({"end": task_id, "pid": os.getpid(), "state": state, "retval": str(retval)[:80]})
+    _append({"end": task_id, "pid": os.getpid(), "state": state, "retval": str(retval)[:80],
+             "t": time.time()})  # fmt: skip

@@ -13,10 +13,8 @@ replica.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from orchestration.client.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 from tests.ha import RedisHA
 from tests.helpers import ROOT, eventually
+from tests.ledger_check import audit, ends_of_runs, read_ledger
 
 STEPS = 5
 WORKFLOWS = 16
@@ -90,29 +89,8 @@ def _flow(n: int) -> dict[str, Any]:
     return {"name": f"failover {n}", "steps": steps}
 
 
-def _ledger(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _runs_so_far(path: Path) -> int:
-    return sum("run" in e for e in _ledger(path))
-
-
-def _ends_of_runs(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
-    """Each run's end (None while a run has none yet). A message may come more than once
-    (given back, redelivered); a process runs one task at a time, so a run's end is the
-    next end of its task in its process (an end with no run before it is a delivery that
-    did not call the agent: its step done, or leased elsewhere)."""
-    end_of: dict[str, dict[str, Any]] = {}
-    running: dict[tuple[str, int], str] = {}
-    for e in entries:
-        if "run" in e:
-            running[(e["task"], e["pid"])] = e["run"]
-        elif (run := running.pop((e["end"], e["pid"]), None)) is not None:
-            end_of[run] = e
-    return None if running else end_of
+    return sum("run" in e for e in read_ledger(path))
 
 
 def _check(cluster: Cluster, ids: list[str]) -> dict[str, int]:
@@ -123,31 +101,17 @@ def _check(cluster: Cluster, ids: list[str]) -> dict[str, int]:
     }
 
     def paired() -> dict[str, dict[str, Any]] | None:  # (a task ends after its commit)
-        return _ends_of_runs(_ledger(cluster.ledger))
+        return ends_of_runs(read_ledger(cluster.ledger))
 
     end_of = eventually(paired, 30, "every run's delivery to end")
     assert end_of is not None
-    entries = _ledger(cluster.ledger)
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for e in entries:
-        if "run" in e and e["wf"] in contexts:
-            runs[(e["wf"], e["step"])].append(e)
-    reruns = 0
-    for wid, ctx in contexts.items():
-        for step_id, result in ctx.task_results.items():
-            attempts = runs[(wid, step_id)]
-            assert attempts, f"{wid} {step_id} completed with no run in the ledger"
-            acked = [
-                a for a in attempts
-                if end_of[a["run"]]["state"] == "SUCCESS"
-                and end_of[a["run"]]["retval"].startswith("completed")
-            ]  # fmt: skip
-            assert len(acked) == 1, f"{wid} {step_id}: acknowledged {len(acked)} times"
-            assert acked[0] is attempts[-1], f"{wid} {step_id}: ran again after its ack"
-            assert result.result["token"] == acked[0]["run"], (
-                f"{wid} {step_id}: the final state holds a run other than the acknowledged one"
-            )
-            reruns += len(attempts) - 1
+    results = {
+        wid: {step_id: r.result["token"] for step_id, r in ctx.task_results.items()}
+        for wid, ctx in contexts.items()
+    }
+    seen = audit(results, read_ledger(cluster.ledger), end_of)
+    assert not seen.problems(), seen.problems()
+    reruns = seen.reruns
     assert [p.pid for p in cluster.workers.processes] == cluster.pids
     assert all(p.poll() is None for p in cluster.workers.processes), "a worker exited"
     return {"workflows": len(ids), "reruns": reruns}
