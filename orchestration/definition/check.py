@@ -98,20 +98,32 @@ class Keys:
         return True
 
 
+def not_produced(key: str, available: set[str], path: str | None = None) -> str:
+    """The problem of reading ``key`` (by ``path`` into it) that no earlier step writes."""
+    have = ", ".join(sorted(available)) or "nothing yet"
+    where = f"{path!r}: " if path is not None else ""
+    return f"{where}{key!r} is not produced by any earlier step (available: {have})"
+
+
+def check_path(
+    path: str, field: str, available: set[str], problems: Problems
+) -> tuple[str, list[str]]:
+    """``split_path(path)``, and a problem at ``field`` if its key is no earlier output."""
+    key, inner = split_path(path, available)
+    if key not in available:
+        problems.append((field, not_produced(key, available, path)))
+    return key, inner
+
+
 def check_reads(
     step: TaskStep, where: str, reads: list[str], available: set[str], problems: Problems
 ) -> None:
-    have = ", ".join(sorted(available)) or "nothing yet"
     for key in step.context_keys or []:
         if key not in available:
-            problems.append(
-                (
-                    f"{where}.context_keys",
-                    f"{key!r} is not produced by any earlier step (available: {have})",
-                )
-            )
+            problems.append((f"{where}.context_keys", not_produced(key, available)))
     for key in reads:
         if key not in available:
+            have = ", ".join(sorted(available)) or "nothing yet"
             problems.append(
                 (
                     where,

@@ -13,8 +13,8 @@ from orchestration.definition.catalog import Catalog
 from orchestration.definition.check import (
     Keys,
     check_aggregate,
+    check_path,
     plan_task,
-    split_path,
 )
 from orchestration.definition.plan import (
     Node,
@@ -75,16 +75,7 @@ def plan_map(
 ) -> PlannedMap:
     """Check a map: its task as a step's, ``over`` as a path into an earlier output."""
     check_aggregate(step.aggregate, where, problems)
-    over_key, over_path = split_path(step.map.over, available)
-    if over_key not in available:
-        have = ", ".join(sorted(available)) or "nothing yet"
-        problems.append(
-            (
-                f"{where}.map.over",
-                f"{step.map.over!r}: {over_key!r} is not produced by any earlier step "
-                f"(available: {have})",
-            )
-        )
+    over_key, over_path = check_path(step.map.over, f"{where}.map.over", available, problems)
     # Each item loads what the task reads (or context_keys), else all but the list itself:
     # a 100,000-item list is read once, by the map, not once per item.
     member = plan_task(
@@ -119,12 +110,7 @@ def plan_branch(
     else:
         path, field = step.when.path, f"{where}.when.path"
         tests = [("then", step.when.equals, False)]
-    key, inner = split_path(path, available)
-    if key not in available:
-        have = ", ".join(sorted(available)) or "nothing yet"
-        problems.append(
-            (field, f"{path!r}: {key!r} is not produced by any earlier step (available: {have})")
-        )
+    key, inner = check_path(path, field, available, problems)
     ways: list[PlannedCase] = []
     made: list[set[str]] = []
     for n, (way, steps) in enumerate(step.paths(), start=1):
@@ -173,13 +159,7 @@ def plan_subflow(
     inputs: dict[str, str] = params.get("inputs") or {}
     outputs: dict[str, str] = params.get("outputs") or {}
     for key, path in inputs.items():
-        parent_key, _ = split_path(path, available)
-        if parent_key not in available:
-            have = ", ".join(sorted(available)) or "nothing yet"
-            problems.append(
-                (f"{where}.inputs.{key}", f"{path!r}: {parent_key!r} is not produced by any "
-                 f"earlier step (available: {have})")
-            )  # fmt: skip
+        check_path(path, f"{where}.inputs.{key}", available, problems)
     for parent_key in outputs:
         here = f"{where}.outputs.{parent_key}"
         if keys.add(here, parent_key, way, output_key=False) and parent_key in available:
