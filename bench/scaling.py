@@ -41,6 +41,10 @@ class SlowAPI(BaseHTTPRequestHandler):
         pass
 
 
+#: Where the part of docs/scaling.md this script does not write begins.
+KEEP_FROM = "<!-- capacity:start -->"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=60)
@@ -118,7 +122,11 @@ def main() -> None:
         ],
         "",
     ]
-    args.out.write_text("\n".join(lines))
+    # Only its own part: what follows its table (the capacity figures of bench/capacity.py
+    # from its first marker on, and the hand-written design) is kept as it is.
+    old = args.out.read_text() if args.out.exists() else ""
+    rest = old[old.index(KEEP_FROM) :] if KEEP_FROM in old else ""
+    args.out.write_text("\n".join(lines) + ("\n" + rest if rest else ""))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
