@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--repeats N] [--only io|waits|maps|map_limits] [--out DIR]``:
-run every scenario on both sides, write the report.
+"""``python -m bench [--quick] [--repeats N] [--only io|waits|maps|map_limits|failover]
+[--soak FAULTS] [--out DIR]``: run every scenario on both sides, write the report.
 
 Owns everything it starts: a private redis-server on a free port (never a shared Redis),
 and each side's worker processes, one side at a time.
@@ -228,10 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--only",
-        choices=["io", "waits", "maps", "map_limits"],
+        choices=["io", "waits", "maps", "map_limits", "failover"],
         help="only these scenarios (io: bench/io.py's, waits: bench/waits.py's, maps:"
-        " bench/maps.py's, map_limits: bench/map_limits.py's); the report goes to"
-        " benchmarks-<that>.md",
+        " bench/maps.py's, map_limits: bench/map_limits.py's, failover: bench/failover.py's);"
+        " the report goes to benchmarks-<that>.md",
+    )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        metavar="FAULTS",
+        help="section 12's soak at this many primary kills and freezes (3 : 1) in runs of"
+        " 1,000 workflows (40: the full soak, about ten minutes more). Default: a short"
+        " soak (runs of 200, 8 faults)",
     )
     args = parser.parse_args(argv)
     sz = Sizes.quick() if args.quick else Sizes()
@@ -268,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "map_limits"):
             log("map_limits scenarios: rate and concurrency limits inside maps")
             limits_results = map_limits(args.quick)
+        failover_results: dict[str, Any] = {}
+        if args.only == "failover" or (args.only is None and not args.quick):
+            log("failover scenarios: WAIT's overhead, failover time, soak")
+            failover_results = failover(root / "failover", args.quick, args.soak)
         info = machine(server, r)
     finally:
         r.close()
@@ -285,17 +297,23 @@ def main(argv: list[str] | None = None) -> int:
         "waits": waits_results,
         "maps": maps_results,
         "map_limits": limits_results,
+        "failover": failover_results,
         "run_seconds": RUN_SECONDS,
         "elapsed_s": time.perf_counter() - t_start,
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.only:
+    if args.only == "failover":
+        from bench import failover as fo
+
+        written = args.out / "benchmarks-failover.md"
+        written.write_text(fo.only_markdown(data))
+    elif args.only:
         written = args.out / f"benchmarks-{args.only}.md"
         written.write_text(report.only_markdown(data, args.only))
     else:
         written = args.out / "benchmarks.md"
-        written.write_text(report.markdown(data))
+        written.write_text(with_failover(report.markdown(data), failover_results))
         report.plot(results, args.out / "benchmarks.png")
     raw = ""
     if args.keep:  # the raw figures, for re-rendering the report, kept with the work dir
@@ -311,6 +329,27 @@ def map_limits(quick: bool) -> dict[str, Any]:
 
     sz = limits.LimitSizes.quick() if quick else limits.LimitSizes()
     return limits.run(sz, log)
+
+
+def failover(root: Path, quick: bool, soak: int | None) -> dict[str, Any]:
+    """Section 12 (bench/failover.py, imported here: it needs tests/ha.py's cluster);
+    ``soak``: the soak's faults, in runs of the full soak's size. Left out of the full
+    ``--quick`` run: its kills and freezes take a minute whatever the sizes."""
+    from bench import failover as fo
+
+    sz = fo.FailoverSizes.quick() if quick else fo.FailoverSizes()
+    return fo.run(root, sz if soak is None else sz.soak(soak), log)
+
+
+def with_failover(text: str, res: dict[str, Any]) -> str:
+    """The full report with section 12 after section 11 (before the profile)."""
+    if not res:
+        return text
+    from bench import failover as fo
+
+    marker = "\n## Where a Baton step's time goes"
+    head, found, tail = text.partition(marker)
+    return f"{head.rstrip(chr(10))}\n\n{fo.section(res).rstrip(chr(10))}\n{found}{tail}"
 
 
 def core_sessions(
