@@ -63,7 +63,11 @@ class Audit:
     reruns: int = 0
     rerun_times: list[float | None] = field(default_factory=list)
     no_run: list[str] = field(default_factory=list)  # a result, but no run in the ledger
-    not_acked: list[str] = field(default_factory=list)  # a result, no acknowledged run
+    # a result no delivery acknowledged: its commit landed (and reached a replica) but the
+    # answer of its WAIT was cut by a fault, so its message went back and the next delivery
+    # found the step done. Nothing acknowledged is lost and nothing ran twice: the issue's
+    # promises hold, so this is counted, not a problem.
+    not_acked: list[str] = field(default_factory=list)
     twice: list[str] = field(default_factory=list)  # acknowledged more than once
     ran_after_ack: list[str] = field(default_factory=list)  # an agent run after its ack
     lost: list[str] = field(default_factory=list)  # an acked run the final state lacks
@@ -72,7 +76,6 @@ class Audit:
         """Every broken promise, one line each (empty: the checker passes)."""
         return [
             *(f"{s} completed with no run in the ledger" for s in self.no_run),
-            *(f"{s}: acknowledged 0 times" for s in self.not_acked),
             *(f"{s}: acknowledged more than once" for s in self.twice),
             *(f"{s}: ran again after its ack" for s in self.ran_after_ack),
             *(f"{s}: the final state holds a run other than the acknowledged one"
@@ -87,7 +90,7 @@ def audit(
 ) -> Audit:
     """Judge the workflows in ``results`` (workflow id -> step id -> the run token its final
     state holds, None if the step has no result) against the ledger: each step completed
-    is acknowledged exactly once, by its last run, and the final state holds that run; an
+    is acknowledged at most once, by its last run, and the final state holds that run; an
     acknowledged run of a step with no result (a workflow that did not finish) is lost."""
     runs: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     for e in entries:
