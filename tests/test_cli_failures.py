@@ -240,6 +240,7 @@ def test_bad_arguments_are_refused_in_one_line(
     [("BATON_REDIS_URL", "redis://:pa55word@localhost:99999/0"),
      ("BATON_REDIS_URL", "redis://:pa55word@localhost:port/0"),
      ("BATON_REDIS_URL", "redis://:pa55word@[::1/0"),
+     ("BATON_REDIS_URL", "redis://:pa55:w/rd@localhost:6379/0"),
      ("BATON_BROKER_URL", "amqp://user:pa55word@localhost:70000//")],
 )  # fmt: skip
 def test_a_url_that_does_not_parse_is_one_line_exit_3_and_shows_no_password(

@@ -4,7 +4,7 @@ line. The subcommands live by what they are about:
 - ``cli_workflows.py``: run, register, status, watch, list
 - ``cli_control.py``: cancel, pause, resume, retry, rollback, checkpoints
 - ``cli_waits.py``: signal, waiting, limits (set, reset)
-- ``cli_ops.py``: worker, agents, flower, demo, dashboard
+- ``cli_ops.py``: worker, agents, flower, demo, dashboard, doctor (``doctor.py``)
 
 and, with ``render.py`` and ``render_tables.py``, all that Baton prints. Before any command,
 the settings are checked and the agent modules imported, so that a malformed URL or an

@@ -9,6 +9,7 @@ out waiting. Anything not listed here is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -53,8 +54,11 @@ def check_urls(settings: BatonSettings) -> None:
             if sentinel_target(url or "") is None:
                 urlsplit(url or "").port  # noqa: B018  (parsing the port is the check)
         except ValueError as exc:
+            # The parser quotes what it could not read (a "port" that is the tail of a
+            # password holding ':' and '/'): never echoed.
+            what = re.sub(r"'[^']*'", "'...'", str(exc))
             raise CommandRefused(
-                f"{name} is not a valid URL: {exc}", URL_HINT, UNREACHABLE
+                f"{name} is not a valid URL: {what}", URL_HINT, UNREACHABLE
             ) from None
 
 
