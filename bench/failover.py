@@ -67,12 +67,12 @@ from orchestration.client.embedded import LocalWorkers, RedisServer
 from orchestration.model import WorkflowStatus
 from orchestration.settings import BatonSettings
 from orchestration.state.fields import MetaField
-from tests.failover_agents import STEPS, flow
 from tests.ha import RedisHA
 from tests.helpers import eventually
 from tests.ledger_check import Entry, acknowledged, audit, ends_of_runs, read_ledger
 
 Log = Callable[[str], None]
+STEPS = 5
 DOWN_AFTER_MS = 1000
 #: The targets: the overhead of WAIT per step at the median (ms), kill to the first commit
 #: on the new primary at the median (s), and the full soak's faults and run size.
@@ -395,6 +395,16 @@ def cluster(root: Path, name: str, log: Log) -> Iterator[Cluster]:
         finally:
             workers.stop()
             orch.close()
+
+
+def flow(n: int) -> dict[str, Any]:
+    """``tests/test_failover.py``'s workflow: five digests of a few ms each."""
+    steps = [
+        {"agent_id": "ledger", "task_type": "digest", "output_key": f"d{i}",
+         "parameters": {"values": list(range(n, n + 50 + i))}}
+        for i in range(STEPS)
+    ]  # fmt: skip
+    return {"name": f"failover {n}", "steps": steps}
 
 
 class Load(threading.Thread):

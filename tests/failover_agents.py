@@ -70,17 +70,3 @@ def digest(step: StepInput[DigestParams]) -> dict[str, Any]:
 def _ended(task_id: str, state: str | None = None, retval: Any = None, **_: Any) -> None:
     _append({"end": task_id, "pid": os.getpid(), "state": state, "retval": str(retval)[:80],
              "t": time.time()})  # fmt: skip
-
-
-#: Steps of the failover workflows (``tests/test_failover.py``, ``bench/failover.py``).
-STEPS = 5
-
-
-def flow(n: int) -> dict[str, Any]:
-    """The failover tests' and bench's workflow: ``STEPS`` digests of a few ms each."""
-    steps = [
-        {"agent_id": "ledger", "task_type": "digest", "output_key": f"d{i}",
-         "parameters": {"values": list(range(n, n + 50 + i))}}
-        for i in range(STEPS)
-    ]  # fmt: skip
-    return {"name": f"failover {n}", "steps": steps}
