@@ -69,10 +69,17 @@ from orchestration.settings import BatonSettings
 from orchestration.state.fields import MetaField
 from tests.ha import RedisHA
 from tests.helpers import eventually
-from tests.ledger_check import Entry, acknowledged, audit, ends_of_runs, read_ledger
+from tests.ledger_check import (
+    STEPS,
+    Entry,
+    acknowledged,
+    audit,
+    ends_of_runs,
+    flow,
+    read_ledger,
+)
 
 Log = Callable[[str], None]
-STEPS = 5
 DOWN_AFTER_MS = 1000
 #: The targets: the overhead of WAIT per step at the median (ms), kill to the first commit
 #: on the new primary at the median (s), and the full soak's faults and run size.
@@ -395,16 +402,6 @@ def cluster(root: Path, name: str, log: Log) -> Iterator[Cluster]:
         finally:
             workers.stop()
             orch.close()
-
-
-def flow(n: int) -> dict[str, Any]:
-    """``tests/test_failover.py``'s workflow: five digests of a few ms each."""
-    steps = [
-        {"agent_id": "ledger", "task_type": "digest", "output_key": f"d{i}",
-         "parameters": {"values": list(range(n, n + 50 + i))}}
-        for i in range(STEPS)
-    ]  # fmt: skip
-    return {"name": f"failover {n}", "steps": steps}
 
 
 class Load(threading.Thread):

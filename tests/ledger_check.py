@@ -20,6 +20,20 @@ from typing import Any
 
 Entry = dict[str, Any]
 
+STEPS = 5  # the ledger workflow's steps
+
+
+def flow(n: int) -> dict[str, Any]:
+    """The workflow both the failover tests and the failover bench run: five digests of a
+    few ms each on the ``ledger`` agent (defined here, where no agent is registered, so
+    importing it at test collection starts no worker with an agent it lacks)."""
+    steps = [
+        {"agent_id": "ledger", "task_type": "digest", "output_key": f"d{i}",
+         "parameters": {"values": list(range(n, n + 50 + i))}}
+        for i in range(STEPS)
+    ]  # fmt: skip
+    return {"name": f"failover {n}", "steps": steps}
+
 
 def read_ledger(path: Path) -> list[Entry]:
     """Every line of the ledger, in the order written (none yet: empty)."""

@@ -27,9 +27,8 @@ from orchestration.client.embedded import LocalWorkers
 from orchestration.settings import BatonSettings
 from tests.ha import RedisHA
 from tests.helpers import ROOT, eventually
-from tests.ledger_check import audit, ends_of_runs, read_ledger
+from tests.ledger_check import STEPS, audit, ends_of_runs, flow, read_ledger
 
-STEPS = 5
 WORKFLOWS = 16
 
 
@@ -80,15 +79,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             orch.close()
 
 
-def _flow(n: int) -> dict[str, Any]:
-    steps = [
-        {"agent_id": "ledger", "task_type": "digest", "output_key": f"d{i}",
-         "parameters": {"values": list(range(n, n + 50 + i))}}
-        for i in range(STEPS)
-    ]  # fmt: skip
-    return {"name": f"failover {n}", "steps": steps}
-
-
 def _runs_so_far(path: Path) -> int:
     return sum("run" in e for e in read_ledger(path))
 
@@ -120,7 +110,7 @@ def _check(cluster: Cluster, ids: list[str]) -> dict[str, int]:
 def _under_load(cluster: Cluster, fault: str) -> list[str]:
     """Start the workflows and, once about a fifth of their steps ran, apply ``fault``."""
     start = _runs_so_far(cluster.ledger)
-    ids = [cluster.orch.run_workflow(_flow(i)) for i in range(WORKFLOWS)]
+    ids = [cluster.orch.run_workflow(flow(i)) for i in range(WORKFLOWS)]
     eventually(lambda: _runs_so_far(cluster.ledger) - start >= WORKFLOWS * STEPS // 5, 60)
     old = cluster.ha.primary()
     if fault == "kill":
