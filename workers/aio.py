@@ -47,6 +47,7 @@ from greenlet import getcurrent, greenlet
 
 from agents.registry import Agent
 from orchestration.errors import PoolRefused, TurnMissed
+from orchestration.state.connection import pipelined_wait
 from orchestration.state.limiter import check_turn
 
 log = logging.getLogger("baton.aio")
@@ -238,10 +239,7 @@ class LoopRedis(redis.Redis):  # type: ignore[type-arg]
         current = getcurrent()
         if isinstance(current, StepGreenlet):
             return current.parent.switch(_Command(self, tuple(args), {}, (replicas, timeout_ms)))
-        pipe = self.pipeline(transaction=False)
-        pipe.execute_command(*args)  # type: ignore[no-untyped-call]
-        pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
-        return pipe.execute(raise_on_error=False)
+        return pipelined_wait(self, args, replicas, timeout_ms)
 
 
 class RedisBatch:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -245,18 +246,23 @@ def acked_call(
     if replicas.min_replicas <= 0:
         return client.execute_command(*args), 0
     batched = getattr(client, "execute_acked", None)
-    if batched is not None:
-        reply, acks = batched(args, replicas.min_replicas, replicas.timeout_ms)
-    else:
-        pipe = client.pipeline(transaction=False)
-        pipe.execute_command(*args)  # type: ignore[no-untyped-call]
-        pipe.execute_command("WAIT", replicas.min_replicas, replicas.timeout_ms)  # type: ignore[no-untyped-call]
-        reply, acks = pipe.execute(raise_on_error=False)
+    send = batched if batched is not None else partial(pipelined_wait, client)
+    reply, acks = send(args, replicas.min_replicas, replicas.timeout_ms)
     if isinstance(reply, Exception):
         raise reply
     if isinstance(acks, Exception):
         raise acks
     return reply, int(acks)
+
+
+def pipelined_wait(
+    client: redis.Redis[bytes], args: Sequence[Any], replicas: int, timeout_ms: int
+) -> list[Any]:
+    """The write and its ``WAIT`` in one pipeline: ``[reply, acks]``, errors as values."""
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+    pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+    return pipe.execute(raise_on_error=False)
 
 
 def check_acks(acks: int, replicas: Replicas, what: str) -> None:
