@@ -18,15 +18,17 @@ import math
 import os
 import time
 from collections.abc import AsyncGenerator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agents.base import StepInput
 from agents.registry import Agent
 from orchestration.errors import RateLimited, StepError
 from orchestration.settings import get_settings
+
+if TYPE_CHECKING:  # (imported by the first call: every `baton` command loads this module)
+    import aiohttp
 
 log = logging.getLogger("baton.agents.llm")
 
@@ -50,7 +52,7 @@ EMIT_CHARS = 2000
 #: Statuses worth trying again (as OpenAI's own clients do); any other 4xx is not.
 RETRYABLE = {408, 409, 429}
 #: Connect in 10 s; then the model may think up to 120 s between two chunks.
-TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=120)
+CONNECT_TIMEOUT, READ_TIMEOUT = 10, 120
 #: Connections a loop's session keeps open at most (the agent's concurrency_limit and
 #: the API's own limits are what bound the calls in flight).
 MAX_CONNECTIONS = 1000
@@ -121,8 +123,11 @@ async def session() -> aiohttp.ClientSession:
         return _loops[loop][0]
     for gone in [other for other in _loops if other.is_closed()]:
         del _loops[gone]
+    import aiohttp
+
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=30)
-    held = aiohttp.ClientSession(connector=connector, timeout=TIMEOUT)
+    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+    held = aiohttp.ClientSession(connector=connector, timeout=timeout)
     closer = _close_with_loop(loop, held)
     await anext(closer)  # started: the loop finalises it in shutdown_asyncgens
     _loops[loop] = (held, closer)
@@ -213,6 +218,8 @@ async def _error(resp: aiohttp.ClientResponse, key: SecretStr, var: str) -> Step
 )
 async def summarise(step: StepInput[SummariseParams]) -> SummaryOutput:
     """A chat model's summary of one earlier result, streamed to watchers as it comes."""
+    import aiohttp
+
     p = step.parameters
     settings = get_settings()
     var, key = api_key(p.api_key_id)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import StrMethodFormatter
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 Block = tuple[str, Any]
 
@@ -47,12 +47,27 @@ def fmt_pct(v: float | None) -> str:
 # --------------------------------------------------------------------------- charts
 
 
+def _figure(width: float) -> tuple[Figure, Axes]:
+    """A figure drawn off-screen. (matplotlib is imported here, when a report draws a
+    chart: at module level it was most of the start-up time of every ``baton`` command.)"""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _thousands() -> Any:
+    from matplotlib.ticker import StrMethodFormatter
+
+    return StrMethodFormatter("{x:,.0f}")
+
+
 def period_chart(trend: dict[str, Any], path: Path) -> Path:
     labels = [pt["period"] for pt in trend["periods"]]
     values = [pt["revenue"] for pt in trend["periods"]]
-    fig = Figure(figsize=(8, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _figure(8)
     ax.bar(labels, values, color="#4c78a8", label="revenue")
     slope = trend.get("slope_per_period")
     if slope is not None:
@@ -60,7 +75,7 @@ def period_chart(trend: dict[str, Any], path: Path) -> Path:
         mid, avg = (len(values) - 1) / 2, sum(values) / len(values)
         fitted = [avg + slope * (i - mid) for i in range(len(values))]
         ax.plot(labels, fitted, color="#f58518", marker="o", label="least-squares trend")
-    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.yaxis.set_major_formatter(_thousands())
     ax.set_title(f"Revenue by period ({trend['period']}) — {trend['direction']}")
     ax.set_ylabel("Revenue")
     ax.tick_params(axis="x", labelrotation=45)
@@ -71,14 +86,12 @@ def period_chart(trend: dict[str, Any], path: Path) -> Path:
 
 
 def bar_chart(data: dict[str, tuple[int, float]], title: str, path: Path) -> Path:
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _figure(7)
     names = list(data)[::-1]
     ax.barh(names, [data[n][1] for n in names], color="#54a24b")
     ax.set_title(title)
     ax.set_xlabel("Revenue")
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.xaxis.set_major_formatter(_thousands())
     fig.tight_layout()
     fig.savefig(path)
     return path
