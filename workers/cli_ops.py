@@ -81,7 +81,9 @@ def worker(
     check_pool(pool, [registry.get_agent(a) for a in ids] if ids else list(registry), autoscale)
     label = "-".join(ids) if ids else "all"
     name = hostname or f"{label}.{os.getpid()}@%h"
+    # (no mingle: see workers/consumer.py)
     argv = ["worker", "-Q", ",".join(queues), "-n", name, "-P", pool, "-l", loglevel, "-E"]
+    argv += ["--without-mingle"]
     if autoscale:
         argv += ["--autoscale", autoscale]
     elif concurrency:

@@ -19,21 +19,21 @@ agent's own queue fails its step at once, naming the agent, the worker and the s
 
 On a Sentinel broker a lost connection is a failover under way: the new primary answers
 a second or two after the old one died. Celery retries on kombu's schedule (at once, 2 s
-later, 4 s after that, ...), which lands most reconnects 4 s after the promotion, then
-spends 1 s in *mingle* asking the other workers for revoked ids this process already
-holds. Here the retries come every 0.2 s growing to 1 s, and mingle runs only at start.
+later, 4 s after that, ...), which lands most reconnects 4 s after the promotion; here
+they come every 0.2 s growing to 1 s. (``baton worker`` also runs without Celery's
+*mingle*, a second at every start and reconnect spent asking the other workers for the
+ids of revoked tasks: a cancelled workflow's step does not run whether or not its
+message was revoked, ``lua/begin.lua``.)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Celery
 from celery.app.task import Context
 from celery.worker.consumer import Consumer as CeleryConsumer
-from celery.worker.consumer.mingle import Mingle
 
 from orchestration.errors import BatonError, StepError, StepFailed, WorkflowNotFound
 from orchestration.flow.broker import CONTROL_PREFIXES
@@ -60,17 +60,6 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flush_pending = False
-        for step in self.steps:
-            if isinstance(step, Mingle):
-                step.start = self._mingle_at_start(step.start)
-
-    @staticmethod
-    def _mingle_at_start(sync: Callable[[Any], None]) -> Callable[[Any], None]:
-        def start(c: Consumer) -> None:
-            if not (c.restart_count > 0 and is_sentinel(c.connection)):
-                sync(c)
-
-        return start
 
     def ensure_connected(self, conn: Any) -> Any:
         if is_sentinel(conn):
