@@ -327,7 +327,7 @@ def markdown(data: dict[str, Any]) -> str:
     add(table(["", ""], [[k, str(v)] for k, v in m.items()]))
     add("\n## How to run\n")
     add(
-        "```bash\n.venv/bin/python -m bench            # the full run (about 12 min on 2 cores);"
+        "```bash\n.venv/bin/python -m bench            # the full run (about 20 min on 2 cores);"
         " rewrites docs/benchmarks.{md,png}\n.venv/bin/python -m bench --quick"
         " --out /tmp/b  # tiny sizes, a minute or two; used by tests/test_bench_smoke.py\n"
         ".venv/bin/python -m bench --only io --out /tmp/b  # section 8's scenarios only:"
@@ -337,7 +337,9 @@ def markdown(data: dict[str, Any]) -> str:
         ".venv/bin/python -m bench --only maps --out /tmp/b  # section 10's:"
         " /tmp/b/benchmarks-maps.md\n"
         ".venv/bin/python -m bench --only map_limits --out /tmp/b  # section 11's:"
-        " /tmp/b/benchmarks-map_limits.md\n```\n"
+        " /tmp/b/benchmarks-map_limits.md\n"
+        ".venv/bin/python -m bench --only failover --soak 40 --out /tmp/b  # section 12's,"
+        " with the full soak (30 kills, 10 freezes): /tmp/b/benchmarks-failover.md\n```\n"
     )
     add(
         "It starts its own `redis-server` (`orchestration.client.embedded.RedisServer`, on a"
