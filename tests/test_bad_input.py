@@ -202,12 +202,12 @@ def test_fuzzed_definitions_are_either_run_or_refused_never_half_written(
     secured: Secured, definition: dict[str, Any]
 ) -> None:
     store = secured.orch.store
-    before = set(store.redis.scan_iter("secured:wf:*"))
+    before = set(store.redis.scan_iter("secured:wf:*", count=1000))
     try:
         wid = secured.orch.run_workflow(definition)
     except DefinitionError as err:
         assert err.problems and all(isinstance(w, str) and m for w, m in err.problems)
-        assert set(store.redis.scan_iter("secured:wf:*")) == before  # nothing written
+        assert set(store.redis.scan_iter("secured:wf:*", count=1000)) == before  # nothing written
         return
     ctx = secured.orch.wait(wid, timeout=60)
     assert ctx.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)

@@ -39,7 +39,7 @@ def capped(settings: BatonSettings) -> Iterator[WorkflowOrchestrator]:
 
 
 def keys_of(r: redis.Redis, settings: BatonSettings, wid: str) -> list[bytes]:
-    return list(r.scan_iter(f"{settings.key_prefix}:*{wid}*"))
+    return list(r.scan_iter(f"{settings.key_prefix}:*{wid}*", count=1000))
 
 
 def test_the_input_cap_defaults_to_the_output_cap() -> None:

@@ -115,13 +115,14 @@ CASES = {
 def snapshot(r: redis.Redis) -> dict[bytes, int]:
     """Every key with its type-appropriate length: a queued message would show. (The
     reapers' lock is left out: workers take and drop it on their own schedule.)"""
-    out = {}
-    for key in r.scan_iter(count=1000):
-        if key.endswith(b":reaper"):
-            continue
-        kind = r.type(key)
-        out[key] = r.llen(key) if kind == b"list" else r.hlen(key) if kind == b"hash" else -1
-    return out
+    keys = [key for key in r.scan_iter(count=1000) if not key.endswith(b":reaper")]
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.type(key)
+    for key, kind in zip(keys, pipe.execute(), strict=True):
+        length = {b"list": pipe.llen, b"hash": pipe.hlen}.get(kind)
+        length(key) if length else pipe.echo(-1)
+    return dict(zip(keys, pipe.execute(), strict=True))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -29,7 +29,7 @@ from tests.helpers import eventually
 
 N = int(os.environ.get("BATON_TEST_LOAD", "1000"))
 AGENTS = ["data_processor", "analyzer", "validator", "classifier", "scorer"]
-RETENTION = 15
+RETENTION = 8
 
 
 def task(agent: str, task_type: str, key: str, **parameters: Any) -> dict[str, Any]:

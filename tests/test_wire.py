@@ -162,7 +162,7 @@ def run_pushes(client: redis.Redis, pushes: list[Push]) -> None:
 def take_only_list(client: redis.Redis, queue: str) -> tuple[str, str]:
     """The one Redis list holding ``queue``'s messages (whatever its prefix), and the one
     message on it; the list is emptied for the next writer."""
-    lists = [k for k in client.scan_iter(match=f"*{queue}") if client.type(k) == "list"]
+    lists = [k for k in client.scan_iter(match=f"*{queue}", count=1000) if client.type(k) == "list"]
     assert len(lists) == 1, lists
     key = lists[0]
     messages = client.lrange(key, 0, -1)
