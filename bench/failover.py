@@ -64,6 +64,7 @@ from bench.scenarios import runs_of
 from bench.sides import ROOT, BareSide, BatonSide, Run, Workdir
 from orchestration.client import WorkflowOrchestrator
 from orchestration.client.embedded import LocalWorkers, RedisServer
+from orchestration.errors import WorkflowNotFound
 from orchestration.model import WorkflowStatus
 from orchestration.settings import BatonSettings
 from orchestration.state.fields import MetaField
@@ -368,8 +369,9 @@ class Cluster:
 
 
 @contextmanager
-def cluster(root: Path, name: str, log: Log) -> Iterator[Cluster]:
-    """A ``RedisHA`` with the workers of ``tests/test_failover.py``'s fixture on it."""
+def cluster(root: Path, name: str, log: Log, min_replicas: int | None = None) -> Iterator[Cluster]:
+    """A ``RedisHA`` with the workers of ``tests/test_failover.py``'s fixture on it;
+    ``min_replicas``: ``BATON_MIN_REPLICAS`` (None: the default, 1)."""
     ledger = root / "ledger.jsonl"
     with RedisHA(root / "ha", down_after_ms=DOWN_AFTER_MS) as ha:
         prefix = f"{name}-{uuid.uuid4().hex[:6]}"
@@ -384,10 +386,12 @@ def cluster(root: Path, name: str, log: Log) -> Iterator[Cluster]:
             "BATON_STALL_SECONDS": "10",  # (a popped message the dead primary lost)
             "BATON_REAPER_INTERVAL": "2",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            **({"BATON_MIN_REPLICAS": str(min_replicas)} if min_replicas is not None else {}),
         }
         settings = BatonSettings(redis_url=ha.url, key_prefix=prefix, home=root / "home",
-                                 agent_modules=["tests.failover_agents"])  # fmt: skip
-        assert settings.write_replicas == 1  # (the default on Sentinel)
+                                 agent_modules=["tests.failover_agents"],
+                                 min_replicas=min_replicas)  # fmt: skip
+        assert settings.write_replicas == (min_replicas or 1)  # (1: the default on Sentinel)
         orch = WorkflowOrchestrator(ha.url, settings=settings, local_workers=False)
         workers = LocalWorkers(ha.url, [["ledger"], ["ledger"]], concurrency=2, env=env,
                                log_dir=root / "logs")  # fmt: skip
@@ -491,27 +495,35 @@ def check(c: Cluster, ids: list[str]) -> dict[str, Any]:
     ``twice`` (acknowledged twice, or run after its acknowledgement); and ``unacked``, a
     result the final state holds whose commit no worker was told of (nothing acknowledged
     is lost and nothing ran twice: counted, not a broken promise)."""
-    contexts = {wid: c.orch.get_context(wid) for wid in ids}
+    contexts, missing = {}, []
+    for wid in ids:
+        try:
+            contexts[wid] = c.orch.get_context(wid)
+        except WorkflowNotFound:  # (its acknowledged create lost, and all it committed)
+            missing.append(wid)
     end_of = eventually(lambda: ends_of_runs(read_ledger(c.ledger.path)), 30,
                         "every run's delivery to end")  # fmt: skip
     assert end_of is not None
     results = {
         wid: {s: (r.result or {}).get("token") for s, r in ctx.task_results.items()}
         for wid, ctx in contexts.items()
-    }
+    } | {wid: {} for wid in missing}
     seen = audit(results, read_ledger(c.ledger.path), end_of)
     return {
         "workflows": len(ids),
+        "missing": len(missing),
         "completed": sum(ctx.status.value == "completed" for ctx in contexts.values()),
         "acked": seen.acked,
         "lost": len(seen.lost),
         "twice": len(seen.twice) + len(seen.ran_after_ack),
         "unacked": len(seen.not_acked),
         "no_run": len(seen.no_run),
-        "broken": len(seen.problems()),
+        "broken": len(seen.problems()) + len(missing),
         "reruns": seen.reruns,
         "rerun_times": [t for t in seen.rerun_times if t is not None],
-        "problems": seen.problems()[:10],
+        "problems": ([f"{wid}: acknowledged, then not found" for wid in missing] + seen.problems())[
+            :10
+        ],
     }
 
 
@@ -564,9 +576,11 @@ def freeze(c: Cluster) -> dict[str, Any]:
             "settled": settled}  # fmt: skip
 
 
-def failover_time(root: Path, sz: FailoverSizes, log: Log) -> dict[str, Any]:
+def failover_time(
+    root: Path, sz: FailoverSizes, log: Log, min_replicas: int | None = None
+) -> dict[str, Any]:
     """(b): ``sz.kills`` kills under a steady load, the load's workflows checked after."""
-    with cluster(root, "fotime", log) as c:
+    with cluster(root, "fotime", log, min_replicas) as c:
         load = Load(c.orch, sz.inflight, None)
         load.start()
         kills: list[dict[str, Any]] = []
@@ -674,6 +688,7 @@ def _soak_figures(
         "completed": total("completed"),
         "acked": total("acked"),
         "lost": total("lost"),
+        "missing": total("missing"),
         "twice": total("twice"),
         "unacked": total("unacked"),
         "no_run": total("no_run"),
@@ -749,7 +764,9 @@ def targets(res: dict[str, Any]) -> str:
         rows.append(["Primary killed: to the first commit on the new primary (s)", _fmt(f, 2),
                      f"≤ {TARGET_FAILOVER_S:g}", _met(ok)])  # fmt: skip
     s = res["soak"]
-    zero = {"acknowledged commits lost": s["lost"], "steps committed twice": s["twice"],
+    zero = {"acknowledged commits lost": s["lost"],
+            "acknowledged workflows lost whole": s.get("missing", 0),
+            "steps committed twice": s["twice"],
             "stuck workflows": s["stuck"], "worker restarts": s["worker_restarts"],
             "`tests/test_failover.py`'s checker, promises broken": s["broken"]}  # fmt: skip
     for label, n in zero.items():
@@ -842,6 +859,7 @@ def _failover_part(res: dict[str, Any], sz: dict[str, Any]) -> list[str]:
          f"{sum(not k.get('settled', True) for k in kills)}"],
         ["workflows of the load, completed", f"{chk['completed']:,} / {chk['workflows']:,}"],
         ["acknowledged commits lost / steps committed twice", f"{chk['lost']} / {chk['twice']}"],
+        ["workflows whose acknowledged create was lost", f"{chk.get('missing', 0)}"],
         ["`tests/test_failover.py`'s checker: promises broken", f"{chk['broken']}"],
         ["agent re-runs (unacknowledged commits)", f"{chk['reruns']}"],
         ["stuck workflows / worker restarts", f"{fo['stuck']} / {fo['worker_restarts']}"],
@@ -897,6 +915,7 @@ def _soak_part(s: dict[str, Any]) -> list[str]:
         ["workflows completed", f"{s['completed']:,} / {s['workflows']:,}"],
         ["acknowledged commits (steps)", f"{s['acked']:,}"],
         ["acknowledged commits lost", f"{s['lost']}"],
+        ["workflows whose acknowledged create was lost", f"{s.get('missing', 0)}"],
         ["steps committed twice", f"{s['twice']}"],
         ["steps committed but never acknowledged (not run again)", f"{s['unacked']}"],
         ["`tests/test_failover.py`'s checker: promises broken", f"{s['broken']}"],
@@ -950,17 +969,21 @@ WHY_FAILOVER_TAKES = (
     " state client (`FailoverRetry`: pauses of 0.1 s doubling up to 1 s) tries again 0.1,"
     " 0.3, 0.7, 1.5, 2.5, 3.5 s ... after the kill, and the first try after the promotion"
     " goes through (hence 1.5 or 2.5 s). New messages wait for the workers' Celery"
-    " consumers: each lost its broker connection at the kill and reconnects on Celery's own"
-    " schedule (at once, 2 s later, 4 s after that, ...), then spends about 1 s in"
-    " *mingle*; a try that comes while the Sentinels are still failing over finds no"
-    " primary, and the work waits for the next (the kills of about 7 s, when no held"
-    " message was left to begin). Some faults take a second failover: a Sentinel judged"
-    " the just-promoted primary down (with `down-after` 1 s, its first PING reply has 1 s"
-    " to come) and promoted another node; the clients follow again, and nothing"
-    " acknowledged is lost. If that leaves the newest primary with no replica (the killed"
-    " node not restarted yet, the deposed one not yet turned into its replica, which"
-    " Sentinel does about 10 s later), its fence (`min-replicas-to-write 1`) refuses every"
-    " write meanwhile (a kill of about 16 s)."
+    " consumers: each lost its broker connection at the kill and reconnects every 0.2 s"
+    " growing to 1 s (`workers/consumer.py`; Celery's own schedule, at once, 2 s later, 4 s"
+    " after that, brought them back at about 6 s). Some faults take a second failover: a"
+    " Sentinel judged the just-promoted primary down (with `down-after` 1 s, its first PING"
+    " reply has 1 s to come) and promoted another node while the first stayed up. **That is"
+    " where `BATON_MIN_REPLICAS=1` can lose acknowledged work:** between the second"
+    " promotion and the Sentinels' demotion of the deposed primary (1 to 2 s), the deposed"
+    " one still takes writes, and a replica still attached to it (here the node restarted"
+    " after the kill) acknowledges them; then both are turned into replicas of the newest"
+    " primary and what they held is dropped. Waiting for every replica"
+    " (`BATON_MIN_REPLICAS` = the number of replicas, 2 here) closes it: the promoted node"
+    " stops replicating the deposed one, so no write there is acknowledged; the price is"
+    " that writes wait while any replica is down. If a second failover leaves the newest"
+    " primary with no replica (the killed node not restarted yet, the deposed one not yet"
+    " its replica), its fence (`min-replicas-to-write 1`) refuses every write meanwhile."
 )
 
 
