@@ -17,13 +17,13 @@ another queue is sent on to its agent's queue, whose workers load it; one taken 
 agent's own queue fails its step at once, naming the agent, the worker and the setting
 (as a map's start does, ``workers/maps.py``).
 
-On a Sentinel broker a lost connection is a failover under way: the new primary answers
-a second or two after the old one died. Celery retries on kombu's schedule (at once, 2 s
-later, 4 s after that, ...), which lands most reconnects 4 s after the promotion; here
-they come every 0.2 s growing to 1 s. (``baton worker`` also runs without Celery's
-*mingle*, a second at every start and reconnect spent asking the other workers for the
-ids of revoked tasks: a cancelled workflow's step does not run whether or not its
-message was revoked, ``lua/begin.lua``.)
+``baton worker`` runs without Celery's *mingle*, a second at every start and reconnect
+spent asking the other workers for the ids of revoked tasks: a cancelled workflow's step
+does not run whether or not its message was revoked (``lua/begin.lua``). A lost broker
+connection is retried on kombu's own schedule (at once, 2 s later, 4 s after that): a
+faster one (every 0.2 s) brought Sentinel failovers' consumers back at 3 s, inside the
+window in which a second failover's deposed primary still takes writes, and the failover
+bench lost more work (see the README's "One replica or all of them").
 """
 
 from __future__ import annotations
@@ -48,28 +48,11 @@ log = logging.getLogger("baton.worker")
 #: How long a task event may wait in the buffer for others to go with it.
 EVENTS_FLUSH_SECONDS = 0.05
 
-#: kombu's reconnect schedule on a Sentinel broker (its default: 2 s growing to 30 s).
-FAILOVER_RECONNECT = {"interval_start": 0.2, "interval_step": 0.2, "interval_max": 1.0}
-
-
-def is_sentinel(conn: Any) -> bool:  # (a kombu Connection)
-    return bool(conn.transport_cls == "sentinel")
-
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flush_pending = False
-
-    def ensure_connected(self, conn: Any) -> Any:
-        if is_sentinel(conn):
-            ensure = conn.ensure_connection
-
-            def ensure_connection(*args: Any, **kwargs: Any) -> Any:
-                return ensure(*args, **{**FAILOVER_RECONNECT, **kwargs})
-
-            conn.ensure_connection = ensure_connection
-        return super().ensure_connected(conn)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name = message.headers.get("task") if message.headers else None
